@@ -1,0 +1,31 @@
+"""The exceptions pipeline raises; each message says what is wrong and what to do."""
+
+from __future__ import annotations
+
+__all__ = [
+    "CacheMismatchError",
+    "ImageDecodeError",
+    "PipelineError",
+    "SourceError",
+    "StoreError",
+]
+
+
+class PipelineError(Exception):
+    """Base class of every error pipeline raises on purpose."""
+
+
+class SourceError(PipelineError, ValueError):
+    """The image source (folder, CSV manifest or built-in name) cannot be used."""
+
+
+class ImageDecodeError(PipelineError, ValueError):
+    """One image could not be read or decoded."""
+
+
+class StoreError(PipelineError, ValueError):
+    """An HDF5 feature store is missing, unreadable, incomplete or unusable."""
+
+
+class CacheMismatchError(StoreError):
+    """A store or cache was made by another backbone, weights, preprocessing or precision."""

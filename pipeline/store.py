@@ -1,0 +1,412 @@
+"""The HDF5 feature store: atomic files, crash-safe parts, resume, and reading.
+
+Layout of a store (the contract in ``docs/design.md`` / the README)::
+
+    /features   float32 (N, D), chunked; row i <-> image i
+    /labels     int64 (N,)  index into attrs["class_names"], -1 when unlabelled
+    /paths      utf-8 (N,)  source path, or a stable id for built-in data
+    /split      utf-8 (N,)  "train" | "val" | "test" | ""
+    /keys       utf-8 (N,)  what identified the input's content when it was embedded
+    /failed/paths, /failed/errors, /failed/keys   inputs that could not be read, and why
+    attrs: class_names, model, weights, feature_dim, preprocessing, precision, fingerprint,
+           versions, complete, n_rows, format_version, ...
+
+Durability. A file is never modified in place once written: every file is written to a
+temporary name in the same folder and renamed over its target, so a ``kill -9`` at any moment
+leaves either the old file or the new one. While extraction runs, finished rows go to *part*
+files in ``<out>.parts/``; ``<out>`` is then a small index (``complete = False``) whose datasets
+are HDF5 virtual datasets over the parts, readable with plain h5py. The last step merges
+everything into one self-contained file with ``complete = True`` and removes the parts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from .exceptions import StoreError
+
+__all__ = [
+    "FORMAT_VERSION",
+    "FailedInputs",
+    "FeatureTable",
+    "Rows",
+    "atomic_path",
+    "check_finite",
+    "list_parts",
+    "load_features",
+    "merge_store",
+    "parts_dir",
+    "read_attrs",
+    "read_rows_file",
+    "read_store",
+    "write_index",
+    "write_rows_file",
+]
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+_STR = h5py.string_dtype(encoding="utf-8")
+_JSON_ATTRS = ("class_names", "versions", "preprocessing_fields")
+
+
+@dataclass
+class FailedInputs:
+    """Inputs that could not be embedded, with the reason and the content key seen."""
+
+    paths: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    keys: list[str] = field(default_factory=list)
+
+    def add(self, path: str, error: str, key: str) -> None:
+        self.paths.append(path)
+        self.errors.append(error)
+        self.keys.append(key)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+@dataclass
+class Rows:
+    """A block of embedded rows, aligned: ``features[i]`` belongs to ``paths[i]``."""
+
+    features: np.ndarray
+    labels: np.ndarray
+    paths: list[str]
+    split: list[str]
+    keys: list[str]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+@dataclass
+class FeatureTable:
+    """A whole store read into memory."""
+
+    features: np.ndarray
+    labels: np.ndarray
+    paths: np.ndarray
+    split: np.ndarray
+    keys: np.ndarray
+    class_names: list[str]
+    attrs: dict[str, Any]
+    failed: FailedInputs
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``target``; rename it over ``target`` on success."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp_path, target)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def parts_dir(out: str | Path) -> Path:
+    """The folder holding an unfinished store's part files."""
+    out = Path(out)
+    return out.with_name(out.name + ".parts")
+
+
+def list_parts(out: str | Path) -> list[Path]:
+    """Finished part files of ``out``, base store first, then parts in the order written."""
+    folder = parts_dir(out)
+    if not folder.is_dir():
+        return []
+    base = [folder / "base.h5"] if (folder / "base.h5").exists() else []
+    return base + sorted(folder.glob("part-*.h5"))
+
+
+def _encode_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    encoded = {}
+    for key, value in attrs.items():
+        if key in _JSON_ATTRS:
+            encoded[key] = json.dumps(value)
+        elif value is None:
+            encoded[key] = "none"
+        else:
+            encoded[key] = value
+    return encoded
+
+
+def _decode_attrs(raw: Mapping[str, Any]) -> dict[str, Any]:
+    attrs: dict[str, Any] = {}
+    for key, value in raw.items():
+        if isinstance(value, bytes):
+            value = value.decode()
+        if isinstance(value, np.generic):
+            value = value.item()
+        if key in _JSON_ATTRS and isinstance(value, str):
+            value = json.loads(value)
+        attrs[key] = value
+    return attrs
+
+
+def _str_array(values: Sequence[str]) -> np.ndarray:
+    return np.asarray(list(values), dtype=object)
+
+
+def _write_failed(fh: h5py.File, failed: FailedInputs) -> None:
+    grp = fh.create_group("failed")
+    grp.create_dataset("paths", data=_str_array(failed.paths), dtype=_STR)
+    grp.create_dataset("errors", data=_str_array(failed.errors), dtype=_STR)
+    grp.create_dataset("keys", data=_str_array(failed.keys), dtype=_STR)
+
+
+def _create_row_datasets(fh: h5py.File, n: int, dim: int, dtype: np.dtype) -> dict[str, Any]:
+    chunk_rows = max(1, min(n, max(1, (1 << 20) // max(1, dim * dtype.itemsize))))
+    return {
+        "features": fh.create_dataset(
+            "features", shape=(n, dim), dtype=dtype, chunks=(chunk_rows, dim) if n else None
+        ),
+        "labels": fh.create_dataset("labels", shape=(n,), dtype=np.int64),
+        "paths": fh.create_dataset("paths", shape=(n,), dtype=_STR),
+        "split": fh.create_dataset("split", shape=(n,), dtype=_STR),
+        "keys": fh.create_dataset("keys", shape=(n,), dtype=_STR),
+    }
+
+
+def write_rows_file(
+    path: str | Path, rows: Rows, failed: FailedInputs, attrs: Mapping[str, Any]
+) -> None:
+    """Write ``rows`` and ``failed`` as one HDF5 file, atomically."""
+    features = np.ascontiguousarray(rows.features, dtype=np.float32)
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as fh:
+        dsets = _create_row_datasets(fh, len(rows), features.shape[1], features.dtype)
+        if len(rows):
+            dsets["features"][...] = features
+            dsets["labels"][...] = np.asarray(rows.labels, dtype=np.int64)
+            dsets["paths"][...] = _str_array(rows.paths)
+            dsets["split"][...] = _str_array(rows.split)
+            dsets["keys"][...] = _str_array(rows.keys)
+        _write_failed(fh, failed)
+        fh.attrs.update(_encode_attrs({**attrs, "n_rows": len(rows)}))
+
+
+def read_attrs(path: str | Path) -> dict[str, Any]:
+    """Read only a store's attributes (cheap)."""
+    path = Path(path)
+    try:
+        with h5py.File(path, "r") as fh:
+            return _decode_attrs(fh.attrs)
+    except FileNotFoundError:
+        raise StoreError(f"{path}: no such feature store") from None
+    except OSError as exc:
+        raise StoreError(f"{path}: not a readable HDF5 feature store ({exc})") from exc
+
+
+def _read_strings(ds: h5py.Dataset) -> np.ndarray:
+    return ds.asstr()[...] if ds.shape[0] else np.array([], dtype=object)
+
+
+def read_rows_file(path: str | Path, with_features: bool = True) -> FeatureTable:
+    """Read a store or part file (``with_features=False`` skips the big array)."""
+    path = Path(path)
+    try:
+        with h5py.File(path, "r") as fh:
+            attrs = _decode_attrs(fh.attrs)
+            if "features" not in fh:
+                raise StoreError(f"{path}: not a pipeline feature store (no /features)")
+            feats = fh["features"][...] if with_features else np.empty((0, 0), np.float32)
+            failed = FailedInputs()
+            if "failed" in fh:
+                grp = fh["failed"]
+                failed = FailedInputs(
+                    list(_read_strings(grp["paths"])),
+                    list(_read_strings(grp["errors"])),
+                    list(_read_strings(grp["keys"])) if "keys" in grp else [],
+                )
+            n = fh["paths"].shape[0]
+            keys = _read_strings(fh["keys"]) if "keys" in fh else np.array([""] * n, dtype=object)
+            return FeatureTable(
+                features=feats,
+                labels=fh["labels"][...],
+                paths=_read_strings(fh["paths"]),
+                split=_read_strings(fh["split"]),
+                keys=keys,
+                class_names=list(attrs.get("class_names", [])),
+                attrs=attrs,
+                failed=failed,
+            )
+    except FileNotFoundError:
+        raise StoreError(f"{path}: no such feature store") from None
+    except (OSError, KeyError) as exc:
+        raise StoreError(f"{path}: not a readable HDF5 feature store ({exc})") from exc
+
+
+def read_store(path: str | Path, *, require_complete: bool = True) -> FeatureTable:
+    """Read a whole feature store; an unfinished one is an error unless allowed."""
+    table = read_rows_file(path)
+    if require_complete and not table.attrs.get("complete", False):
+        raise StoreError(
+            f"{path}: the store is incomplete (extraction was interrupted); run the same "
+            "`python -m pipeline.extract` command again to finish it"
+        )
+    return table
+
+
+def write_index(out: str | Path, attrs: Mapping[str, Any]) -> None:
+    """Write ``out`` as an unfinished store: virtual datasets over its part files."""
+    out = Path(out)
+    sources = list_parts(out)
+    lengths, failed = [], FailedInputs()
+    for src in sources:
+        with h5py.File(src, "r") as fh:
+            lengths.append(fh["paths"].shape[0])
+            grp = fh["failed"]
+            failed.paths += list(_read_strings(grp["paths"]))
+            failed.errors += list(_read_strings(grp["errors"]))
+            failed.keys += list(_read_strings(grp["keys"]))
+    total, dim = sum(lengths), int(attrs["feature_dim"])
+    layouts = {
+        "features": h5py.VirtualLayout((total, dim), np.float32),
+        "labels": h5py.VirtualLayout((total,), np.int64),
+        "paths": h5py.VirtualLayout((total,), _STR),
+        "split": h5py.VirtualLayout((total,), _STR),
+        "keys": h5py.VirtualLayout((total,), _STR),
+    }
+    start = 0
+    for src, n in zip(sources, lengths, strict=True):
+        if n:
+            rel = os.path.relpath(src, out.parent)
+            for name, layout in layouts.items():
+                shape = (n, dim) if name == "features" else (n,)
+                layout[start : start + n] = h5py.VirtualSource(rel, name, shape=shape)
+        start += n
+    with atomic_path(out) as tmp, h5py.File(tmp, "w") as fh:
+        for name, layout in layouts.items():
+            fh.create_virtual_dataset(name, layout, fillvalue=None)
+        _write_failed(fh, failed)
+        fh.attrs.update(_encode_attrs({**attrs, "n_rows": total, "complete": False}))
+
+
+def _contiguous_runs(positions: np.ndarray) -> Iterator[tuple[int, int, int]]:
+    """Yield (source_start, target_start, length) for runs of consecutive target positions."""
+    if positions.size == 0:
+        return
+    breaks = np.flatnonzero(np.diff(positions) != 1) + 1
+    starts = np.concatenate([[0], breaks])
+    ends = np.concatenate([breaks, [positions.size]])
+    for s, e in zip(starts, ends, strict=True):
+        yield int(s), int(positions[s]), int(e - s)
+
+
+def merge_store(
+    out: str | Path,
+    sources: Sequence[Path],
+    order: Mapping[str, int],
+    labels: Mapping[str, int],
+    splits: Mapping[str, str],
+    failed: FailedInputs,
+    attrs: Mapping[str, Any],
+) -> int:
+    """Merge the rows of ``sources`` whose path is in ``order`` into one complete store.
+
+    ``order`` maps a path to its row number in the result, so the merged store lists images
+    in source order whatever order they were computed in; ``labels`` and ``splits`` give
+    their current values. Features are copied source by source, never all held in memory.
+    Returns the number of rows written.
+    """
+    n, dim = len(order), int(attrs["feature_dim"])
+    out_paths = np.empty(n, dtype=object)
+    for path, i in order.items():
+        out_paths[i] = path
+    written = np.zeros(n, dtype=bool)
+    keys = np.empty(n, dtype=object)
+    with atomic_path(out) as tmp, h5py.File(tmp, "w") as fh:
+        dsets = _create_row_datasets(fh, n, dim, np.dtype(np.float32))
+        for src in sources:
+            with h5py.File(src, "r") as part:
+                part_paths = _read_strings(part["paths"])
+                part_keys = _read_strings(part["keys"])
+                take = [j for j, p in enumerate(part_paths) if p in order]
+                if not take:
+                    continue
+                target = np.array([order[part_paths[j]] for j in take], dtype=np.int64)
+                sort = np.argsort(target, kind="stable")
+                take_sorted, target = np.asarray(take)[sort], target[sort]
+                block = part["features"][...]
+                for s, t, length in _contiguous_runs(target):
+                    dsets["features"][t : t + length] = block[take_sorted[s : s + length]]
+                written[target] = True
+                keys[target] = part_keys[take_sorted]
+        if not written.all():
+            missing = out_paths[~written][:3].tolist()
+            raise StoreError(f"{out}: internal error, rows never computed for {missing}")
+        if n:
+            dsets["labels"][...] = np.array([labels[p] for p in out_paths], dtype=np.int64)
+            dsets["paths"][...] = out_paths
+            dsets["split"][...] = np.array([splits[p] for p in out_paths], dtype=object)
+            dsets["keys"][...] = keys
+        _write_failed(fh, failed)
+        fh.attrs.update(_encode_attrs({**attrs, "n_rows": n, "complete": True}))
+    return n
+
+
+def load_features(
+    path: str | Path = "artifacts/features.h5",
+    *,
+    test_size: float = 0.2,
+    random_state: int | None = 0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """Return ``X_train, y_train, X_test, y_test, class_names`` from a complete store.
+
+    The store's own ``test`` rows (else ``val`` rows) are the test set when it has them, and
+    every other labelled row trains; otherwise a stratified, seeded holdout of ``test_size``
+    is drawn. Labels are indices into ``class_names``; unlabelled rows are left out.
+
+    Examples
+    --------
+    >>> X_train, y_train, X_test, y_test, names = load_features("artifacts/features.h5")  # doctest: +SKIP
+    """
+    table = read_store(path)
+    check_finite(table, path)
+    labelled = table.labels >= 0
+    X, y, split = table.features[labelled], table.labels[labelled], table.split[labelled]
+    eval_name = "test" if (split == "test").any() else "val" if (split == "val").any() else None
+    if eval_name is not None:
+        test = split == eval_name
+        return X[~test], y[~test], X[test], y[test], table.class_names
+    from sklearn.model_selection import train_test_split
+
+    if len(y) < 2:
+        raise StoreError(f"{path}: needs at least 2 labelled rows, has {len(y)}")
+    _, counts = np.unique(y, return_counts=True)
+    stratify = y if counts.min() >= 2 else None
+    X_train, X_test, y_train, y_test = train_test_split(
+        X, y, test_size=test_size, random_state=random_state, stratify=stratify
+    )
+    return X_train, y_train, X_test, y_test, table.class_names
+
+
+def check_finite(table: FeatureTable, path: str | Path) -> None:
+    """Raise a clear error if any stored embedding holds NaN or infinity."""
+    bad = ~np.isfinite(table.features).all(axis=1)
+    if bad.any():
+        examples = table.paths[bad][:3].tolist()
+        raise StoreError(
+            f"{path}: {int(bad.sum())} row(s) hold NaN or infinite features (e.g. {examples}); "
+            "re-extract with --precision fp32 and --overwrite"
+        )
