@@ -7,7 +7,7 @@ CLIs' ``--help`` answer without importing torch.
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 __version__ = "0.1.0"
 
@@ -26,15 +26,6 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .config import ExtractConfig
-    from .embedder import ImageEmbedder
-    from .estimators import TorchMLPClassifier, make_classifier
-    from .exceptions import CacheMismatchError, PipelineError, StoreError
-    from .extract import run_extraction
-    from .fit import run_fit
-    from .store import load_features, read_store
 
 
 def __getattr__(name: str) -> Any:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 __all__ = [
+    "BackboneError",
     "CacheMismatchError",
     "ImageDecodeError",
     "PipelineError",
@@ -29,3 +30,7 @@ class StoreError(PipelineError, ValueError):
 
 class CacheMismatchError(StoreError):
     """A store or cache was made by another backbone, weights, preprocessing or precision."""
+
+
+class BackboneError(PipelineError, ValueError):
+    """The model or weights name is unknown, or the weights cannot be loaded."""

@@ -317,6 +317,7 @@ def merge_store(
     out: str | Path,
     sources: Sequence[Path],
     order: Mapping[str, int],
+    keys: Mapping[str, str],
     labels: Mapping[str, int],
     splits: Mapping[str, str],
     failed: FailedInputs,
@@ -325,8 +326,8 @@ def merge_store(
     """Merge the rows of ``sources`` whose path is in ``order`` into one complete store.
 
     ``order`` maps a path to its row number in the result, so the merged store lists images
-    in source order whatever order they were computed in; ``labels`` and ``splits`` give
-    their current values. Features are copied source by source, never all held in memory.
+    in source order whatever order they were computed in. Only rows computed from the input's
+    current content (``keys``) are taken; ``labels`` and ``splits`` give current values. Features are copied source by source, never all held in memory.
     Returns the number of rows written.
     """
     n, dim = len(order), int(attrs["feature_dim"])
@@ -334,14 +335,16 @@ def merge_store(
     for path, i in order.items():
         out_paths[i] = path
     written = np.zeros(n, dtype=bool)
-    keys = np.empty(n, dtype=object)
+    out_keys = np.empty(n, dtype=object)
     with atomic_path(out) as tmp, h5py.File(tmp, "w") as fh:
         dsets = _create_row_datasets(fh, n, dim, np.dtype(np.float32))
         for src in sources:
             with h5py.File(src, "r") as part:
                 part_paths = _read_strings(part["paths"])
                 part_keys = _read_strings(part["keys"])
-                take = [j for j, p in enumerate(part_paths) if p in order]
+                take = [
+                    j for j, p in enumerate(part_paths) if p in order and part_keys[j] == keys[p]
+                ]
                 if not take:
                     continue
                 target = np.array([order[part_paths[j]] for j in take], dtype=np.int64)
@@ -351,7 +354,7 @@ def merge_store(
                 for s, t, length in _contiguous_runs(target):
                     dsets["features"][t : t + length] = block[take_sorted[s : s + length]]
                 written[target] = True
-                keys[target] = part_keys[take_sorted]
+                out_keys[target] = part_keys[take_sorted]
         if not written.all():
             missing = out_paths[~written][:3].tolist()
             raise StoreError(f"{out}: internal error, rows never computed for {missing}")
@@ -359,7 +362,7 @@ def merge_store(
             dsets["labels"][...] = np.array([labels[p] for p in out_paths], dtype=np.int64)
             dsets["paths"][...] = out_paths
             dsets["split"][...] = np.array([splits[p] for p in out_paths], dtype=object)
-            dsets["keys"][...] = keys
+            dsets["keys"][...] = out_keys
         _write_failed(fh, failed)
         fh.attrs.update(_encode_attrs({**attrs, "n_rows": n, "complete": True}))
     return n
