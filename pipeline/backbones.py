@@ -212,4 +212,6 @@ def build_backbone(spec: BackboneSpec) -> Backbone:
     # A freshly built wrapper starts in train mode; anything that restores its mode later
     # (ONNX export does) would flip BatchNorm to training statistics. Fix it for good here.
     module.eval().requires_grad_(False)
+    if head is not None:
+        head.eval().requires_grad_(False)
     return Backbone(spec=spec, module=module, head=head, feature_dim=int(feature_dim))

@@ -7,10 +7,13 @@ CPU it runs fp32 (autocast on CPU is much slower on AVX2 machines), channels-las
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,8 +28,13 @@ __all__ = [
     "auto_batch_size",
     "auto_workers",
     "embed_images",
+    "inference_threads",
     "embed_loaded",
     "make_runner",
+    "max_relative_difference",
+    "OnnxRunner",
+    "onnx_cache_dir",
+    "verify_runner",
     "iter_batches",
     "resolve_device",
     "resolve_precision",
@@ -70,11 +78,21 @@ def auto_batch_size(device: torch.device) -> int:
 
 def auto_workers(device: torch.device) -> int:
     """Decoding processes: most cores on GPU machines; on CPU, leave the cores to the model."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    cores = cores or 1
+    cores = _cores()
     if device.type == "cuda":
         return max(1, min(cores - 1, 16))
     return 1 if cores >= 2 else 0
+
+
+def inference_threads(workers: int) -> int:
+    """Threads for the forward pass: every core; decoding workers mostly wait on I/O and the
+    forward pass dominates on CPU (measured in benchmarks/extract_throughput.py)."""
+    return _cores()
+
+
+def _cores() -> int:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return cores or 1
 
 
 class TorchRunner:
@@ -171,11 +189,141 @@ def embed_loaded(
     return out, errors
 
 
+ONNX_TOLERANCE = 1e-4
+
+
+def onnx_cache_dir() -> Path:
+    """Where exported ONNX graphs are cached: ``$PIPELINE_CACHE_DIR/onnx`` or ``~/.cache/pipeline/onnx``."""
+    root = os.environ.get("PIPELINE_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "pipeline"
+    )
+    return Path(root) / "onnx"
+
+
+class OnnxRunner:
+    """Runs an exported backbone with ONNX Runtime on the CPU (fp32).
+
+    The graph is exported once per (model, weights, input size, torch version) and cached.
+    """
+
+    backend = "onnxruntime"
+
+    def __init__(self, backbone: Backbone, threads: int, cache_dir: Path | None = None) -> None:
+        import onnxruntime as ort
+
+        spec = backbone.spec
+        tag = hashlib.sha256(
+            f"{spec.model}|{spec.weights_id}|{spec.input_size}|{torch.__version__}".encode()
+        ).hexdigest()[:16]
+        self.path = (cache_dir or onnx_cache_dir()) / f"{spec.model}-{tag}.onnx"
+        if not self.path.exists():
+            _export_onnx(backbone, self.path)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = max(1, threads)
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(
+            str(self.path), options, providers=["CPUExecutionProvider"]
+        )
+        self.input_name = self.session.get_inputs()[0].name
+        self.feature_dim = backbone.feature_dim
+        self.device = torch.device("cpu")
+
+    def __call__(self, images: torch.Tensor) -> np.ndarray:
+        batch = np.ascontiguousarray(images.numpy(), dtype=np.float32)
+        return self.session.run(None, {self.input_name: batch})[0].reshape(len(batch), -1)
+
+
+def _export_onnx(backbone: Backbone, path: Path) -> None:
+    from .store import atomic_path
+
+    size = backbone.spec.input_size
+    probe = torch.zeros(2, 3, size, size)
+    module = backbone.module.eval()
+    # The TorchScript exporter needs no extra packages (the dynamo one needs onnxscript).
+    with (
+        atomic_path(path) as tmp,
+        torch.inference_mode(False),
+        torch.no_grad(),
+        warnings.catch_warnings(),
+    ):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module,
+            (probe,),
+            str(tmp),
+            input_names=["images"],
+            output_names=["embeddings"],
+            dynamic_axes={"images": {0: "batch"}, "embeddings": {0: "batch"}},
+            dynamo=False,
+            opset_version=17,
+        )
+    module.eval()
+
+
+def max_relative_difference(got: np.ndarray, expected: np.ndarray) -> float:
+    """max |got - expected| / max |expected|: the tolerance measure for backend equivalence."""
+    scale = float(np.abs(expected).max()) or 1.0
+    return float(np.abs(got - expected).max()) / scale
+
+
+def verify_runner(candidate: Any, reference: TorchRunner, size: int) -> float:
+    """Run both on a fixed probe batch; return their max relative difference."""
+    generator = torch.Generator().manual_seed(0)
+    probe = torch.randn(4, 3, size, size, generator=generator)
+    return max_relative_difference(candidate(probe), reference(probe))
+
+
 def make_runner(
-    spec: BackboneSpec, device: torch.device, precision: str, backend: str = "torch"
+    spec: BackboneSpec,
+    device: torch.device,
+    precision: str,
+    backend: str = "auto",
+    threads: int | None = None,
 ) -> Any:
-    """Build the backbone and the runner for it."""
-    return TorchRunner(build_backbone(spec), device, precision)
+    """Build the backbone and the fastest runner whose output matches torch's.
+
+    ``auto`` uses ONNX Runtime for fp32 on CPU and torch otherwise. ONNX Runtime is only used
+    when its embeddings match torch's within ``ONNX_TOLERANCE`` (max relative difference on a
+    probe batch); when export fails or the outputs differ, it falls back to torch and logs why.
+    """
+    if backend not in ("auto", "torch", "onnxruntime"):
+        raise PipelineError(f"--backend: {backend!r} is not one of auto, torch, onnxruntime")
+    backbone = build_backbone(spec)
+    reference = TorchRunner(backbone, device, precision)
+    want_onnx = backend == "onnxruntime" or (
+        backend == "auto" and device.type == "cpu" and precision == "fp32"
+    )
+    if not want_onnx:
+        return reference
+    if device.type != "cpu" or precision != "fp32":
+        logger.warning(
+            "--backend onnxruntime runs fp32 on CPU only; using torch on %s with %s",
+            device,
+            precision,
+        )
+        return reference
+    try:
+        runner = OnnxRunner(backbone, threads or torch.get_num_threads())
+        difference = verify_runner(runner, reference, spec.input_size)
+    except Exception as exc:  # exporters and runtimes fail in many ways; torch still works
+        logger.warning(
+            "ONNX Runtime unavailable for %s (%s: %s); using torch",
+            spec.model,
+            type(exc).__name__,
+            exc,
+        )
+        return reference
+    if difference > ONNX_TOLERANCE:
+        logger.warning(
+            "ONNX Runtime output for %s differs from torch by %.2e (> %.0e); using torch",
+            spec.model,
+            difference,
+            ONNX_TOLERANCE,
+        )
+        return reference
+    logger.info("backend: onnxruntime (max relative difference to torch %.1e)", difference)
+    return runner
 
 
 def embed_images(

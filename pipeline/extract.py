@@ -133,8 +133,9 @@ def _read_previous(out: Path, expected: dict[str, Any]) -> _Previous:
                 table.failed.paths, table.failed.keys, table.failed.errors, strict=True
             )
         )
-        if part.name.startswith("part-"):
-            prev.next_part = max(prev.next_part, int(part.stem.split("-")[1]) + 1)
+        number = part.stem.rsplit("-", 1)[-1]  # part-000003, or part-shard00002-000001 (Dask)
+        if part.name.startswith("part-") and number.isdigit():
+            prev.next_part = max(prev.next_part, int(number) + 1)
     return prev
 
 
@@ -232,10 +233,8 @@ def plan_extraction(config: ExtractConfig) -> ExtractionPlan:
     spec = resolve_backbone(config.model, config.weights, config.auto_weights)
     device = resolve_device(config.device)
     precision = resolve_precision(config.precision, device)
-    if config.backend not in ("auto", "torch"):
-        raise PipelineError(
-            f"--backend: {config.backend!r} is not available yet; use auto or torch"
-        )
+    if config.backend not in ("auto", "torch", "onnxruntime"):
+        raise PipelineError(f"--backend: {config.backend!r} is not one of auto, torch, onnxruntime")
     if config.batch_size < 0:
         raise PipelineError(f"--batch-size: must be positive, got {config.batch_size}")
     out = Path(config.out)
@@ -417,7 +416,7 @@ def finish_store(plan: ExtractionPlan) -> tuple[int, int]:
 
 def run_extraction(config: ExtractConfig) -> ExtractSummary:
     """Embed ``config.data`` into the store ``config.out``; resume or update it if it exists."""
-    from .embedding import make_runner
+    from .embedding import inference_threads, make_runner
 
     started = time.perf_counter()
     plan = plan_extraction(config)
@@ -436,7 +435,13 @@ def run_extraction(config: ExtractConfig) -> ExtractSummary:
 
         n_embedded, seconds = run_dask_extraction(plan)
     else:
-        runner = make_runner(plan.spec, _torch_device(plan.device), plan.precision, config.backend)
+        runner = make_runner(
+            plan.spec,
+            _torch_device(plan.device),
+            plan.precision,
+            config.backend,
+            threads=inference_threads(plan.workers),
+        )
         begin_parts(plan, runner.feature_dim, runner.backend)
         embed_started = time.perf_counter()
         n_embedded, _ = embed_into_parts(plan, plan.todo, runner, progress=config.progress)

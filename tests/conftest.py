@@ -14,7 +14,9 @@ TINY_MODEL = ["--model", "mobilenet_v3_small", "--weights", "none"]
 MOBILENET_CHECKPOINT = "mobilenet_v2-b0353104.pth"
 
 
-def write_images(root: Path, classes: dict[str, int], size=(32, 32), seed=0, ext=".png") -> list[Path]:
+def write_images(
+    root: Path, classes: dict[str, int], size=(32, 32), seed=0, ext=".png"
+) -> list[Path]:
     """Write ``classes[name]`` random images per class folder; distinct colour per class."""
     rng = np.random.default_rng(seed)
     paths = []
@@ -56,3 +58,14 @@ def real_weights() -> None:
         if os.environ.get("PIPELINE_REQUIRE_WEIGHTS") == "1":
             pytest.fail(f"{MOBILENET_CHECKPOINT} missing from the torch hub cache")
         pytest.skip(f"{MOBILENET_CHECKPOINT} not in the torch hub cache (run .ci/setup.sh)")
+
+
+@pytest.fixture(scope="session")
+def _onnx_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("pipeline-cache")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(_onnx_cache, monkeypatch) -> None:
+    """Exported ONNX graphs go to a per-session folder, never the user's cache."""
+    monkeypatch.setenv("PIPELINE_CACHE_DIR", str(_onnx_cache))

@@ -9,12 +9,12 @@ import signal
 import subprocess
 import sys
 import time
-import tomllib
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
+import tomllib
 from PIL import Image
 
 from pipeline.config import DEFAULT_CONFIG_PATH, ExtractConfig
@@ -27,7 +27,9 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def extract(data, out, *extra) -> int:
-    return main(["--data", str(data), "--out", str(out), *TINY_MODEL, "--no-progress", "-q", *extra])
+    return main(
+        ["--data", str(data), "--out", str(out), *TINY_MODEL, "--no-progress", "-q", *extra]
+    )
 
 
 def features_by_path(path) -> dict[str, np.ndarray]:
@@ -68,10 +70,21 @@ def test_store_layout_follows_the_contract(image_dir, tmp_path, capsys):
         assert fh["failed/paths"].asstr()[0].endswith("corrupt.jpg")
         assert "cannot identify image" in fh["failed/errors"].asstr()[0]
         attrs = dict(fh.attrs)
-    for key in ("class_names", "model", "weights", "feature_dim", "preprocessing", "precision",
-                "fingerprint", "versions", "complete"):
+    for key in (
+        "class_names",
+        "model",
+        "weights",
+        "feature_dim",
+        "preprocessing",
+        "precision",
+        "fingerprint",
+        "versions",
+        "complete",
+    ):
         assert key in attrs, key
-    assert attrs["complete"] and attrs["model"] == "mobilenet_v3_small" and attrs["weights"] == "none"
+    assert (
+        attrs["complete"] and attrs["model"] == "mobilenet_v3_small" and attrs["weights"] == "none"
+    )
     assert attrs["precision"] == "fp32" and attrs["feature_dim"] == 1024
     assert "crop_size=[224]" in attrs["preprocessing"]
     table = read_store(out)
@@ -123,16 +136,44 @@ def test_fingerprint_guard_refuses_to_mix_and_overwrite_replaces(image_dir, tmp_
     assert extract(image_dir, out) == 0
     digest = out.read_bytes()
     capsys.readouterr()
-    code = main(["--data", str(image_dir), "--out", str(out), "--model", "squeezenet1_1",
-                 "--weights", "none", "--no-progress", "-q"])
+    code = main(
+        [
+            "--data",
+            str(image_dir),
+            "--out",
+            str(out),
+            "--model",
+            "squeezenet1_1",
+            "--weights",
+            "none",
+            "--no-progress",
+            "-q",
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1
     assert "another backbone" in err and "--overwrite" in err and "squeezenet1_1" in err
     assert out.read_bytes() == digest
     assert extract(image_dir, out, "--precision", "bf16") == 2  # precision is part of it too
     assert out.read_bytes() == digest
-    assert main(["--data", str(image_dir), "--out", str(out), "--model", "squeezenet1_1",
-                 "--weights", "none", "--no-progress", "-q", "--overwrite"]) == 0
+    assert (
+        main(
+            [
+                "--data",
+                str(image_dir),
+                "--out",
+                str(out),
+                "--model",
+                "squeezenet1_1",
+                "--weights",
+                "none",
+                "--no-progress",
+                "-q",
+                "--overwrite",
+            ]
+        )
+        == 0
+    )
     assert read_store(out).attrs["model"] == "squeezenet1_1"
     assert read_store(out).features.shape[1] == 512
 
@@ -149,11 +190,17 @@ def test_fingerprint_guard_refuses_to_mix_and_overwrite_replaces(image_dir, tmp_
         (["--precision", "fp8"], "--precision"),
     ],
 )
-def test_bad_usage_is_one_line_exit_2_and_writes_nothing(image_dir, tmp_path, capsys, args, message):
+def test_bad_usage_is_one_line_exit_2_and_writes_nothing(
+    image_dir, tmp_path, capsys, args, message
+):
     (tmp_path / "empty").mkdir()
     (tmp_path / "afile").write_text("x")
-    base = {"--data": str(image_dir), "--out": str(tmp_path / "out" / "f.h5"),
-            "--model": "mobilenet_v3_small", "--weights": "none"}
+    base = {
+        "--data": str(image_dir),
+        "--out": str(tmp_path / "out" / "f.h5"),
+        "--model": "mobilenet_v3_small",
+        "--weights": "none",
+    }
     given = [a.format(tmp=tmp_path) for a in args]
     for flag, value in zip(given[::2], given[1::2], strict=True):
         base[flag] = value
@@ -204,8 +251,10 @@ def test_bad_and_odd_images_in_one_run(tmp_path):
     np.testing.assert_allclose(rows["grey16.png"], rows["grey_as_rgb.png"], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(rows["rgba.png"], rows["rgb.png"], rtol=1e-5, atol=1e-5)
     # EXIF orientation applied: equal to the upright reference up to JPEG noise.
-    cos = rows["rotated.jpg"] @ rows["rotated_ref.jpg"] / (
-        np.linalg.norm(rows["rotated.jpg"]) * np.linalg.norm(rows["rotated_ref.jpg"])
+    cos = (
+        rows["rotated.jpg"]
+        @ rows["rotated_ref.jpg"]
+        / (np.linalg.norm(rows["rotated.jpg"]) * np.linalg.norm(rows["rotated_ref.jpg"]))
     )
     assert cos > 0.99
 
@@ -226,9 +275,24 @@ def test_resume_after_kill_9_equals_an_uninterrupted_run(tmp_path):
     write_images(data, {"a": 20, "b": 20})
     (data / "a" / "broken.jpg").write_bytes(b"\xff\xd8\xff broken")
     out = tmp_path / "killed.h5"
-    argv = [sys.executable, "-m", "pipeline.extract", "--data", str(data), "--out", str(out),
-            *TINY_MODEL, "--batch-size", "2", "--workers", "0", "--checkpoint-seconds", "0",
-            "--no-progress", "-q"]
+    argv = [
+        sys.executable,
+        "-m",
+        "pipeline.extract",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        *TINY_MODEL,
+        "--batch-size",
+        "2",
+        "--workers",
+        "0",
+        "--checkpoint-seconds",
+        "0",
+        "--no-progress",
+        "-q",
+    ]
     proc = subprocess.Popen(argv, cwd=REPO, stderr=subprocess.PIPE, text=True)
     _wait_for_parts(out, 3, proc)
     proc.send_signal(signal.SIGKILL)
@@ -243,7 +307,9 @@ def test_resume_after_kill_9_equals_an_uninterrupted_run(tmp_path):
     assert extract(data, tmp_path / "clean.h5") == 0
     clean = read_store(tmp_path / "clean.h5")
     assert list(resumed.paths) == list(clean.paths) and len(set(resumed.paths)) == 40
-    assert list(resumed.failed.paths) == list(clean.failed.paths) == [str(data / "a" / "broken.jpg")]
+    assert (
+        list(resumed.failed.paths) == list(clean.failed.paths) == [str(data / "a" / "broken.jpg")]
+    )
     np.testing.assert_allclose(resumed.features, clean.features, rtol=1e-4, atol=1e-5)
     assert not parts_dir(out).exists()
 
@@ -253,9 +319,24 @@ def test_interrupted_update_of_a_complete_store_keeps_its_rows(image_dir, tmp_pa
     assert extract(image_dir, out) == 0
     before = features_by_path(out)
     write_images(image_dir, {"new": 30}, seed=9)
-    argv = [sys.executable, "-m", "pipeline.extract", "--data", str(image_dir), "--out", str(out),
-            *TINY_MODEL, "--batch-size", "2", "--workers", "0", "--checkpoint-seconds", "0",
-            "--no-progress", "-q"]
+    argv = [
+        sys.executable,
+        "-m",
+        "pipeline.extract",
+        "--data",
+        str(image_dir),
+        "--out",
+        str(out),
+        *TINY_MODEL,
+        "--batch-size",
+        "2",
+        "--workers",
+        "0",
+        "--checkpoint-seconds",
+        "0",
+        "--no-progress",
+        "-q",
+    ]
     proc = subprocess.Popen(argv, cwd=REPO, stderr=subprocess.PIPE, text=True)
     _wait_for_parts(out, 2, proc)
     proc.send_signal(signal.SIGKILL)

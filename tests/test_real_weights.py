@@ -28,7 +28,9 @@ def test_head_on_stored_embedding_reproduces_torchvision_logits(tmp_path):
     folder = tmp_path / "data" / "thing"
     folder.mkdir(parents=True)
     for i in range(3):
-        Image.fromarray(rng.integers(0, 256, (375, 500, 3), dtype=np.uint8)).save(folder / f"{i}.jpg")
+        Image.fromarray(rng.integers(0, 256, (375, 500, 3), dtype=np.uint8)).save(
+            folder / f"{i}.jpg"
+        )
     out = tmp_path / "f.h5"
     assert main(["--data", str(tmp_path / "data"), "--out", str(out), "--no-progress", "-q"]) == 0
     table = read_store(out)

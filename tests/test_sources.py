@@ -53,7 +53,10 @@ def test_csv_manifest_relative_paths_splits_and_unlabelled(tmp_path):
 
 @pytest.mark.parametrize(
     "content, message",
-    [("file,label\nx,1\n", "columns path,label"), ("path,label,split\nx.png,1,dev\n", "split 'dev'")],
+    [
+        ("file,label\nx,1\n", "columns path,label"),
+        ("path,label,split\nx.png,1,dev\n", "split 'dev'"),
+    ],
 )
 def test_csv_manifest_errors_name_the_problem(tmp_path, content, message):
     manifest = tmp_path / "m.csv"
@@ -101,7 +104,9 @@ def test_16bit_grey_is_rescaled_not_clipped(tmp_path):
     Image.fromarray(grey8 * 257).save(tmp_path / "g16.png")  # 16-bit PNG
     decoded = _rgb(tmp_path / "g16.png")
     assert np.array_equal(decoded[..., 0], grey8.astype(np.uint8))
-    assert to_rgb(Image.fromarray(grey8.astype(np.int32) * 257, "I")).getpixel((15, 15)) == (255,) * 3
+    assert (
+        to_rgb(Image.fromarray(grey8.astype(np.int32) * 257, "I")).getpixel((15, 15)) == (255,) * 3
+    )
 
 
 def test_exif_orientation_is_applied(tmp_path):
