@@ -12,6 +12,7 @@ import tomllib
 __all__ = [
     "DEFAULT_CONFIG_PATH",
     "ExtractConfig",
+    "FitConfig",
     "load_config_file",
     "load_section",
     "parse_set_overrides",
@@ -109,4 +110,49 @@ class ExtractConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"[extract]: unknown key(s) {unknown}; valid keys: {sorted(known)}")
+        return cls(**values)
+
+
+@dataclasses.dataclass(frozen=True)
+class FitConfig:
+    """Everything stage two needs; fields map 1:1 to ``[fit]`` keys and CLI flags.
+
+    ``nn``, ``svc``, ``xgboost`` and ``logreg`` hold each classifier's hyperparameters (the
+    ``[fit.<clf>]`` tables; ``--set svc.C=10`` overrides one).
+    """
+
+    features: str = "artifacts/features.h5"
+    clf: str = "all"
+    cv: int = 0
+    test_size: float = 0.2
+    out: str = "artifacts"
+    seed: int = 0
+    dask: str = ""
+    nn: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    svc: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    xgboost: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    logreg: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def from_file(
+        cls,
+        path: str | Path | None = None,
+        sets: Mapping[str, Any] | None = None,
+        **overrides: Any,
+    ) -> FitConfig:
+        """Build from a config file's ``[fit]`` section, then ``--set`` values, then flags.
+
+        Precedence: CLI flag (non-None ``overrides``), then ``sets`` (parsed ``--set``), then
+        the config file, then the project default file.
+        """
+        values = _deep_merge(load_section("fit", path), sets or {})
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.from_mapping(values)
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> FitConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"[fit]: unknown key(s) {unknown}; valid keys: {sorted(known)}")
         return cls(**values)

@@ -38,7 +38,9 @@ def test_auto_backend_is_onnxruntime_on_cpu_fp32_and_torch_otherwise():
     assert make_runner(spec, CPU, "fp32", "torch").backend == "torch"
 
 
-def test_export_failure_falls_back_to_torch_with_reason(monkeypatch, caplog):
+def test_export_failure_falls_back_to_torch_with_reason(monkeypatch, caplog, tmp_path):
+    monkeypatch.setenv("PIPELINE_CACHE_DIR", str(tmp_path))  # nothing exported yet
+
     def broken_export(*args, **kwargs):
         raise RuntimeError("unsupported operator aten::magic")
 
