@@ -20,6 +20,7 @@ from typing import Any
 from .exceptions import BackboneError
 
 __all__ = [
+    "AUTO_WEIGHTS",
     "Backbone",
     "BackboneSpec",
     "build_backbone",
@@ -28,6 +29,10 @@ __all__ = [
 ]
 
 RANDOM_INIT_SEED = 0
+
+#: The weights ``"auto"`` picks when no config says otherwise. torchvision's DEFAULT for
+#: mobilenet_v2 is IMAGENET1K_V2, which offline machines often lack; others use DEFAULT.
+AUTO_WEIGHTS: dict[str, str] = {"mobilenet_v2": "IMAGENET1K_V1"}
 
 
 def list_backbones() -> list[str]:
@@ -122,7 +127,8 @@ def resolve_backbone(
 ) -> BackboneSpec:
     """Resolve names into a :class:`BackboneSpec`, with errors that list the valid choices.
 
-    ``weights`` is ``"auto"`` (``auto_weights[model]`` when given, else ``"DEFAULT"``),
+    ``weights`` is ``"auto"`` (``auto_weights[model]``, by default from :data:`AUTO_WEIGHTS`,
+    else ``"DEFAULT"``),
     ``"DEFAULT"``, ``"none"``/None (random init), or an enum name with or without its class
     (``"IMAGENET1K_V1"``, ``"MobileNet_V2_Weights.IMAGENET1K_V1"``).
     """
@@ -139,7 +145,8 @@ def resolve_backbone(
     enum = get_model_weights(model)
     choice = str(weights)
     if choice == "auto":
-        choice = (auto_weights or {}).get(model, "DEFAULT")
+        table = AUTO_WEIGHTS if auto_weights is None else auto_weights
+        choice = table.get(model, "DEFAULT")
     if choice == "DEFAULT":
         return BackboneSpec(model, str(enum.DEFAULT))
     member = choice.split(".", 1)[1] if choice.startswith(enum.__name__ + ".") else choice

@@ -78,6 +78,12 @@ def parse_set_overrides(items: list[str] | None) -> dict[str, Any]:
     return result
 
 
+def _auto_weights() -> dict[str, str]:
+    from .backbones import AUTO_WEIGHTS
+
+    return dict(AUTO_WEIGHTS)
+
+
 @dataclasses.dataclass(frozen=True)
 class ExtractConfig:
     """Everything stage one needs; fields map 1:1 to ``[extract]`` keys and CLI flags."""
@@ -95,7 +101,7 @@ class ExtractConfig:
     checkpoint_seconds: float = 30.0
     overwrite: bool = False
     progress: bool = True
-    auto_weights: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    auto_weights: Mapping[str, str] = dataclasses.field(default_factory=_auto_weights)
 
     @classmethod
     def from_file(cls, path: str | Path | None = None, **overrides: Any) -> ExtractConfig:

@@ -208,7 +208,9 @@ class OnnxRunner:
 
     backend = "onnxruntime"
 
-    def __init__(self, backbone: Backbone, threads: int, cache_dir: Path | None = None) -> None:
+    def __init__(
+        self, backbone: Backbone, threads: int, spin: bool = False, cache_dir: Path | None = None
+    ) -> None:
         import onnxruntime as ort
 
         spec = backbone.spec
@@ -222,6 +224,8 @@ class OnnxRunner:
         options.intra_op_num_threads = max(1, threads)
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Spinning threads would take the cores the decoding workers need.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
         self.session = ort.InferenceSession(
             str(self.path), options, providers=["CPUExecutionProvider"]
         )

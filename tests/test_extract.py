@@ -50,8 +50,7 @@ def test_default_config_file_matches_library_defaults():
         section = tomllib.load(fh)["extract"]
     defaults = ExtractConfig()
     for field in dataclasses.fields(ExtractConfig):
-        if field.name != "auto_weights":
-            assert section[field.name] == getattr(defaults, field.name), field.name
+        assert section[field.name] == getattr(defaults, field.name), field.name
     assert section["auto_weights"]["mobilenet_v2"] == "IMAGENET1K_V1"
 
 

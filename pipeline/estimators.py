@@ -1,0 +1,689 @@
+"""scikit-learn compatible classifiers for embeddings: the torch MLP head and the factory.
+
+Every classifier here is a real scikit-learn estimator (parameters stored untouched in
+``__init__``, validation in ``fit``, fitted state ending in ``_``), so ``clone``, ``Pipeline``,
+``GridSearchCV`` and ``cross_val_score`` work, and each predicts the original labels, whatever
+their type.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import numbers
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from numpy.typing import ArrayLike, NDArray
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.calibration import CalibratedClassifierCV
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import train_test_split
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import LabelEncoder, StandardScaler
+from sklearn.svm import SVC
+from sklearn.utils import check_random_state
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+__all__ = [
+    "CLASSIFIERS",
+    "TorchMLPClassifier",
+    "XGBoostClassifier",
+    "make_classifier",
+]
+
+logger = logging.getLogger(__name__)
+
+CLASSIFIERS = ("nn", "svc", "xgboost", "logreg")
+_PREDICT_BATCH = 8192
+
+
+def _resolve_device(device: Any, owner: str) -> torch.device:
+    """Turn ``"auto" | "cpu" | "cuda" | "cuda:N"`` into a torch device, with clear errors."""
+    if not isinstance(device, str):
+        raise TypeError(
+            f"{owner}: device must be a str such as 'auto', 'cpu' or 'cuda', got {device!r}"
+        )
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as exc:
+        raise ValueError(
+            f"{owner}: device={device!r} is not valid; use 'auto', 'cpu', 'cuda' or 'cuda:N'"
+        ) from exc
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"{owner}: device={device!r} but CUDA is not available; use 'cpu' or 'auto'"
+        )
+    if resolved.type not in ("cpu", "cuda"):
+        raise ValueError(
+            f"{owner}: device={device!r} is not supported; use 'auto', 'cpu' or 'cuda'"
+        )
+    return resolved
+
+
+def _check_at_least_two_classes(classes: np.ndarray, owner: str) -> None:
+    if len(classes) < 2:
+        raise ValueError(
+            f"{owner} needs samples of at least 2 classes in the data, but the data contains "
+            f"only 1 class: {classes[0]!r}"
+        )
+
+
+class TorchMLPClassifier(ClassifierMixin, BaseEstimator):
+    """A torch MLP head (Linear - ReLU - Dropout - Linear) as a scikit-learn classifier.
+
+    Meant for fixed embeddings from a pretrained CNN: fast to train, with early stopping,
+    dropout and weight decay. Parameter names follow :class:`sklearn.neural_network.MLPClassifier`.
+
+    Parameters
+    ----------
+    hidden_layer_sizes : tuple of int, default=(256,)
+        Width of each hidden layer; each is followed by ReLU and Dropout.
+        An empty tuple gives a linear (softmax regression) head.
+    dropout : float, default=0.2
+        Dropout probability after each hidden layer, in [0, 1).
+    alpha : float, default=1e-4
+        L2 penalty (weight decay of the Adam optimizer).
+    batch_size : int or "auto", default="auto"
+        Minibatch size; ``"auto"`` is ``min(200, n_samples)``.
+    learning_rate_init : float, default=1e-3
+        Adam learning rate.
+    max_iter : int, default=200
+        Maximum number of epochs.
+    early_stopping : bool, default=False
+        Hold out ``validation_fraction`` of the training data (stratified) and stop when its
+        loss stops improving; the best weights are kept.
+    validation_fraction : float, default=0.1
+        Share of the training data held out for early stopping.
+    n_iter_no_change : int, default=10
+        Epochs without an improvement of at least ``tol`` before training stops.
+    tol : float, default=1e-4
+        Minimum loss improvement that counts.
+    random_state : int, RandomState instance or None, default=None
+        Seeds weight initialisation, shuffling, dropout and the validation split through a
+        local ``torch.Generator``; global random state is never touched.
+    verbose : int, default=0
+        Log the loss of each epoch (at INFO level) when positive.
+    device : str, default="auto"
+        ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+
+    Attributes
+    ----------
+    module_ : torch.nn.Sequential
+        The trained network, in eval mode; it outputs logits.
+    classes_ : ndarray of shape (n_classes,)
+        Class labels.
+    n_features_in_ : int
+        Number of input features.
+    loss_curve_ : list of float
+        Mean training loss of each epoch.
+    validation_loss_curve_ : list of float or None
+        Validation loss of each epoch when ``early_stopping``.
+    best_loss_ : float
+        Best training loss, or best validation loss with ``early_stopping``.
+    n_iter_ : int
+        Epochs run.
+    device_ : torch.device
+        The device trained on.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from pipeline import TorchMLPClassifier
+    >>> rng = np.random.default_rng(0)
+    >>> X = np.r_[rng.normal(-2, 1, (20, 4)), rng.normal(2, 1, (20, 4))]
+    >>> y = np.array(["cat"] * 20 + ["dog"] * 20)
+    >>> clf = TorchMLPClassifier(max_iter=50, random_state=0, device="cpu").fit(X, y)
+    >>> clf.predict(X[:2]).tolist()
+    ['cat', 'cat']
+    >>> clf.predict_proba(X[:1]).shape
+    (1, 2)
+    """
+
+    def __init__(
+        self,
+        hidden_layer_sizes: Sequence[int] = (256,),
+        *,
+        dropout: float = 0.2,
+        alpha: float = 1e-4,
+        batch_size: int | str = "auto",
+        learning_rate_init: float = 1e-3,
+        max_iter: int = 200,
+        early_stopping: bool = False,
+        validation_fraction: float = 0.1,
+        n_iter_no_change: int = 10,
+        tol: float = 1e-4,
+        random_state: int | np.random.RandomState | None = None,
+        verbose: int = 0,
+        device: str = "auto",
+    ) -> None:
+        self.hidden_layer_sizes = hidden_layer_sizes
+        self.dropout = dropout
+        self.alpha = alpha
+        self.batch_size = batch_size
+        self.learning_rate_init = learning_rate_init
+        self.max_iter = max_iter
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.n_iter_no_change = n_iter_no_change
+        self.tol = tol
+        self.random_state = random_state
+        self.verbose = verbose
+        self.device = device
+
+    # -- validation -------------------------------------------------------------------------
+
+    def _validate_params_explicitly(self) -> tuple[int, ...]:
+        name = type(self).__name__
+        sizes = self.hidden_layer_sizes
+        if isinstance(sizes, numbers.Integral):
+            sizes = (sizes,)
+        try:
+            sizes = tuple(sizes)
+        except TypeError:
+            raise TypeError(
+                f"{name}: hidden_layer_sizes must be a tuple of ints, got {self.hidden_layer_sizes!r}"
+            ) from None
+        if not all(isinstance(s, numbers.Integral) and s > 0 for s in sizes):
+            raise ValueError(
+                f"{name}: hidden_layer_sizes must hold positive ints, got {self.hidden_layer_sizes!r}"
+            )
+
+        def check(param: str, ok: bool, expected: str) -> None:
+            if not ok:
+                raise ValueError(
+                    f"{name}: {param} must be {expected}, got {getattr(self, param)!r}"
+                )
+
+        def is_real(v: Any) -> bool:
+            return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+        def is_int(v: Any) -> bool:
+            return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+        check("dropout", is_real(self.dropout) and 0 <= self.dropout < 1, "a float in [0, 1)")
+        check("alpha", is_real(self.alpha) and self.alpha >= 0, "a float >= 0")
+        check(
+            "batch_size",
+            self.batch_size == "auto" or (is_int(self.batch_size) and self.batch_size >= 1),
+            "'auto' or an int >= 1",
+        )
+        check(
+            "learning_rate_init",
+            is_real(self.learning_rate_init) and self.learning_rate_init > 0,
+            "a float > 0",
+        )
+        check("max_iter", is_int(self.max_iter) and self.max_iter >= 1, "an int >= 1")
+        check("early_stopping", isinstance(self.early_stopping, bool | np.bool_), "a bool")
+        check(
+            "validation_fraction",
+            is_real(self.validation_fraction) and 0 < self.validation_fraction < 1,
+            "a float in (0, 1)",
+        )
+        check(
+            "n_iter_no_change",
+            is_int(self.n_iter_no_change) and self.n_iter_no_change >= 1,
+            "an int >= 1",
+        )
+        check("tol", is_real(self.tol) and self.tol >= 0, "a float >= 0")
+        check("verbose", is_int(self.verbose) or isinstance(self.verbose, bool), "an int")
+        return tuple(int(s) for s in sizes)
+
+    # -- fitting ----------------------------------------------------------------------------
+
+    def _build_module(
+        self, n_features: int, n_classes: int, sizes: tuple[int, ...], gen: torch.Generator
+    ) -> torch.nn.Sequential:
+        # skip_init: no draw from the global generator (torch's own init would make one).
+        def linear(n_in: int, n_out: int) -> torch.nn.Linear:
+            return torch.nn.utils.skip_init(torch.nn.Linear, n_in, n_out)
+
+        layers: list[torch.nn.Module] = []
+        width = n_features
+        for size in sizes:
+            layers += [linear(width, size), torch.nn.ReLU(), torch.nn.Dropout(self.dropout)]
+            width = size
+        layers.append(linear(width, n_classes))
+        module = torch.nn.Sequential(*layers)
+        # torch's default Linear initialisation (uniform within 1/sqrt(fan_in)), drawn from the
+        # local generator, so fitting never changes, nor depends on, global random state.
+        with torch.no_grad():
+            for layer in module:
+                if isinstance(layer, torch.nn.Linear):
+                    bound = 1.0 / np.sqrt(layer.in_features)
+                    layer.weight.uniform_(-bound, bound, generator=gen)
+                    layer.bias.uniform_(-bound, bound, generator=gen)
+        return module
+
+    @staticmethod
+    def _forward_train(
+        module: torch.nn.Sequential, x: torch.Tensor, gen: torch.Generator
+    ) -> torch.Tensor:
+        """Forward pass in training mode, with dropout masks drawn from ``gen``."""
+        for layer in module:
+            if isinstance(layer, torch.nn.Dropout):
+                if layer.p > 0:
+                    keep = torch.empty_like(x).bernoulli_(1.0 - layer.p, generator=gen)
+                    x = x * keep / (1.0 - layer.p)
+            else:
+                x = layer(x)
+        return x
+
+    def fit(self, X: ArrayLike, y: ArrayLike) -> TorchMLPClassifier:
+        """Train the head on ``X`` (n_samples, n_features) and labels ``y``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Embeddings.
+        y : array-like of shape (n_samples,)
+            Class labels of any type (str, int, ...).
+
+        Returns
+        -------
+        self : TorchMLPClassifier
+            The fitted classifier.
+        """
+        sizes = self._validate_params_explicitly()
+        X, y = validate_data(self, X, y, dtype=np.float32)
+        check_classification_targets(y)
+        encoder = LabelEncoder().fit(y)
+        self.classes_ = encoder.classes_
+        _check_at_least_two_classes(self.classes_, type(self).__name__)
+        y_enc = encoder.transform(y).astype(np.int64)
+        self.device_ = _resolve_device(self.device, type(self).__name__)
+
+        rng = check_random_state(self.random_state)
+        seed = int(rng.randint(np.iinfo(np.int32).max))
+        cpu_gen = torch.Generator().manual_seed(seed)
+        dev_gen = torch.Generator(device=self.device_).manual_seed(seed + 1)
+
+        X_val = y_val = None
+        if self.early_stopping:
+            X, X_val, y_enc, y_val = self._validation_split(X, y_enc, seed)
+
+        n_samples = X.shape[0]
+        batch = min(200, n_samples) if self.batch_size == "auto" else int(self.batch_size)
+        batch = max(1, min(batch, n_samples))
+
+        module = self._build_module(X.shape[1], len(self.classes_), sizes, cpu_gen).to(self.device_)
+        module.train()
+        optimizer = torch.optim.Adam(
+            module.parameters(), lr=self.learning_rate_init, weight_decay=self.alpha
+        )
+        loss_fn = torch.nn.CrossEntropyLoss()
+        Xt = torch.from_numpy(np.ascontiguousarray(X)).to(self.device_)
+        yt = torch.from_numpy(y_enc).to(self.device_)
+        if X_val is not None:
+            Xv = torch.from_numpy(np.ascontiguousarray(X_val)).to(self.device_)
+            yv = torch.from_numpy(y_val).to(self.device_)
+
+        self.loss_curve_: list[float] = []
+        self.validation_loss_curve_: list[float] | None = [] if X_val is not None else None
+        best, best_state, no_improve = np.inf, None, 0
+        self.n_iter_ = 0
+        for epoch in range(int(self.max_iter)):
+            order = torch.randperm(n_samples, generator=cpu_gen).to(self.device_)
+            total = 0.0
+            for start in range(0, n_samples, batch):
+                idx = order[start : start + batch]
+                logits = self._forward_train(module, Xt[idx], dev_gen)
+                loss = loss_fn(logits, yt[idx])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total += float(loss.detach()) * len(idx)
+            epoch_loss = total / n_samples
+            self.loss_curve_.append(epoch_loss)
+            self.n_iter_ = epoch + 1
+            score = epoch_loss
+            if X_val is not None:
+                module.eval()
+                with torch.inference_mode():
+                    score = float(loss_fn(module(Xv), yv))
+                module.train()
+                self.validation_loss_curve_.append(score)
+            if self.verbose:
+                extra = f", validation loss = {score:.6f}" if X_val is not None else ""
+                logger.info("Iteration %d, loss = %.6f%s", self.n_iter_, epoch_loss, extra)
+            if score > best - self.tol:
+                no_improve += 1
+            else:
+                no_improve = 0
+            if score < best:
+                best = score
+                if X_val is not None:
+                    best_state = copy.deepcopy(module.state_dict())
+            if no_improve >= self.n_iter_no_change:
+                logger.debug(
+                    "%s: no improvement of %g for %d epochs; stopping at epoch %d",
+                    type(self).__name__,
+                    self.tol,
+                    self.n_iter_no_change,
+                    self.n_iter_,
+                )
+                break
+        if best_state is not None:
+            module.load_state_dict(best_state)
+        self.best_loss_ = float(best)
+        self.module_ = module.eval()
+        return self
+
+    def _validation_split(
+        self, X: np.ndarray, y: np.ndarray, seed: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        n_val = int(np.ceil(self.validation_fraction * len(y)))
+        if n_val < 1 or len(y) - n_val < 1:
+            raise ValueError(
+                f"{type(self).__name__}: {len(y)} samples are too few for early_stopping with "
+                f"validation_fraction={self.validation_fraction}; set early_stopping=False"
+            )
+        try:
+            return train_test_split(
+                X, y, test_size=self.validation_fraction, random_state=seed, stratify=y
+            )
+        except ValueError:  # some class too small to stratify: plain random split
+            return train_test_split(X, y, test_size=self.validation_fraction, random_state=seed)
+
+    # -- prediction -------------------------------------------------------------------------
+
+    def _logits(self, X: ArrayLike) -> np.ndarray:
+        check_is_fitted(self)
+        X = validate_data(self, X, dtype=np.float32, reset=False)
+        param = next(self.module_.parameters())
+        out = []
+        self.module_.eval()
+        with torch.inference_mode():
+            for start in range(0, X.shape[0], _PREDICT_BATCH):
+                chunk = torch.from_numpy(np.ascontiguousarray(X[start : start + _PREDICT_BATCH]))
+                out.append(self.module_(chunk.to(param.device)).float().cpu().numpy())
+        if not out:
+            return np.empty((0, len(self.classes_)), dtype=np.float64)
+        return np.concatenate(out).astype(np.float64)
+
+    def predict_proba(self, X: ArrayLike) -> NDArray[np.float64]:
+        """Class probabilities (softmax of the logits); each row sums to 1.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        proba : ndarray of shape (n_samples, n_classes)
+            Columns follow ``classes_``.
+        """
+        logits = self._logits(X)
+        logits -= logits.max(axis=1, keepdims=True)
+        proba = np.exp(logits)
+        proba /= proba.sum(axis=1, keepdims=True)
+        return proba
+
+    def predict_log_proba(self, X: ArrayLike) -> NDArray[np.float64]:
+        """Logarithm of :meth:`predict_proba`."""
+        with np.errstate(divide="ignore"):
+            return np.log(self.predict_proba(X))
+
+    def predict(self, X: ArrayLike) -> np.ndarray:
+        """Predicted class labels, ``classes_[argmax(predict_proba(X))]``."""
+        proba = self.predict_proba(X)
+        return self.classes_[np.argmax(proba, axis=1)]
+
+    # -- pickling and tags ------------------------------------------------------------------
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        module = state.get("module_")
+        if module is not None and next(module.parameters()).device.type != "cpu":
+            # Pickle a CPU copy so that a model trained on a GPU loads on any machine.
+            state["module_"] = copy.deepcopy(module).cpu()
+        return state
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        device = self.device if isinstance(self.device, str) else ""
+        tags.non_deterministic = device.startswith("cuda") or (
+            device == "auto" and torch.cuda.is_available()
+        )
+        return tags
+
+
+class XGBoostClassifier(ClassifierMixin, BaseEstimator):
+    """``xgboost.XGBClassifier`` that accepts any labels and stops early on a held-out share.
+
+    XGBoost takes only labels ``0..K-1``: this wrapper encodes labels on ``fit`` and decodes
+    predictions, so it predicts the original labels (str, int, ...).
+
+    Parameters
+    ----------
+    n_estimators : int, default=300
+        Maximum number of boosting rounds.
+    learning_rate : float, default=0.2
+    max_depth : int, default=3
+    subsample : float, default=0.8
+    colsample_bytree : float, default=0.2
+    reg_lambda : float, default=1.0
+    early_stopping_rounds : int or None, default=20
+        Stop when the log loss on a held-out ``validation_fraction`` of the training data has
+        not improved for this many rounds; None trains all ``n_estimators`` on all the data.
+    validation_fraction : float, default=0.1
+    tree_method : str, default="hist"
+    device : str, default="auto"
+        ``"auto"`` is ``"cuda"`` when ``torch.cuda.is_available()``, else ``"cpu"``.
+    n_jobs : int or None, default=None
+    random_state : int or None, default=None
+    xgb_params : dict or None, default=None
+        Any other ``XGBClassifier`` keyword arguments.
+
+    Attributes
+    ----------
+    estimator_ : xgboost.XGBClassifier
+        The fitted booster (trained on encoded labels).
+    classes_ : ndarray of shape (n_classes,)
+    n_features_in_ : int
+    best_iteration_ : int or None
+        Best round when early stopping ran.
+    device_ : str
+    """
+
+    def __init__(
+        self,
+        *,
+        n_estimators: int = 300,
+        learning_rate: float = 0.2,
+        max_depth: int = 3,
+        subsample: float = 0.8,
+        colsample_bytree: float = 0.2,
+        reg_lambda: float = 1.0,
+        early_stopping_rounds: int | None = 20,
+        validation_fraction: float = 0.1,
+        tree_method: str = "hist",
+        device: str = "auto",
+        n_jobs: int | None = None,
+        random_state: int | None = None,
+        xgb_params: dict[str, Any] | None = None,
+    ) -> None:
+        self.n_estimators = n_estimators
+        self.learning_rate = learning_rate
+        self.max_depth = max_depth
+        self.subsample = subsample
+        self.colsample_bytree = colsample_bytree
+        self.reg_lambda = reg_lambda
+        self.early_stopping_rounds = early_stopping_rounds
+        self.validation_fraction = validation_fraction
+        self.tree_method = tree_method
+        self.device = device
+        self.n_jobs = n_jobs
+        self.random_state = random_state
+        self.xgb_params = xgb_params
+
+    def _make_booster(self, early_stopping: bool):
+        from xgboost import XGBClassifier
+
+        seed = self.random_state
+        if seed is not None and not isinstance(seed, numbers.Integral):
+            seed = int(check_random_state(seed).randint(np.iinfo(np.int32).max))
+        return XGBClassifier(
+            n_estimators=self.n_estimators,
+            learning_rate=self.learning_rate,
+            max_depth=self.max_depth,
+            subsample=self.subsample,
+            colsample_bytree=self.colsample_bytree,
+            reg_lambda=self.reg_lambda,
+            tree_method=self.tree_method,
+            device=self.device_,
+            n_jobs=self.n_jobs,
+            random_state=seed,
+            early_stopping_rounds=self.early_stopping_rounds if early_stopping else None,
+            **(self.xgb_params or {}),
+        )
+
+    def fit(self, X: ArrayLike, y: ArrayLike) -> XGBoostClassifier:
+        """Fit the booster on ``X`` and labels ``y`` of any type.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : array-like of shape (n_samples,)
+
+        Returns
+        -------
+        self : XGBoostClassifier
+        """
+        name = type(self).__name__
+        if self.device not in ("auto", "cpu") and not str(self.device).startswith("cuda"):
+            raise ValueError(
+                f"{name}: device must be 'auto', 'cpu' or 'cuda[:N]', got {self.device!r}"
+            )
+        if not (0 < self.validation_fraction < 1):
+            raise ValueError(
+                f"{name}: validation_fraction must be in (0, 1), got {self.validation_fraction!r}"
+            )
+        X, y = validate_data(self, X, y, dtype=np.float32)
+        check_classification_targets(y)
+        encoder = LabelEncoder().fit(y)
+        self.classes_ = encoder.classes_
+        _check_at_least_two_classes(self.classes_, name)
+        y_enc = encoder.transform(y)
+        self.device_ = (
+            ("cuda" if torch.cuda.is_available() else "cpu")
+            if self.device == "auto"
+            else self.device
+        )
+        early = bool(self.early_stopping_rounds) and len(y_enc) >= 10
+        booster = self._make_booster(early)
+        if early:
+            rng_seed = self.random_state if isinstance(self.random_state, numbers.Integral) else 0
+            try:
+                X_tr, X_val, y_tr, y_val = train_test_split(
+                    X,
+                    y_enc,
+                    test_size=self.validation_fraction,
+                    random_state=rng_seed,
+                    stratify=y_enc,
+                )
+            except ValueError:
+                X_tr, X_val, y_tr, y_val = train_test_split(
+                    X, y_enc, test_size=self.validation_fraction, random_state=rng_seed
+                )
+            if len(np.unique(y_tr)) < len(self.classes_):
+                early = False  # the split lost a class: fall back to all rows, no early stopping
+                booster = self._make_booster(False)
+            else:
+                booster.fit(X_tr, y_tr, eval_set=[(X_val, y_val)], verbose=False)
+        if not early:
+            booster.fit(X, y_enc, verbose=False)
+        self.estimator_ = booster
+        self.best_iteration_ = getattr(booster, "best_iteration", None) if early else None
+        return self
+
+    def predict_proba(self, X: ArrayLike) -> NDArray[np.float64]:
+        """Class probabilities; columns follow ``classes_``."""
+        check_is_fitted(self)
+        X = validate_data(self, X, dtype=np.float32, reset=False)
+        proba = np.asarray(self.estimator_.predict_proba(X), dtype=np.float64)
+        return proba / proba.sum(axis=1, keepdims=True)
+
+    def predict(self, X: ArrayLike) -> np.ndarray:
+        """Predicted labels in their original type."""
+        proba = self.predict_proba(X)
+        return self.classes_[np.argmax(proba, axis=1)]
+
+
+def _svc(probability: bool = True, calibration_cv: int = 5, **params: Any):
+    svc = SVC(**{"kernel": "rbf", **params})
+    if not probability:
+        return svc
+    # SVC(probability=True) is deprecated since scikit-learn 1.9: this is its replacement.
+    return CalibratedClassifierCV(svc, ensemble=False, cv=calibration_cv)
+
+
+def _make_final(name: str, params: dict[str, Any]):
+    if name == "nn":
+        return TorchMLPClassifier(**params)
+    if name == "svc":
+        return _svc(**params)
+    if name == "xgboost":
+        return XGBoostClassifier(**params)
+    return LogisticRegression(**{"max_iter": 1000, **params})
+
+
+def _valid_params(name: str) -> set[str]:
+    if name == "svc":
+        return set(SVC().get_params()) | {"probability", "calibration_cv"}
+    if name == "logreg":
+        return set(LogisticRegression().get_params())
+    if name == "nn":
+        return set(TorchMLPClassifier().get_params())
+    return set(XGBoostClassifier().get_params())
+
+
+def make_classifier(name: str, **params: Any) -> Pipeline:
+    """Return an unfitted classifier for embeddings by name: nn, svc, xgboost or logreg.
+
+    Each is a :class:`~sklearn.pipeline.Pipeline` whose last step is named ``"clf"``:
+
+    - ``nn``: StandardScaler + :class:`TorchMLPClassifier`;
+    - ``svc``: StandardScaler + RBF :class:`~sklearn.svm.SVC`, with probabilities from
+      ``CalibratedClassifierCV(svc, ensemble=False)`` unless ``probability=False``;
+    - ``xgboost``: :class:`XGBoostClassifier` (hist trees, CUDA when available);
+    - ``logreg``: StandardScaler + :class:`~sklearn.linear_model.LogisticRegression`
+      (a linear probe).
+
+    Parameters
+    ----------
+    name : str
+        One of ``"nn"``, ``"svc"``, ``"xgboost"``, ``"logreg"``.
+    **params
+        Hyperparameters of the final estimator (for ``svc``: SVC's, plus ``probability`` and
+        ``calibration_cv``).
+
+    Returns
+    -------
+    Pipeline
+        Unfitted; it predicts the labels it was fitted on.
+
+    Examples
+    --------
+    >>> from pipeline import make_classifier
+    >>> clf = make_classifier("svc", C=10)
+    >>> clf.named_steps["clf"].estimator.C
+    10
+    """
+    if name not in CLASSIFIERS:
+        raise ValueError(f"unknown classifier {name!r}; valid options: {', '.join(CLASSIFIERS)}")
+    unknown = sorted(set(params) - _valid_params(name))
+    if unknown:
+        raise ValueError(
+            f"unknown parameter(s) {unknown} for classifier {name!r}; valid: "
+            f"{', '.join(sorted(_valid_params(name)))}"
+        )
+    final = _make_final(name, dict(params))
+    if name == "xgboost":
+        return Pipeline([("clf", final)])
+    return Pipeline([("scale", StandardScaler()), ("clf", final)])

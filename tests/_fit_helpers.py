@@ -1,0 +1,73 @@
+"""Helpers for stage-two tests: tiny synthetic feature stores written with the real store code."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.store import FailedInputs, Rows, write_rows_file
+
+CLASS_NAMES = ["cat", "dog", "owl"]
+
+
+def store_attrs(class_names: Sequence[str], dim: int, **extra: Any) -> dict[str, Any]:
+    """Attributes of a complete store, as stage one writes them."""
+    attrs = {
+        "complete": True,
+        "class_names": list(class_names),
+        "model": "mobilenet_v3_small",
+        "weights": "none",
+        "feature_dim": dim,
+        "preprocessing": "ImageClassification(crop_size=[224], resize_size=[256])",
+        "preprocessing_fields": {"crop_size": [224], "resize_size": [256]},
+        "precision": "fp32",
+        "fingerprint": "f" * 16,
+        "versions": {"torch": "test", "torchvision": "test", "pipeline": "test"},
+        "format_version": 1,
+    }
+    attrs.update(extra)
+    return attrs
+
+
+def blobs(
+    n_per_class: int = 30, n_classes: int = 3, dim: int = 16, seed: int = 0, spread: float = 4.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Separable Gaussian blobs: features (n, dim) float32 and integer labels."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0.0, spread, size=(n_classes, dim))
+    labels = np.repeat(np.arange(n_classes), n_per_class)
+    features = centres[labels] + rng.normal(0.0, 1.0, size=(len(labels), dim))
+    return features.astype(np.float32), labels.astype(np.int64)
+
+
+def write_store(
+    path: Path,
+    *,
+    n_per_class: int = 30,
+    class_names: Sequence[str] = CLASS_NAMES,
+    dim: int = 16,
+    seed: int = 0,
+    split: Sequence[str] | None = None,
+    labels: np.ndarray | None = None,
+    features: np.ndarray | None = None,
+    **attrs: Any,
+) -> Path:
+    """Write a small store of separable blobs at ``path`` and return ``path``."""
+    X, y = blobs(n_per_class, len(class_names), dim, seed)
+    if features is not None:
+        X = features
+    if labels is not None:
+        y = labels
+    n = len(y)
+    rows = Rows(
+        features=X,
+        labels=y,
+        paths=[f"img/{i:04d}.png" for i in range(n)],
+        split=list(split) if split is not None else [""] * n,
+        keys=[f"k{i}" for i in range(n)],
+    )
+    write_rows_file(path, rows, FailedInputs(), store_attrs(class_names, X.shape[1], **attrs))
+    return path

@@ -1,0 +1,86 @@
+"""pipeline.predict: new images through the recorded backbone, errors as rows, model checks."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+import joblib
+import pytest
+
+from pipeline.extract import main as extract_main
+from pipeline.fit import main as fit_main
+from pipeline.predict import main as predict_main
+from pipeline.predict import run_predict
+
+from .conftest import TINY_MODEL, write_images
+
+
+@pytest.fixture
+def trained(tmp_path):
+    """A store from 3 colour-coded classes and a logreg model trained on it."""
+    data = tmp_path / "data"
+    write_images(data / "train", {"red": 8, "green": 8, "blue": 8}, size=(40, 40))
+    write_images(data / "test", {"red": 3, "green": 3, "blue": 3}, size=(40, 40), seed=1)
+    store = tmp_path / "f.h5"
+    assert (
+        extract_main(["--data", str(data), "--out", str(store), *TINY_MODEL, "--no-progress", "-q"])
+        == 0
+    )
+    out = tmp_path / "run"
+    assert fit_main(["--features", str(store), "--clf", "logreg", "--out", str(out), "-q"]) == 0
+    return out / "models" / "logreg.joblib", data
+
+
+def test_predict_cli_writes_csv_with_an_error_row(trained, tmp_path, capsys):
+    model, data = trained
+    new = tmp_path / "new"
+    write_images(new, {"red": 2, "blue": 2}, size=(40, 40), seed=7)
+    (new / "red" / "broken.png").write_bytes(b"not a png")
+    out_csv = tmp_path / "pred.csv"
+    assert predict_main(["--model", str(model), str(new), "--out", str(out_csv), "-q"]) == 0
+    rows = list(csv.DictReader(out_csv.open()))
+    assert len(rows) == 5
+    broken = [r for r in rows if r["path"].endswith("broken.png")][0]
+    assert broken["prediction"] == "" and "cannot identify image" in broken["error"]
+    good = [r for r in rows if not r["error"]]
+    assert all(r["prediction"] in {"red", "green", "blue"} for r in good)
+    assert all(0 < float(r["probability"]) <= 1 for r in good)
+    # On the images it was trained on, the model (a linear probe) is right almost always.
+    seen = run_predict(model, [str(data / "train")])
+    assert sum(p.label in p.path.rsplit("/", 2)[1] for p in seen) >= 0.9 * len(seen)
+    # Without --out, CSV goes to standard output.
+    capsys.readouterr()
+    assert predict_main(["--model", str(model), str(new / "blue" / "blue_000.png"), "-q"]) == 0
+    printed = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert len(printed) == 1 and printed[0]["prediction"] in {"red", "green", "blue"}
+
+
+def test_predictions_match_the_stored_embeddings_pipeline(trained):
+    model, data = trained
+    test_images = sorted((data / "test").rglob("*.png"))
+    predictions = run_predict(model, [str(p) for p in test_images])
+    payload = joblib.load(model)
+    from pipeline.store import read_store
+
+    table = read_store(payload["store"])
+    stored = dict(zip(table.paths, table.features, strict=True))
+    expected = payload["estimator"].predict([stored[str(p)] for p in test_images])
+    assert [p.label for p in predictions] == list(expected)
+
+
+def test_mismatched_backbone_and_bad_model_files(trained, tmp_path, capsys):
+    model, data = trained
+    payload = joblib.load(model)
+    payload["backbone"]["fingerprint"] = "0" * 32
+    joblib.dump(payload, tmp_path / "tampered.joblib")
+    capsys.readouterr()
+    assert predict_main(["--model", str(tmp_path / "tampered.joblib"), str(data), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "fingerprint differs" in err and len(err.strip().splitlines()) == 1
+    joblib.dump({"format_version": 99}, tmp_path / "future.joblib")
+    assert predict_main(["--model", str(tmp_path / "future.joblib"), str(data), "-q"]) == 2
+    assert predict_main(["--model", str(tmp_path / "missing.joblib"), str(data), "-q"]) == 2
+    (tmp_path / "empty").mkdir()
+    assert predict_main(["--model", str(model), str(tmp_path / "empty"), "-q"]) == 2
+    assert "no images found" in capsys.readouterr().err
