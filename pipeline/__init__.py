@@ -20,6 +20,8 @@ _EXPORTS = {
     "run_extraction": "pipeline.extract",
     "run_fit": "pipeline.fit",
     "ExtractConfig": "pipeline.config",
+    "FitConfig": "pipeline.config",
+    "run_predict": "pipeline.predict",
     "PipelineError": "pipeline.exceptions",
     "CacheMismatchError": "pipeline.exceptions",
     "StoreError": "pipeline.exceptions",

@@ -138,6 +138,8 @@ class FitConfig:
     svc: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     xgboost: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     logreg: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    svc_approx: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    svc_warn_rows: int = 20000
 
     @classmethod
     def from_file(

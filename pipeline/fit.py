@@ -38,7 +38,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-CLASSIFIER_NAMES = ("nn", "svc", "xgboost", "logreg")
+CLASSIFIER_NAMES = ("nn", "svc", "xgboost", "logreg", "svc_approx")
+ALL_CLASSIFIERS = ("nn", "svc", "xgboost", "logreg")  # what --clf all runs
 MODEL_FORMAT_VERSION = 1
 #: Store attributes copied into every model file, so predictions can rebuild the same embedding.
 BACKBONE_KEYS = (
@@ -66,7 +67,7 @@ def parse_clf(value: str) -> list[str]:
     for part in str(value).split(","):
         part = part.strip().lower()
         if part == "all":
-            candidates = list(CLASSIFIER_NAMES)
+            candidates = list(ALL_CLASSIFIERS)
         elif part in CLASSIFIER_NAMES:
             candidates = [part]
         else:
@@ -370,6 +371,13 @@ def run_fit(config: FitConfig) -> dict[str, Any]:
         n_train, n_test = len(y_train), len(y_test)
         used = sorted(set(y_train_idx.tolist()) | set(y_test_idx.tolist()))
     labels = [class_names[i] for i in used]
+    if "svc" in names and n_train > config.svc_warn_rows:
+        logger.warning(
+            "svc: %d training rows; exact RBF SVC costs grow quadratically or worse with rows "
+            "(see docs/benchmarks.md). --clf svc_approx (Nystroem map + linear SVM) scales "
+            "linearly at similar accuracy",
+            n_train,
+        )
     logger.info(
         "%s: %d classes, evaluation %s (%d train / %d test rows), classifiers %s",
         path,

@@ -158,6 +158,7 @@ FAST = {
     "svc": {},
     "xgboost": {"n_estimators": 20, "device": "cpu"},
     "logreg": {},
+    "svc_approx": {"n_components": 64, "calibration_cv": 3},
 }
 
 

@@ -371,3 +371,31 @@ def test_library_defaults_match_the_config_file():
                 expected = tuple(expected)
             got = tuple(found[0]) if isinstance(found[0], list) else found[0]
             assert got == expected, f"{name}.{key}: library {got!r} != config {expected!r}"
+
+
+def test_svc_warns_past_the_row_threshold_and_svc_approx_runs(tmp_path, caplog):
+    from pipeline.fit import main
+
+    from ._fit_helpers import write_store
+
+    store = write_store(tmp_path / "f.h5")
+    caplog.set_level("WARNING")
+    code = main(
+        [
+            "--features",
+            str(store),
+            "--clf",
+            "svc,svc_approx",
+            "--out",
+            str(tmp_path / "o"),
+            "--set",
+            "svc_warn_rows=10",
+            "--set",
+            "svc_approx.n_components=32",
+            "-q",
+        ]
+    )
+    assert code == 0
+    assert "svc_approx" in caplog.text and "quadratically" in caplog.text
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert {r["clf"] for r in report["results"]} == {"svc", "svc_approx"}
