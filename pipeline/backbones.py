@@ -101,15 +101,18 @@ class BackboneSpec:
             return f"random-init:seed={RANDOM_INIT_SEED}"
         return f"{self.weights}@{self.weights_enum.url}"
 
-    def fingerprint(self, precision: str, backend: str = "") -> str:
-        """Hash of everything that changes the numbers: model, weights, preprocessing, precision."""
-        payload = {
+    def fingerprint(self, precision: str, backend: str = "", jpeg_draft: bool = False) -> str:
+        """Hash of everything that changes the numbers: model, weights, preprocessing, precision
+        (and JPEG draft decoding, when on)."""
+        payload: dict[str, Any] = {
             "model": self.model,
             "weights": self.weights_id,
             "preprocessing": self.preprocessing_fields,
             "precision": precision,
             "backend": backend,
         }
+        if jpeg_draft:
+            payload["jpeg_draft"] = True
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
 
     def describe(self) -> dict[str, Any]:

@@ -99,6 +99,7 @@ class ExtractConfig:
     backend: str = "auto"
     dask: str = ""
     checkpoint_seconds: float = 30.0
+    jpeg_draft: bool = False
     overwrite: bool = False
     progress: bool = True
     auto_weights: Mapping[str, str] = dataclasses.field(default_factory=_auto_weights)

@@ -42,7 +42,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_FINGERPRINT_FIELDS = ("model", "weights", "preprocessing", "precision")
+_FINGERPRINT_FIELDS = ("model", "weights", "preprocessing", "precision", "jpeg_draft")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -242,7 +242,8 @@ def plan_extraction(config: ExtractConfig) -> ExtractionPlan:
     attrs: dict[str, Any] = {
         **spec.describe(),
         "precision": precision,
-        "fingerprint": spec.fingerprint(precision),
+        "fingerprint": spec.fingerprint(precision, jpeg_draft=config.jpeg_draft),
+        "jpeg_draft": bool(config.jpeg_draft),
         "class_names": source.class_names,
         "source": source.description,
         "versions": _versions(),
@@ -312,7 +313,8 @@ def embed_into_parts(
     folder = parts_dir(plan.out)
     part_no = len(list(folder.glob(f"{prefix}*.h5")))
     chosen = [plan.records[i] for i in indices]
-    load = functools.partial(_load_record, plan.source, chosen, None)
+    draft = plan.spec.resize_size if plan.attrs.get("jpeg_draft") else None
+    load = functools.partial(_load_record, plan.source, chosen, draft)
     failed = FailedInputs()
     buffer: dict[str, list[Any]] = {k: [] for k in ("features", "paths", "keys", "labels", "split")}
     last_flush, n_embedded, n_failed = time.perf_counter(), 0, 0
@@ -478,6 +480,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("--backend", help="auto | torch | onnxruntime")
     add("--dask", help="run on Dask: local[:N] or tcp://HOST:PORT")
     add("--checkpoint-seconds", type=float, help="how often finished rows are made durable")
+    add(
+        "--jpeg-draft",
+        action="store_true",
+        default=None,
+        help="decode large JPEGs at a reduced scale (faster; part of the fingerprint)",
+    )
     add("--overwrite", action="store_true", default=None, help="replace an existing store at --out")
     add(
         "--no-progress", dest="progress", action="store_false", default=None, help="no progress bar"

@@ -43,6 +43,7 @@ ALL_CLASSIFIERS = ("nn", "svc", "xgboost", "logreg")  # what --clf all runs
 MODEL_FORMAT_VERSION = 1
 #: Store attributes copied into every model file, so predictions can rebuild the same embedding.
 BACKBONE_KEYS = (
+    "jpeg_draft",
     "model",
     "weights",
     "preprocessing",

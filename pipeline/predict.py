@@ -58,7 +58,7 @@ class BackboneMismatchError(PipelineError, ValueError):
     """The backbone available here does not reproduce the one the model was trained on."""
 
 
-def _load_backbone(payload: dict[str, Any], model_path: Path) -> tuple[Any, str]:
+def _load_backbone(payload: dict[str, Any], model_path: Path) -> tuple[Any, str, bool]:
     from .backbones import resolve_backbone
 
     info = payload["backbone"]
@@ -69,13 +69,14 @@ def _load_backbone(payload: dict[str, Any], model_path: Path) -> tuple[Any, str]
             f"--model: {model_path} needs a backbone this torchvision cannot provide ({exc})"
         ) from exc
     precision = str(info["precision"])
-    if spec.fingerprint(precision) != info["fingerprint"]:
+    draft = bool(info.get("jpeg_draft"))
+    if spec.fingerprint(precision, jpeg_draft=draft) != info["fingerprint"]:
         raise BackboneMismatchError(
             f"--model: {model_path} was trained on embeddings of {info['model']} / "
             f"{info['weights']} with other preprocessing or weights than this installation "
             "gives (fingerprint differs); re-extract and re-fit with this installation"
         )
-    return spec, precision
+    return spec, precision, draft
 
 
 def run_predict(
@@ -103,7 +104,8 @@ def run_predict(
 
     model_path = Path(model_path)
     payload = load_model_file(model_path)
-    spec, precision = _load_backbone(payload, model_path)
+    spec, precision, draft = _load_backbone(payload, model_path)
+    draft_size = spec.resize_size if draft else None
     paths = collect_images(inputs)
     if not paths:
         raise PipelineError("IMAGE_OR_DIR: give at least one image or folder")
@@ -124,7 +126,7 @@ def run_predict(
             f"{runner.feature_dim}"
         )
     features, errors = embed_images(
-        lambda i: decode_image(paths[i]),
+        lambda i: decode_image(paths[i], draft_size),
         len(paths),
         spec,
         runner,

@@ -30,8 +30,8 @@ from pipeline.exceptions import CacheMismatchError, ImageDecodeError, StoreError
 from .conftest import TINY_MODEL, write_images
 
 REPO = Path(__file__).resolve().parent.parent
-TINY = {"model": "mobilenet_v3_small", "weights": None, "backend": "torch"}
-TINY_DIM = 1024  # input of mobilenet_v3_small's last Linear
+TINY = {"model": "squeezenet1_1", "weights": None, "backend": "torch"}
+TINY_DIM = 512  # squeezenet1_1: features + global average pooling
 
 
 @pytest.fixture(scope="module")
@@ -150,8 +150,8 @@ def test_lazy_build_and_stateless_fit(images):
 def test_feature_names(images):
     embedder = ImageEmbedder(**TINY)
     names = embedder.get_feature_names_out()
-    assert names.shape == (TINY_DIM,) and names[0] == "mobilenet_v3_small_0"
-    assert names[-1] == f"mobilenet_v3_small_{TINY_DIM - 1}"
+    assert names.shape == (TINY_DIM,) and names[0] == "squeezenet1_1_0"
+    assert names[-1] == f"squeezenet1_1_{TINY_DIM - 1}"
     pipe = make_pipeline(ImageEmbedder(**TINY), StandardScaler()).fit(images[0][:2])
     assert pipe.get_feature_names_out().tolist() == names.tolist()
 
@@ -176,7 +176,7 @@ def test_clone_get_set_params():
     embedder = ImageEmbedder(**TINY, batch_size=4, cache="c.h5", on_error="nan")
     params = embedder.get_params()
     assert params == {
-        "model": "mobilenet_v3_small",
+        "model": "squeezenet1_1",
         "weights": None,
         "batch_size": 4,
         "device": "auto",
@@ -281,7 +281,7 @@ def test_cache_second_transform_runs_no_forward(images, reference, tmp_path, for
 
     with h5py.File(cache, "r") as fh:
         assert fh["features"].shape == (9, TINY_DIM) and fh["keys"].shape == (9,)
-        assert fh.attrs["model"] == "mobilenet_v3_small" and fh.attrs["weights"] == "none"
+        assert fh.attrs["model"] == "squeezenet1_1" and fh.attrs["weights"] == "none"
     assert not list(tmp_path.glob(".embeddings.h5.*.tmp"))  # written by atomic rename
     assert len(EmbeddingCache(cache, {"fingerprint": "x"})) == 9
 
@@ -305,7 +305,7 @@ def test_cache_mismatch_names_both(images, tmp_path):
     other = ImageEmbedder(model="squeezenet1_0", weights=None, cache=cache)
     with pytest.raises(CacheMismatchError, match="squeezenet1_0") as info:
         other.fit()  # found in fit, before any network is built
-    assert "mobilenet_v3_small" in str(info.value) and str(cache) in str(info.value)
+    assert "squeezenet1_1" in str(info.value) and str(cache) in str(info.value)
     assert not hasattr(other, "_runner")
     with pytest.raises(CacheMismatchError, match="differing: precision"):
         ImageEmbedder(**TINY, precision="bf16", cache=cache).transform(images[0][:1])
@@ -413,7 +413,7 @@ def test_example_script(images, tmp_path):
     spec.loader.exec_module(example)
     root = Path(images[0][0]).parent.parent
     summary = example.main(
-        root, tmp_path / "work", model="mobilenet_v3_small", weights="none", backend="torch"
+        root, tmp_path / "work", model="squeezenet1_1", weights="none", backend="torch"
     )
     assert summary["best_params"]["svc__C"] in (0.1, 1.0, 10.0)
     assert Path(summary["model_path"]).is_file() and Path(summary["cache_path"]).is_file()

@@ -58,9 +58,9 @@ def test_store_layout_follows_the_contract(image_dir, tmp_path, capsys):
     out = tmp_path / "f.h5"
     assert extract(image_dir, out) == 0
     summary = capsys.readouterr().out.strip().splitlines()[-1]
-    assert "8 rows x 1024 dims, 1 failed" in summary and str(out) in summary
+    assert "8 rows x 512 dims, 1 failed" in summary and str(out) in summary
     with h5py.File(out, "r") as fh:
-        assert fh["features"].dtype == np.float32 and fh["features"].shape == (8, 1024)
+        assert fh["features"].dtype == np.float32 and fh["features"].shape == (8, 512)
         assert fh["features"].chunks is not None
         assert fh["labels"].dtype == np.int64
         assert list(fh["labels"][:]) == [0] * 4 + [1] * 4
@@ -82,9 +82,9 @@ def test_store_layout_follows_the_contract(image_dir, tmp_path, capsys):
     ):
         assert key in attrs, key
     assert (
-        attrs["complete"] and attrs["model"] == "mobilenet_v3_small" and attrs["weights"] == "none"
+        attrs["complete"] and attrs["model"] == "squeezenet1_1" and attrs["weights"] == "none"
     )
-    assert attrs["precision"] == "fp32" and attrs["feature_dim"] == 1024
+    assert attrs["precision"] == "fp32" and attrs["feature_dim"] == 512
     assert "crop_size=[224]" in attrs["preprocessing"]
     table = read_store(out)
     assert table.class_names == ["cat", "dog"] and table.attrs["versions"]["torch"]
@@ -142,7 +142,7 @@ def test_fingerprint_guard_refuses_to_mix_and_overwrite_replaces(image_dir, tmp_
             "--out",
             str(out),
             "--model",
-            "squeezenet1_1",
+            "shufflenet_v2_x0_5",
             "--weights",
             "none",
             "--no-progress",
@@ -151,7 +151,7 @@ def test_fingerprint_guard_refuses_to_mix_and_overwrite_replaces(image_dir, tmp_
     )
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1
-    assert "another backbone" in err and "--overwrite" in err and "squeezenet1_1" in err
+    assert "another backbone" in err and "--overwrite" in err and "shufflenet_v2_x0_5" in err
     assert out.read_bytes() == digest
     assert extract(image_dir, out, "--precision", "bf16") == 2  # precision is part of it too
     assert out.read_bytes() == digest
@@ -163,7 +163,7 @@ def test_fingerprint_guard_refuses_to_mix_and_overwrite_replaces(image_dir, tmp_
                 "--out",
                 str(out),
                 "--model",
-                "squeezenet1_1",
+                "shufflenet_v2_x0_5",
                 "--weights",
                 "none",
                 "--no-progress",
@@ -173,8 +173,8 @@ def test_fingerprint_guard_refuses_to_mix_and_overwrite_replaces(image_dir, tmp_
         )
         == 0
     )
-    assert read_store(out).attrs["model"] == "squeezenet1_1"
-    assert read_store(out).features.shape[1] == 512
+    assert read_store(out).attrs["model"] == "shufflenet_v2_x0_5"
+    assert read_store(out).features.shape[1] == 1024
 
 
 @pytest.mark.parametrize(
@@ -197,7 +197,7 @@ def test_bad_usage_is_one_line_exit_2_and_writes_nothing(
     base = {
         "--data": str(image_dir),
         "--out": str(tmp_path / "out" / "f.h5"),
-        "--model": "mobilenet_v3_small",
+        "--model": "squeezenet1_1",
         "--weights": "none",
     }
     given = [a.format(tmp=tmp_path) for a in args]
@@ -355,3 +355,21 @@ def test_overwrite_clears_leftover_parts(image_dir, tmp_path):
     assert extract(image_dir, out, "--overwrite") == 0
     assert len(read_store(out).paths) == 8
     shutil.rmtree(tmp_path)
+
+
+def test_jpeg_draft_decoding_is_part_of_the_fingerprint(tmp_path, capsys):
+    data = tmp_path / "big"
+    write_images(data, {"a": 2}, size=(1200, 900), ext=".jpg")
+    draft, full = tmp_path / "draft.h5", tmp_path / "full.h5"
+    assert extract(data, draft, "--jpeg-draft") == 0
+    assert extract(data, full) == 0
+    a, b = read_store(draft), read_store(full)
+    assert a.attrs["jpeg_draft"] and not b.attrs["jpeg_draft"]
+    assert a.attrs["fingerprint"] != b.attrs["fingerprint"]
+    cos = (a.features * b.features).sum(1) / (
+        np.linalg.norm(a.features, axis=1) * np.linalg.norm(b.features, axis=1)
+    )
+    assert (cos > 0.9).all() and not np.allclose(a.features, b.features)
+    capsys.readouterr()
+    assert extract(data, draft) == 2  # the same store without draft decoding: refused
+    assert "jpeg_draft" in capsys.readouterr().err
