@@ -14,10 +14,9 @@ is retried (its worker died) skips the rows its earlier attempt already saved; a
 killed client recomputes only rows that no part file holds. The store's folder must be visible
 to every worker under the same path (a shared filesystem on a multi-host cluster).
 
-XGBoost. :func:`fit_xgboost_dask` trains one booster across the workers (XGBoost's collective,
-as ``xgboost.dask`` does it, without its pandas dependency) on Dask arrays
-(in-memory ones, or read from the store chunk by chunk with :func:`store_array`) and returns a
-plain fitted :class:`~pipeline.estimators.XGBoostClassifier` that predicts without a cluster.
+XGBoost. :func:`fit_xgboost_dask` trains one booster across the workers with
+``xgboost.dask.DaskXGBClassifier`` on Dask arrays (in-memory ones, or read from the store chunk
+by chunk with :func:`store_array`) and returns a plain fitted :class:`~pipeline.estimators.XGBoostClassifier` that predicts without a cluster.
 """
 
 from __future__ import annotations
@@ -32,7 +31,6 @@ import secrets
 import sys
 import threading
 import time
-import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -520,6 +518,7 @@ def _fit_xgboost_on(estimator: Any, X: Any, y: Any, client: Any) -> Any:
     from sklearn.preprocessing import LabelEncoder
     from sklearn.utils.multiclass import check_classification_targets
     from xgboost import XGBClassifier
+    from xgboost import dask as dxgb
 
     final = _xgb_final(estimator)
     name = type(final).__name__
@@ -551,32 +550,21 @@ def _fit_xgboost_on(estimator: Any, X: Any, y: Any, client: Any) -> Any:
         if len(np.unique(y_enc[train_rows])) < n_classes:
             early, train_rows, val_rows = False, np.arange(len(y_enc)), np.arange(0)
 
-    def blocks(rows: np.ndarray) -> list[tuple[Any, Any]]:
-        if not len(rows):
-            return []
+    def dask_rows(rows: np.ndarray) -> tuple[Any, Any]:
         if isinstance(X, da.Array):
             part = X if len(rows) == X.shape[0] else X[rows]
         else:
             part = da.from_array(np.asarray(X)[rows], chunks=(_XGB_CHUNK_ROWS, -1))
         labels = da.from_array(y_enc[rows], chunks=(part.chunks[0],))
-        xs = part.astype(np.float32).to_delayed().ravel().tolist()
-        return list(zip(xs, labels.to_delayed().ravel().tolist(), strict=True))
+        return part.astype(np.float32), labels
 
     sklearn_model = final._make_booster(early)
-    params = sklearn_model.get_xgb_params()
-    if n_classes > 2:
-        params.update(objective="multi:softprob", num_class=n_classes)
-    else:
-        params["objective"] = params.get("objective") or "binary:logistic"
-    raw = _train_collective(
-        client,
-        params,
-        sklearn_model.get_num_boosting_rounds(),
-        final.early_stopping_rounds if early else None,
-        blocks(train_rows),
-        blocks(val_rows),
-        int(X.shape[1]),
-    )
+    distributed_model = dxgb.DaskXGBClassifier(**sklearn_model.get_params())
+    distributed_model.client = client
+    X_train, y_train = dask_rows(train_rows)
+    eval_set = [dask_rows(val_rows)] if early else None
+    distributed_model.fit(X_train, y_train, eval_set=eval_set, verbose=False)
+    raw = distributed_model.get_booster().save_raw("ubj")
     plain = XGBClassifier(**sklearn_model.get_params())
     plain.load_model(bytearray(raw))  # a plain model: predicts without the cluster
     final.estimator_ = plain
@@ -587,104 +575,3 @@ def _fit_xgboost_on(estimator: Any, X: Any, y: Any, client: Any) -> Any:
 
 
 _XGB_CHUNK_ROWS = 65536
-
-
-def _train_collective(
-    client: Any,
-    params: dict[str, Any],
-    num_boost_round: int,
-    early_stopping_rounds: int | None,
-    train: list[tuple[Any, Any]],
-    valid: list[tuple[Any, Any]],
-    n_features: int,
-) -> bytes:
-    """Train one booster over the workers that hold the data, as ``xgboost.dask`` does.
-
-    The blocks are computed on the workers; one training task runs on each worker that holds
-    blocks, and the tasks join an XGBoost collective (``RabitTracker`` on the client) so that
-    histograms and metrics are all-reduced: the result is one model over all rows.
-    (``xgboost.dask`` itself needs ``dask.dataframe`` and so pandas; this needs neither.)
-    """
-    from distributed import wait
-    from distributed.utils import get_ip
-    from xgboost.tracker import RabitTracker
-
-    futures = client.compute([b for pair in train + valid for b in pair])
-    wait(futures)
-    pairs = list(zip(futures[0::2], futures[1::2], strict=True))
-    holders = client.who_has([x for x, _ in pairs])
-    by_worker: dict[str, dict[str, list[Any]]] = {}
-    for i, (x, lab) in enumerate(pairs):
-        worker = sorted(holders[x.key])[0]
-        group = by_worker.setdefault(worker, {"train": [], "valid": []})
-        group["train" if i < len(train) else "valid"].append((x, lab))
-    scheduler_host = client.scheduler.address.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
-    tracker = RabitTracker(n_workers=len(by_worker), host_ip=get_ip(scheduler_host), sortby="task")
-    tracker.start()
-    args = tracker.worker_args()
-    tasks = [
-        client.submit(
-            _train_rank,
-            rank,
-            args,
-            params,
-            num_boost_round,
-            early_stopping_rounds,
-            group["train"],
-            group["valid"],
-            n_features,
-            workers=[worker],
-            allow_other_workers=False,
-            pure=False,
-        )
-        for rank, (worker, group) in enumerate(sorted(by_worker.items()))
-    ]
-    try:
-        results = client.gather(tasks)
-        tracker.wait_for(60)
-    finally:
-        client.cancel(futures + tasks)
-        tracker.free()
-    return next(r for r in results if r is not None)
-
-
-def _train_rank(
-    rank: int,
-    tracker_args: dict[str, Any],
-    params: dict[str, Any],
-    num_boost_round: int,
-    early_stopping_rounds: int | None,
-    train: list[tuple[np.ndarray, np.ndarray]],
-    valid: list[tuple[np.ndarray, np.ndarray]],
-    n_features: int,
-) -> bytes | None:
-    """Task: this worker's share of one collective XGBoost training; rank 0 returns the model."""
-    import xgboost as xgb
-    from xgboost import collective
-
-    def matrix(pairs: list[tuple[np.ndarray, np.ndarray]]) -> Any:
-        if not pairs:
-            return xgb.DMatrix(np.empty((0, n_features), np.float32), label=np.empty(0))
-        return xgb.DMatrix(
-            np.concatenate([x for x, _ in pairs]), label=np.concatenate([y for _, y in pairs])
-        )
-
-    params = {**params, "nthread": _worker_threads()}
-    params.pop("n_jobs", None)
-    with (
-        warnings.catch_warnings(),
-        collective.CommunicatorContext(dmlc_task_id=f"{rank:06d}", **tracker_args),
-    ):
-        # A worker may hold no validation rows: expected, and the metrics are all-reduced.
-        warnings.filterwarnings("ignore", message=".*Empty dataset at worker")
-        dtrain = matrix(train)
-        evals = [(matrix(valid), "validation")] if early_stopping_rounds else []
-        booster = xgb.train(
-            params,
-            dtrain,
-            num_boost_round=num_boost_round,
-            evals=evals,
-            early_stopping_rounds=early_stopping_rounds,
-            verbose_eval=False,
-        )
-        return bytes(booster.save_raw("ubj")) if collective.get_rank() == 0 else None
