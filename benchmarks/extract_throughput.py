@@ -52,8 +52,18 @@ def make_photos(root: Path, n: int, size=(500, 375), classes: int = 4, seed: int
 
 
 def run_ours(data: Path, out: Path, extra: list[str]) -> float:
-    cmd = [sys.executable, "-m", "pipeline.extract", "--data", str(data), "--out", str(out),
-           "--no-progress", "-q", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipeline.extract",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--no-progress",
+        "-q",
+        *extra,
+    ]
     started = time.perf_counter()
     subprocess.run(cmd, check=True, cwd=REPO)
     return time.perf_counter() - started
@@ -98,17 +108,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=800)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[],
-                        help="more flags for pipeline.extract (e.g. --workers 2)")
+    parser.add_argument(
+        "--extra",
+        nargs=argparse.REMAINDER,
+        default=[],
+        help="more flags for pipeline.extract (e.g. --workers 2)",
+    )
     args = parser.parse_args()
     cores = len(os.sched_getaffinity(0))
-    print(f"machine: {cores} cores, {os.uname().machine}; {args.images} JPEGs 500x375; "
-          f"mobilenet_v2 IMAGENET1K_V1; medians of {args.repeats}")
+    print(
+        f"machine: {cores} cores, {os.uname().machine}; {args.images} JPEGs 500x375; "
+        f"mobilenet_v2 IMAGENET1K_V1; medians of {args.repeats}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "photos"
         make_photos(data, args.images)
-        results: dict[str, list[float]] = {k: [] for k in
-                                           ("ours", "warm", "torch", "onnxruntime", "tutorial")}
+        results: dict[str, list[float]] = {
+            k: [] for k in ("ours", "warm", "torch", "onnxruntime", "tutorial")
+        }
         for r in range(args.repeats):
             out = Path(tmp) / f"f{r}.h5"
             first = run_ours(data, out, args.extra)
@@ -117,17 +134,24 @@ def main() -> None:
             results["torch"].append(forward_only(args.images // 2, "torch"))
             results["onnxruntime"].append(forward_only(args.images, "onnxruntime"))
             results["tutorial"].append(tutorial_loop(data))
-            print(f"run {r + 1}: " + ", ".join(f"{k} {v[-1]:.3g}" for k, v in results.items()),
-                  flush=True)
+            print(
+                f"run {r + 1}: " + ", ".join(f"{k} {v[-1]:.3g}" for k, v in results.items()),
+                flush=True,
+            )
     med = {k: statistics.median(v) for k, v in results.items()}
     print()
     print("| measurement | images/s (median) | ours / it |")
     print("|---|---|---|")
     print(f"| ours end to end (process start included) | {med['ours']:.1f} | 1.00 |")
-    for key, label in [("onnxruntime", "forward-only ONNX Runtime"), ("torch", "forward-only torch channels-last"),
-                       ("tutorial", "tutorial loop (batch 8, 1 worker)")]:
+    for key, label in [
+        ("onnxruntime", "forward-only ONNX Runtime"),
+        ("torch", "forward-only torch channels-last"),
+        ("tutorial", "tutorial loop (batch 8, 1 worker)"),
+    ]:
         print(f"| {label} | {med[key]:.1f} | {med['ours'] / med[key]:.2f} |")
-    print(f"\nwarm re-run over the unchanged folder: {100 * med['warm']:.1f} % of the first run's time")
+    print(
+        f"\nwarm re-run over the unchanged folder: {100 * med['warm']:.1f} % of the first run's time"
+    )
 
 
 if __name__ == "__main__":

@@ -59,7 +59,7 @@ logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 _STR = h5py.string_dtype(encoding="utf-8")
-_JSON_ATTRS = ("class_names", "versions", "preprocessing_fields")
+_JSON_ATTRS = ("class_names", "versions", "preprocessing_fields", "request")
 
 
 @dataclass

@@ -81,9 +81,7 @@ def test_store_layout_follows_the_contract(image_dir, tmp_path, capsys):
         "complete",
     ):
         assert key in attrs, key
-    assert (
-        attrs["complete"] and attrs["model"] == "squeezenet1_1" and attrs["weights"] == "none"
-    )
+    assert attrs["complete"] and attrs["model"] == "squeezenet1_1" and attrs["weights"] == "none"
     assert attrs["precision"] == "fp32" and attrs["feature_dim"] == 512
     assert "crop_size=[224]" in attrs["preprocessing"]
     table = read_store(out)
@@ -373,3 +371,18 @@ def test_jpeg_draft_decoding_is_part_of_the_fingerprint(tmp_path, capsys):
     capsys.readouterr()
     assert extract(data, draft) == 2  # the same store without draft decoding: refused
     assert "jpeg_draft" in capsys.readouterr().err
+
+
+def test_warm_rerun_over_an_unchanged_folder_does_not_import_torch(image_dir, tmp_path):
+    out = tmp_path / "f.h5"
+    assert extract(image_dir, out) == 0
+    code = (
+        "import sys\n"
+        "from pipeline.extract import main\n"
+        f"assert main(['--data', {str(image_dir)!r}, '--out', {str(out)!r}, "
+        "'--model', 'squeezenet1_1', '--weights', 'none', '--no-progress', '-q']) == 0\n"
+        "assert 'torch' not in sys.modules, 'warm path imported torch'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+    # Another request (here: precision) goes the full way, and is refused as another backbone.
+    assert extract(image_dir, out, "--precision", "bf16") == 2
