@@ -78,6 +78,15 @@ def parse_set_overrides(items: list[str] | None) -> dict[str, Any]:
     return result
 
 
+def _from_mapping(cls: Any, section: str, values: Mapping[str, Any]) -> Any:
+    """``cls(**values)``, with unknown keys named in a one-line error."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"[{section}]: unknown key(s) {unknown}; valid keys: {sorted(known)}")
+    return cls(**values)
+
+
 def _auto_weights() -> dict[str, str]:
     from .backbones import AUTO_WEIGHTS
 
@@ -113,11 +122,7 @@ class ExtractConfig:
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> ExtractConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"[extract]: unknown key(s) {unknown}; valid keys: {sorted(known)}")
-        return cls(**values)
+        return _from_mapping(cls, "extract", values)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,8 +165,4 @@ class FitConfig:
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> FitConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"[fit]: unknown key(s) {unknown}; valid keys: {sorted(known)}")
-        return cls(**values)
+        return _from_mapping(cls, "fit", values)

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from ._cli import add_verbosity, setup_logging
 from .config import ExtractConfig
 from .exceptions import CacheMismatchError, PipelineError, StoreError
 
@@ -565,23 +566,15 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--no-progress", dest="progress", action="store_false", default=None, help="no progress bar"
     )
-    add("-v", "--verbose", action="count", default=0, help="more log output")
-    add("-q", "--quiet", action="count", default=0, help="less log output")
+    add_verbosity(parser)
     return parser
-
-
-def _setup_logging(verbose: int, quiet: int) -> None:
-    level = logging.INFO - 10 * verbose + 10 * quiet
-    logging.basicConfig(
-        level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point; returns the exit code (0 ok, 2 bad usage or input)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    _setup_logging(args.verbose, args.quiet)
+    setup_logging(args)
     overrides = {
         k: v
         for k, v in vars(args).items()

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__
+from ._cli import add_verbosity, setup_logging
 from .config import FitConfig, parse_set_overrides
 from .exceptions import PipelineError, StoreError
 from .store import atomic_path, check_finite, read_store, split_table
@@ -491,22 +492,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override a config value, e.g. --set svc.C=10 --set nn.hidden_layer_sizes=[512]",
     )
-    add("-v", "--verbose", action="count", default=0, help="more log output")
-    add("-q", "--quiet", action="count", default=0, help="less log output")
+    add_verbosity(parser)
     return parser
-
-
-def _setup_logging(verbose: int, quiet: int) -> None:
-    level = logging.INFO - 10 * verbose + 10 * quiet
-    logging.basicConfig(
-        level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point; returns the exit code (0 ok, 2 bad usage or input)."""
     args = build_parser().parse_args(argv)
-    _setup_logging(args.verbose, args.quiet)
+    setup_logging(args)
     overrides = {
         k: v
         for k, v in vars(args).items()

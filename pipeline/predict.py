@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ._cli import add_verbosity, setup_logging
 from .exceptions import PipelineError
 
 __all__ = ["Prediction", "build_parser", "collect_images", "main", "run_predict"]
@@ -180,17 +181,13 @@ def build_parser() -> argparse.ArgumentParser:
     add("--workers", type=int, default=-1, help="decoding processes (-1: automatic)")
     add("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     add("--backend", default="auto", help="auto | torch | onnxruntime")
-    add("-v", "--verbose", action="count", default=0)
-    add("-q", "--quiet", action="count", default=0)
+    add_verbosity(parser)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    level = logging.INFO - 10 * args.verbose + 10 * args.quiet
-    logging.basicConfig(
-        level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    setup_logging(args)
     try:
         predictions = run_predict(
             args.model,
