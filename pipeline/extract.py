@@ -79,7 +79,6 @@ class _Previous:
     )  # path -> (key, error)
     complete_attrs: dict[str, Any] | None = None  # attrs of a complete store at --out
     labels: dict[str, tuple[int, str]] = dataclasses.field(default_factory=dict)
-    next_part: int = 0
 
 
 def _check_fingerprint(path: Path, attrs: dict[str, Any], expected: dict[str, Any]) -> None:
@@ -137,9 +136,6 @@ def _read_previous(out: Path, expected: dict[str, Any]) -> _Previous:
                 table.failed.paths, table.failed.keys, table.failed.errors, strict=True
             )
         )
-        number = part.stem.rsplit("-", 1)[-1]  # part-000003, or part-shard00002-000001 (Dask)
-        if part.name.startswith("part-") and number.isdigit():
-            prev.next_part = max(prev.next_part, int(number) + 1)
     return prev
 
 
