@@ -267,33 +267,24 @@ def _wait_for_parts(out: Path, count: int, proc: subprocess.Popen, timeout: floa
     pytest.fail("no part files appeared")
 
 
+def _kill_after_parts(data: Path, out: Path, parts: int) -> None:
+    """Run the CLI in a subprocess, checkpointing every batch; SIGKILL it once ``parts``
+    part files exist."""
+    argv = [sys.executable, "-m", "pipeline.extract", "--data", str(data), "--out", str(out),
+            *TINY_MODEL, "--batch-size", "2", "--workers", "0", "--checkpoint-seconds", "0",
+            "--no-progress", "-q"]  # fmt: skip
+    proc = subprocess.Popen(argv, cwd=REPO, stderr=subprocess.PIPE, text=True)
+    _wait_for_parts(out, parts, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
 def test_resume_after_kill_9_equals_an_uninterrupted_run(tmp_path):
     data = tmp_path / "images"
     write_images(data, {"a": 20, "b": 20})
     (data / "a" / "broken.jpg").write_bytes(b"\xff\xd8\xff broken")
     out = tmp_path / "killed.h5"
-    argv = [
-        sys.executable,
-        "-m",
-        "pipeline.extract",
-        "--data",
-        str(data),
-        "--out",
-        str(out),
-        *TINY_MODEL,
-        "--batch-size",
-        "2",
-        "--workers",
-        "0",
-        "--checkpoint-seconds",
-        "0",
-        "--no-progress",
-        "-q",
-    ]
-    proc = subprocess.Popen(argv, cwd=REPO, stderr=subprocess.PIPE, text=True)
-    _wait_for_parts(out, 3, proc)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    _kill_after_parts(data, out, 3)
     # The interrupted store is a readable, incomplete store holding the rows done so far.
     with h5py.File(out, "r") as fh:
         assert not fh.attrs["complete"]
@@ -316,28 +307,7 @@ def test_interrupted_update_of_a_complete_store_keeps_its_rows(image_dir, tmp_pa
     assert extract(image_dir, out) == 0
     before = features_by_path(out)
     write_images(image_dir, {"new": 30}, seed=9)
-    argv = [
-        sys.executable,
-        "-m",
-        "pipeline.extract",
-        "--data",
-        str(image_dir),
-        "--out",
-        str(out),
-        *TINY_MODEL,
-        "--batch-size",
-        "2",
-        "--workers",
-        "0",
-        "--checkpoint-seconds",
-        "0",
-        "--no-progress",
-        "-q",
-    ]
-    proc = subprocess.Popen(argv, cwd=REPO, stderr=subprocess.PIPE, text=True)
-    _wait_for_parts(out, 2, proc)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    _kill_after_parts(image_dir, out, 2)
     assert (parts_dir(out) / "base.h5").exists()
     assert extract(image_dir, out) == 0
     after = features_by_path(out)
