@@ -133,44 +133,15 @@ def test_fingerprint_guard_refuses_to_mix_and_overwrite_replaces(image_dir, tmp_
     assert extract(image_dir, out) == 0
     digest = out.read_bytes()
     capsys.readouterr()
-    code = main(
-        [
-            "--data",
-            str(image_dir),
-            "--out",
-            str(out),
-            "--model",
-            "shufflenet_v2_x0_5",
-            "--weights",
-            "none",
-            "--no-progress",
-            "-q",
-        ]
-    )
+    other_model = ["--model", "shufflenet_v2_x0_5"]  # the last --model wins
+    code = extract(image_dir, out, *other_model)
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1
     assert "another backbone" in err and "--overwrite" in err and "shufflenet_v2_x0_5" in err
     assert out.read_bytes() == digest
     assert extract(image_dir, out, "--precision", "bf16") == 2  # precision is part of it too
     assert out.read_bytes() == digest
-    assert (
-        main(
-            [
-                "--data",
-                str(image_dir),
-                "--out",
-                str(out),
-                "--model",
-                "shufflenet_v2_x0_5",
-                "--weights",
-                "none",
-                "--no-progress",
-                "-q",
-                "--overwrite",
-            ]
-        )
-        == 0
-    )
+    assert extract(image_dir, out, *other_model, "--overwrite") == 0
     assert read_store(out).attrs["model"] == "shufflenet_v2_x0_5"
     assert read_store(out).features.shape[1] == 1024
 
