@@ -18,6 +18,7 @@ from functools import cached_property
 from typing import Any
 
 from .exceptions import BackboneError
+from .preprocess import Preprocessing
 
 __all__ = [
     "AUTO_WEIGHTS",
@@ -26,6 +27,7 @@ __all__ = [
     "build_backbone",
     "list_backbones",
     "resolve_backbone",
+    "transform_fields",
 ]
 
 RANDOM_INIT_SEED = 0
@@ -40,6 +42,19 @@ def list_backbones() -> list[str]:
     import torchvision
 
     return torchvision.models.list_models(module=torchvision.models)
+
+
+def transform_fields(transform: Any) -> dict[str, Any]:
+    """The fields of a torchvision classification preset (its ``repr`` omits ``antialias``)."""
+    return {
+        "class": type(transform).__name__,
+        "crop_size": list(transform.crop_size),
+        "resize_size": list(transform.resize_size) if transform.resize_size is not None else None,
+        "mean": list(transform.mean),
+        "std": list(transform.std),
+        "interpolation": str(transform.interpolation.value),
+        "antialias": transform.antialias,
+    }
 
 
 def _suggest(name: str, choices: list[str]) -> str:
@@ -74,16 +89,38 @@ class BackboneSpec:
     @cached_property
     def preprocessing_fields(self) -> dict[str, Any]:
         """The preset transform's fields (its ``repr`` omits ``antialias``)."""
-        t = self.transforms()
+        return transform_fields(self.transforms())
+
+    @cached_property
+    def preprocessing_repr(self) -> str:
+        return repr(self.transforms()).replace("\n", " ")
+
+    @cached_property
+    def preprocessing(self) -> Preprocessing:
+        """The preset split into a uint8 crop (decoding workers) and a normalisation (device)."""
+        return Preprocessing.from_fields(self.preprocessing_fields)
+
+    @cached_property
+    def weights_url(self) -> str | None:
+        return None if self.weights is None else str(self.weights_enum.url)
+
+    def to_record(self) -> dict[str, Any]:
+        """Everything torchvision contributes to this spec, as JSON-able data."""
         return {
-            "class": type(t).__name__,
-            "crop_size": list(t.crop_size),
-            "resize_size": list(t.resize_size) if t.resize_size is not None else None,
-            "mean": list(t.mean),
-            "std": list(t.std),
-            "interpolation": str(t.interpolation.value),
-            "antialias": t.antialias,
+            "model": self.model,
+            "weights": self.weights,
+            "weights_url": self.weights_url,
+            "preprocessing_fields": self.preprocessing_fields,
+            "preprocessing_repr": self.preprocessing_repr,
         }
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> BackboneSpec:
+        """The spec :meth:`to_record` described, usable without importing torch."""
+        spec = cls(record["model"], record["weights"])
+        for name in ("weights_url", "preprocessing_fields", "preprocessing_repr"):
+            spec.__dict__[name] = record[name]  # fills the cached properties
+        return spec
 
     @property
     def input_size(self) -> int:
@@ -99,7 +136,7 @@ class BackboneSpec:
         """What identifies the weights' tensors: the checkpoint URL (it embeds a hash)."""
         if self.weights is None:
             return f"random-init:seed={RANDOM_INIT_SEED}"
-        return f"{self.weights}@{self.weights_enum.url}"
+        return f"{self.weights}@{self.weights_url}"
 
     def fingerprint(self, precision: str, backend: str = "", jpeg_draft: bool = False) -> str:
         """Hash of everything that changes the numbers: model, weights, preprocessing, precision
@@ -120,7 +157,7 @@ class BackboneSpec:
         return {
             "model": self.model,
             "weights": self.weights or "none",
-            "preprocessing": repr(self.transforms()).replace("\n", " "),
+            "preprocessing": self.preprocessing_repr,
             "preprocessing_fields": self.preprocessing_fields,
         }
 

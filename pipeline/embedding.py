@@ -1,53 +1,64 @@
-"""The embedding engine: decode in DataLoader workers, run the backbone, yield embeddings.
+"""The embedding engine: decode in parallel, run the backbone, yield embeddings.
 
 One implementation serves ``pipeline.extract``, ``pipeline.predict`` and ``ImageEmbedder``.
-On CUDA it uses pinned memory, non-blocking copies, channels-last and bf16/fp16 autocast; on
-CPU it runs fp32 (autocast on CPU is much slower on AVX2 machines), channels-last.
+Decoders hand over uint8 crops (:mod:`pipeline.decoding`); the runner normalises them on the
+inference device and runs the network. On CUDA: pinned memory, non-blocking copies of uint8
+(a quarter of the bytes of floats), channels-last and bf16/fp16 autocast. On CPU: fp32, with
+ONNX Runtime when its output matches torch's (:mod:`pipeline.onnx_backend`), else torch
+channels-last. torch is imported only when a function here needs it.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from .backbones import Backbone, BackboneSpec, build_backbone
+from .decoding import Batch, iter_batches
 from .exceptions import ImageDecodeError, PipelineError
+from .onnx_backend import (
+    ONNX_TOLERANCE,
+    OnnxRunner,
+    VerifiedGraph,
+    graph_path,
+    onnx_cache_dir,
+    save_verified,
+)
 
 __all__ = [
     "Batch",
+    "OnnxRunner",
     "TorchRunner",
     "auto_batch_size",
     "auto_workers",
+    "checkpoint_path",
     "embed_images",
-    "inference_threads",
     "embed_loaded",
+    "inference_threads",
+    "iter_batches",
     "make_runner",
     "max_relative_difference",
-    "OnnxRunner",
     "onnx_cache_dir",
-    "verify_runner",
-    "iter_batches",
     "resolve_device",
     "resolve_precision",
+    "verify_runner",
 ]
 
 logger = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def resolve_device(device: str = "auto") -> torch.device:
+def resolve_device(device: str = "auto") -> Any:
     """``auto`` -> CUDA when available, else CPU; explicit CUDA without a GPU is an error."""
+    import torch
+
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -61,32 +72,39 @@ def resolve_device(device: str = "auto") -> torch.device:
     return resolved
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
+def resolve_precision(precision: str, device: Any) -> str:
     """``auto`` -> bf16 on GPUs that support it, else fp16 on GPU, fp32 on CPU."""
     if precision not in PRECISIONS:
         raise PipelineError(f"--precision: {precision!r} is not one of {', '.join(PRECISIONS)}")
     if precision != "auto":
         return precision
-    if device.type == "cuda":
+    if _device_type(device) == "cuda":
+        import torch
+
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     return "fp32"
 
 
-def auto_batch_size(device: torch.device) -> int:
-    return 256 if device.type == "cuda" else 32
+def _device_type(device: Any) -> str:
+    return getattr(device, "type", None) or str(device).split(":", 1)[0]
 
 
-def auto_workers(device: torch.device) -> int:
-    """Decoding processes: most cores on GPU machines; on CPU, leave the cores to the model."""
+def auto_batch_size(device: Any) -> int:
+    return 256 if _device_type(device) == "cuda" else 32
+
+
+def auto_workers(device: Any) -> int:
+    """Decoding workers: processes on most cores of a GPU machine; on CPU, threads, one per
+    core (PIL releases the GIL; measured in benchmarks/extract_throughput.py)."""
     cores = _cores()
-    if device.type == "cuda":
+    if _device_type(device) == "cuda":
         return max(1, min(cores - 1, 16))
-    return 1 if cores >= 2 else 0
+    return min(cores, 8)
 
 
 def inference_threads(workers: int) -> int:
-    """Threads for the forward pass: every core; decoding workers mostly wait on I/O and the
-    forward pass dominates on CPU (measured in benchmarks/extract_throughput.py)."""
+    """Threads for the forward pass: every core; they do not spin, so decoding threads get the
+    cores whenever the forward pass waits."""
     return _cores()
 
 
@@ -95,78 +113,56 @@ def _cores() -> int:
     return cores or 1
 
 
+def _crops_module(backbone: Backbone) -> Any:
+    """The backbone behind the weights' normalisation: uint8 (N, H, W, 3) crops in."""
+    import torch
+
+    pre = backbone.spec.preprocessing
+
+    class FromCrops(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.features = backbone.module
+            self.register_buffer("mean", torch.tensor(pre.mean).view(1, -1, 1, 1))
+            self.register_buffer("std", torch.tensor(pre.std).view(1, -1, 1, 1))
+
+        def forward(self, crops: torch.Tensor) -> torch.Tensor:
+            # Same operations as the preset: float, / 255, - mean, / std (NCHW view).
+            images = crops.permute(0, 3, 1, 2).float() / 255
+            return torch.flatten(self.features((images - self.mean) / self.std), 1)
+
+    return FromCrops().eval().requires_grad_(False)
+
+
 class TorchRunner:
-    """Runs a backbone on batches of preprocessed images; returns float32 numpy embeddings."""
+    """Runs a backbone on uint8 (N, H, W, 3) crops; returns float32 numpy embeddings."""
 
     backend = "torch"
 
-    def __init__(self, backbone: Backbone, device: torch.device, precision: str) -> None:
-        self.device = device
+    def __init__(self, backbone: Backbone, device: Any, precision: str) -> None:
+        import torch
+
+        self.device = torch.device(device)
         self.precision = precision
         self.feature_dim = backbone.feature_dim
-        self.module = backbone.module.to(device, memory_format=torch.channels_last)
+        self.input_size = backbone.spec.input_size
+        self.module = _crops_module(backbone).to(self.device, memory_format=torch.channels_last)
 
-    def __call__(self, images: torch.Tensor) -> np.ndarray:
-        images = images.to(self.device, non_blocking=True).contiguous(
-            memory_format=torch.channels_last
-        )
+    def __call__(self, images: Any) -> np.ndarray:
+        import torch
+
+        if isinstance(images, np.ndarray):
+            images = torch.from_numpy(images)
+        # NHWC bytes, viewed as NCHW inside the module: channels-last without a copy.
+        images = images.to(self.device, non_blocking=True)
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
         with torch.inference_mode():
-            if self.precision in _DTYPES:
-                with torch.autocast(self.device.type, dtype=_DTYPES[self.precision]):
+            if dtype is not None:
+                with torch.autocast(self.device.type, dtype=dtype):
                     out = self.module(images)
             else:
                 out = self.module(images)
-        return torch.flatten(out, 1).float().cpu().numpy()
-
-
-@dataclass
-class Batch:
-    """A decoded batch: ``images[i]`` is input ``indices[i]`` when ``errors[i]`` is empty."""
-
-    images: torch.Tensor
-    indices: list[int]
-    errors: list[str]
-
-
-class _DecodeDataset(torch.utils.data.Dataset):
-    """Decodes and preprocesses item ``i``; a failure becomes an error string, not an exception."""
-
-    def __init__(self, load: Callable[[int], Any], n: int, transform: Any, size: int) -> None:
-        self.load, self.n, self.transform, self.size = load, n, transform, size
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, str]:
-        try:
-            return self.transform(self.load(i)), i, ""
-        except ImageDecodeError as exc:
-            return torch.zeros(3, self.size, self.size), i, str(exc)
-        except Exception as exc:  # a decoder bug on one file must not end the run
-            return torch.zeros(3, self.size, self.size), i, f"{type(exc).__name__}: {exc}"
-
-
-def iter_batches(
-    load: Callable[[int], Any],
-    n: int,
-    spec: BackboneSpec,
-    *,
-    batch_size: int,
-    workers: int,
-    pin_memory: bool = False,
-) -> Iterator[Batch]:
-    """Decode items ``0..n-1`` with ``load(i) -> PIL image`` in worker processes, in order."""
-    dataset = _DecodeDataset(load, n, spec.transforms(), spec.input_size)
-    loader = torch.utils.data.DataLoader(
-        dataset,
-        batch_size=batch_size,
-        num_workers=workers,
-        pin_memory=pin_memory,
-        prefetch_factor=4 if workers > 0 else None,
-        shuffle=False,
-    )
-    for images, indices, errors in loader:
-        yield Batch(images, [int(i) for i in indices], list(errors))
+        return out.float().cpu().numpy()
 
 
 def embed_loaded(
@@ -189,61 +185,14 @@ def embed_loaded(
     return out, errors
 
 
-ONNX_TOLERANCE = 1e-4
+def _export_onnx(runner: TorchRunner, path: Path) -> None:
+    """Export the CPU runner's module (normalisation included) to ``path``, atomically."""
+    import torch
 
-
-def onnx_cache_dir() -> Path:
-    """Where exported ONNX graphs are cached: ``$PIPELINE_CACHE_DIR/onnx`` or ``~/.cache/pipeline/onnx``."""
-    root = os.environ.get("PIPELINE_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "pipeline"
-    )
-    return Path(root) / "onnx"
-
-
-class OnnxRunner:
-    """Runs an exported backbone with ONNX Runtime on the CPU (fp32).
-
-    The graph is exported once per (model, weights, input size, torch version) and cached.
-    """
-
-    backend = "onnxruntime"
-
-    def __init__(
-        self, backbone: Backbone, threads: int, spin: bool = False, cache_dir: Path | None = None
-    ) -> None:
-        import onnxruntime as ort
-
-        spec = backbone.spec
-        tag = hashlib.sha256(
-            f"{spec.model}|{spec.weights_id}|{spec.input_size}|{torch.__version__}".encode()
-        ).hexdigest()[:16]
-        self.path = (cache_dir or onnx_cache_dir()) / f"{spec.model}-{tag}.onnx"
-        if not self.path.exists():
-            _export_onnx(backbone, self.path)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = max(1, threads)
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # Spinning threads would take the cores the decoding workers need.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
-        self.session = ort.InferenceSession(
-            str(self.path), options, providers=["CPUExecutionProvider"]
-        )
-        self.input_name = self.session.get_inputs()[0].name
-        self.feature_dim = backbone.feature_dim
-        self.device = torch.device("cpu")
-
-    def __call__(self, images: torch.Tensor) -> np.ndarray:
-        batch = np.ascontiguousarray(images.numpy(), dtype=np.float32)
-        return self.session.run(None, {self.input_name: batch})[0].reshape(len(batch), -1)
-
-
-def _export_onnx(backbone: Backbone, path: Path) -> None:
     from .store import atomic_path
 
-    size = backbone.spec.input_size
-    probe = torch.zeros(2, 3, size, size)
-    module = backbone.module.eval()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    probe = torch.zeros(2, runner.input_size, runner.input_size, 3, dtype=torch.uint8)
     # The TorchScript exporter needs no extra packages (the dynamo one needs onnxscript).
     with (
         atomic_path(path) as tmp,
@@ -253,16 +202,16 @@ def _export_onnx(backbone: Backbone, path: Path) -> None:
     ):
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            module,
+            runner.module,
             (probe,),
             str(tmp),
-            input_names=["images"],
+            input_names=["crops"],
             output_names=["embeddings"],
-            dynamic_axes={"images": {0: "batch"}, "embeddings": {0: "batch"}},
+            dynamic_axes={"crops": {0: "batch"}, "embeddings": {0: "batch"}},
             dynamo=False,
             opset_version=17,
         )
-    module.eval()
+    runner.module.eval()
 
 
 def max_relative_difference(got: np.ndarray, expected: np.ndarray) -> float:
@@ -272,43 +221,55 @@ def max_relative_difference(got: np.ndarray, expected: np.ndarray) -> float:
 
 
 def verify_runner(candidate: Any, reference: TorchRunner, size: int) -> float:
-    """Run both on a fixed probe batch; return their max relative difference."""
-    generator = torch.Generator().manual_seed(0)
-    probe = torch.randn(4, 3, size, size, generator=generator)
+    """Run both on a fixed batch of random crops; return their max relative difference."""
+    probe = np.random.default_rng(0).integers(0, 256, (4, size, size, 3), dtype=np.uint8)
     return max_relative_difference(candidate(probe), reference(probe))
+
+
+def checkpoint_path(spec: BackboneSpec) -> str | None:
+    """Where torchvision's weight loading keeps (or would download) the spec's checkpoint."""
+    if spec.weights_url is None:
+        return None
+    import torch
+
+    return str(Path(torch.hub.get_dir()) / "checkpoints" / spec.weights_url.rsplit("/", 1)[-1])
 
 
 def make_runner(
     spec: BackboneSpec,
-    device: torch.device,
+    device: Any,
     precision: str,
     backend: str = "auto",
     threads: int | None = None,
+    remember_as: str | None = None,
 ) -> Any:
     """Build the backbone and the fastest runner whose output matches torch's.
 
     ``auto`` uses ONNX Runtime for fp32 on CPU and torch otherwise. ONNX Runtime is only used
     when its embeddings match torch's within ``ONNX_TOLERANCE`` (max relative difference on a
     probe batch); when export fails or the outputs differ, it falls back to torch and logs why.
+    With ``remember_as`` (a :func:`pipeline.onnx_backend.request_key`), a verified graph is
+    recorded so that later runs of that request skip torch (:func:`~pipeline.onnx_backend.load_verified`).
     """
     if backend not in ("auto", "torch", "onnxruntime"):
         raise PipelineError(f"--backend: {backend!r} is not one of auto, torch, onnxruntime")
     backbone = build_backbone(spec)
     reference = TorchRunner(backbone, device, precision)
-    want_onnx = backend == "onnxruntime" or (
-        backend == "auto" and device.type == "cpu" and precision == "fp32"
-    )
-    if not want_onnx:
+    cpu_fp32 = reference.device.type == "cpu" and precision == "fp32"
+    if backend == "torch" or (backend == "auto" and not cpu_fp32):
         return reference
-    if device.type != "cpu" or precision != "fp32":
+    if not cpu_fp32:
         logger.warning(
             "--backend onnxruntime runs fp32 on CPU only; using torch on %s with %s",
-            device,
+            reference.device,
             precision,
         )
         return reference
+    path = graph_path(spec)
     try:
-        runner = OnnxRunner(backbone, threads or torch.get_num_threads())
+        if not path.exists():
+            _export_onnx(reference, path)
+        runner = OnnxRunner(path, backbone.feature_dim, threads or _cores())
         difference = verify_runner(runner, reference, spec.input_size)
     except Exception as exc:  # exporters and runtimes fail in many ways; torch still works
         logger.warning(
@@ -326,7 +287,16 @@ def make_runner(
             ONNX_TOLERANCE,
         )
         return reference
+    runner.difference = difference
     logger.info("backend: onnxruntime (max relative difference to torch %.1e)", difference)
+    if remember_as is not None:
+        record = VerifiedGraph(
+            spec.to_record(), backbone.feature_dim, str(path), difference, checkpoint_path(spec)
+        )
+        try:
+            save_verified(remember_as, record)
+        except OSError as exc:  # a read-only cache only costs the next run its start-up
+            logger.info("could not record the verified graph (%s)", exc)
     return runner
 
 
@@ -341,12 +311,14 @@ def embed_images(
     on_error: str = "raise",
 ) -> tuple[np.ndarray, list[str]]:
     """Embed ``n`` items given by ``load(i)``; see :func:`embed_loaded`."""
+    on_gpu = _device_type(getattr(runner, "device", "cpu")) == "cuda"
     batches = iter_batches(
         load,
         n,
-        spec,
+        spec.preprocessing,
         batch_size=batch_size,
         workers=workers,
-        pin_memory=getattr(runner, "device", torch.device("cpu")).type == "cuda",
+        processes=on_gpu,
+        pin_memory=on_gpu,
     )
     return embed_loaded(runner, batches, n, on_error)

@@ -148,18 +148,19 @@ def _check_writable(out: Path) -> None:
         raise PipelineError(f"--out: cannot write to {out.parent} ({exc.strerror or exc})") from exc
 
 
-def _versions() -> dict[str, str]:
-    import h5py
-    import torch
-    import torchvision
+def _versions(backend: str | None = None) -> dict[str, str]:
+    """Provenance: installed versions, read from package metadata (no imports)."""
+    from importlib.metadata import version
 
-    return {
-        "pipeline": __version__,
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "h5py": h5py.__version__,
-        "python": sys.version.split()[0],
-    }
+    versions = {"pipeline": __version__, "python": sys.version.split()[0]}
+    for package in (
+        "torch",
+        "torchvision",
+        "h5py",
+        *([backend] if backend == "onnxruntime" else []),
+    ):
+        versions[package] = version(package)
+    return versions
 
 
 def _load_record(source: Any, records: Sequence[Any], draft_size: int | None, i: int) -> Any:
@@ -188,17 +189,13 @@ class ExtractionPlan:
     def batch_size(self) -> int:
         from .embedding import auto_batch_size
 
-        return self.config.batch_size or auto_batch_size(_torch_device(self.device))
+        return self.config.batch_size or auto_batch_size(self.device)
 
     @property
     def workers(self) -> int:
         from .embedding import auto_workers
 
-        return (
-            self.config.workers
-            if self.config.workers >= 0
-            else auto_workers(_torch_device(self.device))
-        )
+        return self.config.workers if self.config.workers >= 0 else auto_workers(self.device)
 
     def is_up_to_date(self) -> bool:
         """True when ``--out`` is complete and matches the inputs: nothing to do at all."""
@@ -288,29 +285,73 @@ def _unchanged_store(config: ExtractConfig, source: Any) -> ExtractSummary | Non
     )
 
 
-def _torch_device(name: str) -> Any:
-    import torch
+def _make_runner(plan: ExtractionPlan, verified: Any) -> Any:
+    """The verified ONNX graph when there is one, else the runner make_runner chooses (and
+    records, so that the next run of this request can skip torch)."""
+    from .embedding import inference_threads, make_runner
+    from .onnx_backend import request_key
 
-    return torch.device(name)
+    threads = inference_threads(plan.workers)
+    if verified is not None:
+        try:
+            runner = verified.runner(threads)
+            logger.info(
+                "backend: onnxruntime, verified graph %s (max relative difference to torch %.1e)",
+                runner.path.name,
+                verified.difference,
+            )
+            return runner
+        except Exception as exc:  # a damaged cache file: rebuild through torch
+            logger.warning("cached ONNX graph unusable (%s); rebuilding it", exc)
+    config = plan.config
+    return make_runner(
+        plan.spec,
+        plan.device,
+        plan.precision,
+        config.backend,
+        threads=threads,
+        remember_as=request_key(config.model, config.weights, config.auto_weights),
+    )
 
 
-def plan_extraction(config: ExtractConfig, source: Any = None) -> ExtractionPlan:
+def _verified_cpu_graph(config: ExtractConfig) -> Any:
+    """The verified ONNX graph of an earlier run of this request, when this run will use it:
+    CPU (asked for, or ``auto`` on a machine without GPU devices), fp32, ONNX Runtime allowed.
+    With it, extraction never imports torch. None otherwise."""
+    from .onnx_backend import load_verified, no_gpu_present, request_key
+
+    cpu = config.device == "cpu" or (config.device == "auto" and no_gpu_present())
+    if not cpu or config.precision not in ("auto", "fp32") or config.backend == "torch":
+        return None
+    return load_verified(request_key(config.model, config.weights, config.auto_weights))
+
+
+def plan_extraction(
+    config: ExtractConfig, source: Any = None, verified: Any = None
+) -> ExtractionPlan:
     """Validate every input and option, read what ``--out`` holds, and list the work left.
+
+    ``verified`` (a :class:`~pipeline.onnx_backend.VerifiedGraph` for this request) supplies
+    the resolved backbone without torch, for a CPU fp32 run.
 
     Raises :class:`~pipeline.exceptions.PipelineError` (a one-line message naming the flag or
     file) before anything is written when an input or option is unusable.
     """
-    from .backbones import resolve_backbone
-    from .embedding import resolve_device, resolve_precision
     from .sources import open_source
     from .store import parts_dir
 
     source = source if source is not None else open_source(config.data)
-    spec = resolve_backbone(config.model, config.weights, config.auto_weights)
-    device = resolve_device(config.device)
-    precision = resolve_precision(config.precision, device)
     if config.backend not in ("auto", "torch", "onnxruntime"):
         raise PipelineError(f"--backend: {config.backend!r} is not one of auto, torch, onnxruntime")
+    if verified is not None:
+        spec, device, precision = verified.spec, "cpu", "fp32"
+    else:
+        from .backbones import resolve_backbone
+        from .embedding import resolve_device, resolve_precision
+
+        spec = resolve_backbone(config.model, config.weights, config.auto_weights)
+        device = resolve_device(config.device)
+        precision = resolve_precision(config.precision, device)
     if config.batch_size < 0:
         raise PipelineError(f"--batch-size: must be positive, got {config.batch_size}")
     out = Path(config.out)
@@ -346,6 +387,7 @@ def begin_parts(plan: ExtractionPlan, feature_dim: int, backend: str) -> None:
 
     plan.attrs["feature_dim"] = feature_dim
     plan.attrs["backend"] = backend
+    plan.attrs["versions"] = _versions(backend)
     folder = parts_dir(plan.out)
     folder.mkdir(exist_ok=True)
     if plan.prev.complete_attrs is not None:
@@ -372,7 +414,7 @@ def embed_into_parts(
     from tqdm.auto import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    from .embedding import iter_batches
+    from .decoding import iter_batches
     from .store import FailedInputs, Rows, parts_dir, write_index, write_rows_file
 
     folder = parts_dir(plan.out)
@@ -409,13 +451,15 @@ def embed_into_parts(
         for value in buffer.values():
             value.clear()
 
+    on_gpu = plan.device.startswith("cuda")
     batches = iter_batches(
         load,
         len(chosen),
-        plan.spec,
+        plan.spec.preprocessing,
         batch_size=plan.batch_size,
         workers=plan.workers,
-        pin_memory=plan.device.startswith("cuda"),
+        processes=on_gpu,
+        pin_memory=on_gpu,
     )
     with (
         logging_redirect_tqdm(),
@@ -491,9 +535,8 @@ def run_extraction(config: ExtractConfig) -> ExtractSummary:
     if unchanged is not None:
         logger.info("%s is up to date with %s", unchanged.out, source.description)
         return unchanged
-    from .embedding import inference_threads, make_runner
-
-    plan = plan_extraction(config, source)
+    verified = _verified_cpu_graph(config)
+    plan = plan_extraction(config, source, verified)
     if plan.is_up_to_date():
         logger.info("%s is up to date with %s", plan.out, plan.source.description)
         return ExtractSummary(
@@ -509,13 +552,7 @@ def run_extraction(config: ExtractConfig) -> ExtractSummary:
 
         n_embedded, seconds = run_dask_extraction(plan)
     else:
-        runner = make_runner(
-            plan.spec,
-            _torch_device(plan.device),
-            plan.precision,
-            config.backend,
-            threads=inference_threads(plan.workers),
-        )
+        runner = _make_runner(plan, verified)
         begin_parts(plan, runner.feature_dim, runner.backend)
         embed_started = time.perf_counter()
         n_embedded, _ = embed_into_parts(plan, plan.todo, runner, progress=config.progress)

@@ -23,12 +23,17 @@ CPU = torch.device("cpu")
 def test_onnxruntime_equals_torch_on_real_mobilenet_v2(tmp_path):
     spec = resolve_backbone("mobilenet_v2", "IMAGENET1K_V1")
     paths = write_images(tmp_path, {"a": 3}, size=(500, 375), ext=".jpg")
-    preprocess = spec.transforms()
-    batch = torch.stack([preprocess(decode_image(p)) for p in paths])
+    crops = np.stack([spec.preprocessing.crop(decode_image(p)) for p in paths])
     onnx = make_runner(spec, CPU, "fp32", "onnxruntime")
     torch_runner = make_runner(spec, CPU, "fp32", "torch")
     assert isinstance(onnx, OnnxRunner) and isinstance(torch_runner, TorchRunner)
-    assert max_relative_difference(onnx(batch), torch_runner(batch)) < 1e-4
+    assert max_relative_difference(onnx(crops), torch_runner(crops)) < 1e-4
+    # ... and torch on the split preprocessing equals the full model on weights.transforms().
+    preset = spec.transforms()
+    reference = torch.stack([preset(decode_image(p)) for p in paths])
+    model = torch_runner.module.features
+    with torch.inference_mode():
+        np.testing.assert_allclose(torch_runner(crops), model(reference).numpy(), rtol=1e-5, atol=1e-6)
 
 
 def test_auto_backend_is_onnxruntime_on_cpu_fp32_and_torch_otherwise():
@@ -75,5 +80,5 @@ def test_several_model_families_build_and_export(tmp_path):
     for name, dim in [("resnet18", 512), ("efficientnet_b0", 1280), ("regnet_x_400mf", 400)]:
         spec = resolve_backbone(name, "none")
         runner = make_runner(spec, CPU, "fp32", "auto")
-        out = runner(torch.zeros(1, 3, spec.input_size, spec.input_size))
+        out = runner(np.zeros((1, spec.input_size, spec.input_size, 3), np.uint8))
         assert out.shape == (1, dim) and np.isfinite(out).all(), name

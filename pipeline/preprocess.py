@@ -1,0 +1,111 @@
+"""The weights' preprocessing, split where the bytes are smallest.
+
+torchvision's classification presets (``weights.transforms()``, an ``ImageClassification``)
+resize and centre-crop a PIL image, then convert it to float and normalise it. We run the
+same steps in two places:
+
+- :meth:`Preprocessing.crop` — resize and centre crop, on the decoding workers, returning
+  the crop as ``uint8`` (H, W, 3): a quarter of the bytes of a float tensor to move between
+  processes or to the GPU, and no torch needed;
+- :meth:`Preprocessing.normalize` — ``x / 255``, minus ``mean``, over ``std``, on the inference
+  device, inside the network (the exported ONNX graph holds it too).
+
+Both take their parameters from the transform object itself (:meth:`from_transform`), never
+from copied constants, and the composition equals ``weights.transforms()(image)`` bit for bit
+(``tests/test_preprocess.py``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Preprocessing"]
+
+# torchvision's InterpolationMode values -> PIL resampling filters (as torchvision maps them).
+_PIL_FILTERS = {
+    "nearest": 0,
+    "nearest-exact": 0,
+    "bilinear": 2,
+    "bicubic": 3,
+    "box": 4,
+    "hamming": 5,
+    "lanczos": 1,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocessing:
+    """Resize (short side), centre crop and normalisation of a classification preset."""
+
+    crop_size: int
+    resize_size: int | None
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    interpolation: str = "bilinear"
+
+    @classmethod
+    def from_fields(cls, fields: dict[str, Any]) -> Preprocessing:
+        """From :attr:`pipeline.backbones.BackboneSpec.preprocessing_fields`."""
+        if fields.get("class") != "ImageClassification":
+            raise ValueError(f"unsupported preprocessing {fields.get('class')!r}")
+        resize = fields.get("resize_size")
+        return cls(
+            crop_size=int(fields["crop_size"][0]),
+            resize_size=int(resize[0]) if resize else None,
+            mean=tuple(float(m) for m in fields["mean"]),
+            std=tuple(float(s) for s in fields["std"]),
+            interpolation=str(fields["interpolation"]),
+        )
+
+    @classmethod
+    def from_transform(cls, transform: Any) -> Preprocessing:
+        """From a torchvision ``ImageClassification`` preset (``weights.transforms()``)."""
+        from .backbones import transform_fields
+
+        return cls.from_fields(transform_fields(transform))
+
+    def resized_size(self, width: int, height: int) -> tuple[int, int]:
+        """(width, height) after resizing the short side, truncated as torchvision does."""
+        if self.resize_size is None:
+            return width, height
+        short, long = (width, height) if width <= height else (height, width)
+        new_short, new_long = self.resize_size, int(self.resize_size * long / short)
+        return (new_short, new_long) if width <= height else (new_long, new_short)
+
+    def crop(self, image: Any) -> np.ndarray:
+        """Resize and centre-crop an RGB PIL image; (crop, crop, 3) uint8, zero-padded when
+        the image is smaller than the crop (as torchvision pads)."""
+        size = self.resized_size(*image.size)
+        if size != image.size:
+            image = image.resize(size, _PIL_FILTERS[self.interpolation])
+        pixels = np.asarray(image)
+        c = self.crop_size
+        height, width = pixels.shape[:2]
+        if height >= c and width >= c:
+            top, left = int(round((height - c) / 2.0)), int(round((width - c) / 2.0))
+            return pixels[top : top + c, left : left + c]
+        # Pad to at least the crop (left/top get the smaller half), then crop the centre.
+        pad_top, pad_left = max(0, (c - height) // 2), max(0, (c - width) // 2)
+        padded = np.zeros((max(c, height), max(c, width), 3), dtype=np.uint8)
+        padded[pad_top : pad_top + height, pad_left : pad_left + width] = pixels
+        top = int(round((padded.shape[0] - c) / 2.0))
+        left = int(round((padded.shape[1] - c) / 2.0))
+        return padded[top : top + c, left : left + c]
+
+    def normalize(self, images: Any) -> Any:
+        """uint8 (N, 3, H, W) torch tensor -> normalised float32, as the preset computes it."""
+        import torch
+
+        mean = torch.as_tensor(self.mean, dtype=torch.float32, device=images.device)
+        std = torch.as_tensor(self.std, dtype=torch.float32, device=images.device)
+        return (images.float() / 255).sub_(mean.view(-1, 1, 1)).div_(std.view(-1, 1, 1))
+
+    def __call__(self, image: Any) -> Any:
+        """The whole preset on one PIL image: float32 (3, H, W) torch tensor."""
+        import torch
+
+        pixels = torch.from_numpy(np.array(self.crop(image)))
+        return self.normalize(pixels.permute(2, 0, 1)[None])[0]
