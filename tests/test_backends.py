@@ -33,7 +33,9 @@ def test_onnxruntime_equals_torch_on_real_mobilenet_v2(tmp_path):
     reference = torch.stack([preset(decode_image(p)) for p in paths])
     model = torch_runner.module.features
     with torch.inference_mode():
-        np.testing.assert_allclose(torch_runner(crops), model(reference).numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            torch_runner(crops), model(reference).numpy(), rtol=1e-5, atol=1e-6
+        )
 
 
 def test_auto_backend_is_onnxruntime_on_cpu_fp32_and_torch_otherwise():
