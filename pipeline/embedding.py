@@ -214,6 +214,17 @@ def _export_onnx(runner: TorchRunner, path: Path) -> None:
     runner.module.eval()
 
 
+def _load_or_export(reference: TorchRunner, path: Path, threads: int) -> OnnxRunner:
+    """The cached graph at ``path``; exported first when missing, again when unloadable."""
+    if path.exists():
+        try:
+            return OnnxRunner(path, reference.feature_dim, threads)
+        except Exception as exc:  # a truncated or foreign file: make it anew
+            logger.warning("cached ONNX graph %s unusable (%s); exporting it again", path, exc)
+    _export_onnx(reference, path)
+    return OnnxRunner(path, reference.feature_dim, threads)
+
+
 def max_relative_difference(got: np.ndarray, expected: np.ndarray) -> float:
     """max |got - expected| / max |expected|: the tolerance measure for backend equivalence."""
     scale = float(np.abs(expected).max()) or 1.0
@@ -267,9 +278,7 @@ def make_runner(
         return reference
     path = graph_path(spec)
     try:
-        if not path.exists():
-            _export_onnx(reference, path)
-        runner = OnnxRunner(path, backbone.feature_dim, threads or _cores())
+        runner = _load_or_export(reference, path, threads or _cores())
         difference = verify_runner(runner, reference, spec.input_size)
     except Exception as exc:  # exporters and runtimes fail in many ways; torch still works
         logger.warning(
