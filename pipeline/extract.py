@@ -43,6 +43,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+# Embeddings held in memory before they go to a part file, whatever checkpoint_seconds says:
+# peak memory must not grow with the number of images.
+_FLUSH_BYTES = 16 << 20
+
 _FINGERPRINT_FIELDS = ("model", "weights", "preprocessing", "precision", "jpeg_draft")
 
 
@@ -407,7 +411,7 @@ def embed_into_parts(
 ) -> tuple[int, int]:
     """Embed ``plan.records[i]`` for ``i`` in ``indices`` into part files named ``prefix*``.
 
-    Rows become durable every ``checkpoint_seconds``. Returns (embedded, failed) counts.
+    Rows become durable every ``checkpoint_seconds`` (and every 16 MiB of embeddings). Returns (embedded, failed) counts.
     Dask shards call this with their own ``prefix`` and ``update_index=False``.
     """
     import numpy as np
@@ -487,7 +491,11 @@ def embed_into_parts(
                     buffer["split"].append(record.split)
                 n_embedded += len(ok)
             bar.update(len(batch.indices))
-            if time.perf_counter() - last_flush >= plan.config.checkpoint_seconds:
+            buffered = len(buffer["paths"]) * runner.feature_dim * 4
+            if (
+                time.perf_counter() - last_flush >= plan.config.checkpoint_seconds
+                or buffered >= _FLUSH_BYTES
+            ):
                 flush()
     flush()
     return n_embedded, n_failed

@@ -140,3 +140,23 @@ def test_record_file_is_plain_json(image_dir, tmp_path):
     record = json.loads(next(folder.glob("*.json")).read_text())
     assert {"spec_record", "feature_dim", "graph", "difference", "graph_stat"} <= set(record)
     assert os.path.isabs(record["graph"])
+
+
+def test_rows_are_flushed_by_size_as_well_as_by_time(image_dir, tmp_path, monkeypatch):
+    import pipeline.extract as extract_module
+    import pipeline.store as store_module
+
+    written = []
+    real = store_module.write_rows_file
+
+    def counting(path, rows, *args, **kwargs):
+        written.append(len(rows.paths))
+        return real(path, rows, *args, **kwargs)
+
+    monkeypatch.setattr(store_module, "write_rows_file", counting)
+    monkeypatch.setattr(extract_module, "_FLUSH_BYTES", 1)
+    argv = [*_extract(image_dir, tmp_path / "f.h5"), "--batch-size", "2", "--no-progress", "-q"]
+    assert main([*argv, "--checkpoint-seconds", "3600"]) == 0
+    # One part per batch of 2 (9 files, one corrupt), though no checkpoint was due.
+    assert len(written) == 5 and sum(written) == 8
+    assert len(read_store(tmp_path / "f.h5").paths) == 8
