@@ -86,9 +86,9 @@ def _thread_batches(crop: _CropItem, n: int, batch_size: int, workers: int) -> I
         for start in range(0, n, batch_size):
             yield _collect([crop(i) for i in range(start, min(n, start + batch_size))], start)
         return
-    # Keep two batches in flight ahead of the consumer: enough to hide decoding behind
+    # Keep four batches in flight ahead of the consumer: enough to hide decoding behind
     # inference, bounded so memory does not grow with the number of images.
-    ahead = 2 * batch_size + workers
+    ahead = 4 * batch_size + workers
     with ThreadPoolExecutor(workers, thread_name_prefix="decode") as pool:
         pending: collections.deque[Future[tuple[np.ndarray, str]]] = collections.deque()
         submitted, items, start = 0, [], 0

@@ -282,7 +282,9 @@ def _embed_shard(shard_plan: Any, shard: int, run: str, backend: str) -> ShardRe
         for i, (r, k) in enumerate(pairs)
         if saved_rows.get(r.path) != k and saved_failed.get(r.path) != k
     ]
-    if shard_plan.workers > 0 and multiprocessing.current_process().daemon:
+    device = _worker_device(shard_plan.device)
+    on_gpu = device.startswith("cuda")  # decoding processes; on CPU decoding uses threads
+    if on_gpu and shard_plan.workers > 0 and multiprocessing.current_process().daemon:
         logger.warning(
             "daemonic Dask worker cannot start decoding processes; decoding in the worker "
             "(start workers with DASK_DISTRIBUTED__WORKER__DAEMON=False to decode in parallel)"
@@ -290,7 +292,6 @@ def _embed_shard(shard_plan: Any, shard: int, run: str, backend: str) -> ShardRe
         shard_plan = dataclasses.replace(
             shard_plan, config=dataclasses.replace(shard_plan.config, workers=0)
         )
-    device = _worker_device(shard_plan.device)
     runner = _cached_runner(shard_plan.spec, device, shard_plan.precision, backend)
     shard_plan = dataclasses.replace(shard_plan, device=device)
     embedded, failed = embed_into_parts(

@@ -365,7 +365,8 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
         and list it in ``last_errors_``. With a ``cache``, ``"raise"`` first embeds and
         caches the readable images, then raises; without one it stops at the first failure.
     workers : int, default=0
-        DataLoader worker processes that decode images (0: decode in this process).
+        Decoding workers: threads when the network runs on the CPU, DataLoader processes
+        on a GPU (0: decode in the calling thread).
 
     Attributes
     ----------

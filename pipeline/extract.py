@@ -591,7 +591,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("--weights", help="auto | DEFAULT | none | a weights name such as IMAGENET1K_V1")
     add("--out", help="output HDF5 store (default artifacts/features.h5)")
     add("--batch-size", type=int, help="images per forward pass (0: automatic)")
-    add("--workers", type=int, help="decoding processes (-1: automatic, 0: in the main process)")
+    add(
+        "--workers",
+        type=int,
+        help="decoding threads on CPU, processes with a GPU (-1: automatic, 0: main thread)",
+    )
     add("--device", help="auto | cpu | cuda | cuda:N")
     add("--precision", help="auto | fp32 | bf16 | fp16")
     add("--backend", help="auto | torch | onnxruntime")

@@ -178,7 +178,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files and/or folders")
     add("--out", help="write CSV here instead of standard output")
     add("--batch-size", type=int, default=0, help="images per forward pass (0: automatic)")
-    add("--workers", type=int, default=-1, help="decoding processes (-1: automatic)")
+    add(
+        "--workers",
+        type=int,
+        default=-1,
+        help="decoding threads on CPU, processes with a GPU (-1: automatic)",
+    )
     add("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     add("--backend", default="auto", help="auto | torch | onnxruntime")
     add_verbosity(parser)

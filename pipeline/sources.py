@@ -78,7 +78,8 @@ def decode_image(path: str | os.PathLike[str], draft_size: int | None = None) ->
             if draft_size and image.format == "JPEG":
                 image.draft("RGB", _draft_box(image.size, draft_size))
             image.load()
-            return to_rgb(ImageOps.exif_transpose(image))
+            ImageOps.exif_transpose(image, in_place=True)  # no copy when already upright
+            return to_rgb(image)
     except FileNotFoundError:
         raise ImageDecodeError(f"{path}: file not found") from None
     except Image.DecompressionBombError as exc:
