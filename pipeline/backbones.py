@@ -138,9 +138,11 @@ class BackboneSpec:
             return f"random-init:seed={RANDOM_INIT_SEED}"
         return f"{self.weights}@{self.weights_url}"
 
-    def fingerprint(self, precision: str, backend: str = "", jpeg_draft: bool = False) -> str:
+    def fingerprint(
+        self, precision: str, backend: str = "", jpeg_draft: bool = False, gpu_decode: bool = False
+    ) -> str:
         """Hash of everything that changes the numbers: model, weights, preprocessing, precision
-        (and JPEG draft decoding, when on)."""
+        (and JPEG draft decoding or GPU decoding, when on)."""
         payload: dict[str, Any] = {
             "model": self.model,
             "weights": self.weights_id,
@@ -150,6 +152,8 @@ class BackboneSpec:
         }
         if jpeg_draft:
             payload["jpeg_draft"] = True
+        if gpu_decode:
+            payload["gpu_decode"] = True
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
 
     def describe(self) -> dict[str, Any]:

@@ -109,6 +109,7 @@ class ExtractConfig:
     dask: str = ""
     checkpoint_seconds: float = 30.0
     jpeg_draft: bool = False
+    gpu_decode: bool = False
     overwrite: bool = False
     progress: bool = True
     auto_weights: Mapping[str, str] = dataclasses.field(default_factory=_auto_weights)

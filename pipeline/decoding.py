@@ -10,13 +10,17 @@ Two engines, chosen by where inference runs:
 Both yield :class:`Batch` objects of uint8 (N, H, W, 3) crops (see
 :class:`pipeline.preprocess.Preprocessing`); an item that fails to decode becomes an error
 string and a zero image, never an exception.
+
+:func:`iter_device_batches` is the ``--gpu-decode`` option: workers only read JPEG files, and
+``torchvision.io.decode_jpeg(..., device=...)`` decodes each batch at once on the GPU (nvJPEG),
+where it is resized and cropped too. Other files, and JPEGs it cannot decode, take the PIL path.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -25,7 +29,9 @@ import numpy as np
 from .exceptions import ImageDecodeError
 from .preprocess import Preprocessing
 
-__all__ = ["Batch", "iter_batches"]
+__all__ = ["Batch", "iter_batches", "iter_device_batches"]
+
+_JPEG_MAGIC = b"\xff\xd8\xff"
 
 
 @dataclasses.dataclass
@@ -136,3 +142,122 @@ def _process_batches(
     )
     for images, indices, errors in loader:
         yield Batch(images, [int(i) for i in indices], list(errors))
+
+
+class _EncodedItem:
+    """``i -> (JPEG bytes or None, crop or None, error)``: a JPEG file is only read; anything
+    else is decoded and cropped here (:class:`_CropItem`). Picklable."""
+
+    def __init__(self, paths: Sequence[str | None], crop: _CropItem) -> None:
+        self.paths, self.crop = list(paths), crop
+
+    def __call__(self, i: int) -> tuple[np.ndarray | None, np.ndarray | None, str]:
+        path = self.paths[i]
+        if path is not None:
+            try:
+                with open(path, "rb") as fh:
+                    data = fh.read()
+            except OSError:
+                data = b""  # the PIL path names the file and the reason
+            if data[:3] == _JPEG_MAGIC:
+                return np.frombuffer(bytearray(data), dtype=np.uint8), None, ""
+        pixels, error = self.crop(i)
+        return None, np.ascontiguousarray(pixels), error
+
+
+class _ItemDataset:
+    def __init__(self, item: Callable[[int], Any], n: int) -> None:
+        self.item, self.n = item, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> Any:
+        return self.item(i)
+
+
+def _columns(items: list[tuple[Any, ...]]) -> list[list[Any]]:
+    """DataLoader collate: a batch of tuples -> a list per field, nothing stacked."""
+    return [list(column) for column in zip(*items, strict=True)]
+
+
+def iter_device_batches(
+    load: Callable[[int], Any],
+    paths: Sequence[str | None],
+    preprocessing: Preprocessing,
+    device: Any,
+    *,
+    batch_size: int,
+    workers: int,
+) -> Iterator[Batch]:
+    """Like :func:`iter_batches`, but JPEG files (``paths[i]``) are decoded on ``device`` in
+    batches by ``torchvision.io.decode_jpeg`` and cropped there; ``images`` stay on ``device``."""
+    import torch
+
+    crop = _CropItem(load, preprocessing)
+    item = _EncodedItem(paths, crop)
+    n = len(paths)
+    if workers > 0:
+        chunks: Any = torch.utils.data.DataLoader(
+            _ItemDataset(item, n),
+            batch_size=batch_size,
+            num_workers=workers,
+            collate_fn=_columns,
+            prefetch_factor=4,
+            shuffle=False,
+        )
+    else:
+        chunks = (
+            _columns([item(i) for i in range(s, min(n, s + batch_size))])
+            for s in range(0, n, batch_size)
+        )
+    start = 0
+    for encoded, crops, errors in chunks:
+        yield _decode_on_device(encoded, crops, errors, start, crop, device)
+        start += len(errors)
+
+
+def _decode_on_device(
+    encoded: list[Any],
+    crops: list[Any],
+    errors: list[str],
+    start: int,
+    crop: _CropItem,
+    device: Any,
+) -> Batch:
+    import torch
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    pre, n = crop.preprocessing, len(errors)
+    images = torch.zeros((n, pre.crop_size, pre.crop_size, 3), dtype=torch.uint8, device=device)
+    errors = list(errors)
+    jpegs = [j for j in range(n) if encoded[j] is not None]
+
+    def decode(data: list[Any]) -> list[Any]:
+        return decode_jpeg(
+            [torch.from_numpy(d) for d in data],
+            mode=ImageReadMode.RGB,
+            device=device,
+            apply_exif_orientation=True,
+        )
+
+    if jpegs:
+        try:
+            decoded: list[Any] = decode([encoded[j] for j in jpegs])
+        except RuntimeError:  # one bad file fails the batch: find it, one image at a time
+            decoded = []
+            for j in jpegs:
+                try:
+                    decoded.extend(decode([encoded[j]]))
+                except RuntimeError:
+                    decoded.append(None)
+        for j, image in zip(jpegs, decoded, strict=True):
+            if image is None:  # what nvJPEG cannot decode (CMYK, broken files): PIL decides
+                pixels, errors[j] = crop(start + j)
+                crops[j] = np.ascontiguousarray(pixels)
+            else:
+                images[j] = pre.crop_tensor(image)
+    for j in range(n):
+        if crops[j] is not None and not errors[j]:
+            images[j] = torch.from_numpy(crops[j]).to(device)
+    return Batch(images, list(range(start, start + n)), errors)

@@ -13,14 +13,14 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .backbones import Backbone, BackboneSpec, build_backbone
-from .decoding import Batch, iter_batches
+from .decoding import Batch, iter_batches, iter_device_batches
 from .exceptions import ImageDecodeError, PipelineError
 from .onnx_backend import (
     ONNX_TOLERANCE,
@@ -318,16 +318,24 @@ def embed_images(
     batch_size: int,
     workers: int,
     on_error: str = "raise",
+    paths: Sequence[str] | None = None,
 ) -> tuple[np.ndarray, list[str]]:
-    """Embed ``n`` items given by ``load(i)``; see :func:`embed_loaded`."""
-    on_gpu = _device_type(getattr(runner, "device", "cpu")) == "cuda"
-    batches = iter_batches(
-        load,
-        n,
-        spec.preprocessing,
-        batch_size=batch_size,
-        workers=workers,
-        processes=on_gpu,
-        pin_memory=on_gpu,
-    )
+    """Embed ``n`` items given by ``load(i)``; see :func:`embed_loaded`. With ``paths`` (the
+    files behind the items), JPEGs are decoded on the runner's device (``--gpu-decode``)."""
+    device = getattr(runner, "device", "cpu")
+    on_gpu = _device_type(device) == "cuda"
+    if paths is not None:
+        batches = iter_device_batches(
+            load, paths, spec.preprocessing, device, batch_size=batch_size, workers=workers
+        )
+    else:
+        batches = iter_batches(
+            load,
+            n,
+            spec.preprocessing,
+            batch_size=batch_size,
+            workers=workers,
+            processes=on_gpu,
+            pin_memory=on_gpu,
+        )
     return embed_loaded(runner, batches, n, on_error)

@@ -47,7 +47,7 @@ logger = logging.getLogger(__name__)
 # peak memory must not grow with the number of images.
 _FLUSH_BYTES = 16 << 20
 
-_FINGERPRINT_FIELDS = ("model", "weights", "preprocessing", "precision", "jpeg_draft")
+_FINGERPRINT_FIELDS = ("model", "weights", "preprocessing", "precision", "jpeg_draft", "gpu_decode")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -252,6 +252,7 @@ def _request(config: ExtractConfig) -> dict[str, Any]:
         "precision": config.precision,
         "device": config.device,
         "jpeg_draft": bool(config.jpeg_draft),
+        "gpu_decode": bool(config.gpu_decode),
         "auto_weights": dict(sorted(config.auto_weights.items())),
         "torchvision": version("torchvision"),
         "pipeline": __version__,
@@ -318,6 +319,15 @@ def _make_runner(plan: ExtractionPlan, verified: Any) -> Any:
     )
 
 
+def _check_gpu_decode(config: ExtractConfig, device: str) -> None:
+    if not config.gpu_decode:
+        return
+    if not device.startswith("cuda"):
+        raise PipelineError(f"--gpu-decode: needs a CUDA device; this run is on {device}")
+    if config.jpeg_draft:
+        raise PipelineError("--gpu-decode: decodes at full size; leave out --jpeg-draft")
+
+
 def _verified_cpu_graph(config: ExtractConfig) -> Any:
     """The verified ONNX graph of an earlier run of this request, when this run will use it:
     CPU (asked for, or ``auto`` on a machine without GPU devices), fp32, ONNX Runtime allowed.
@@ -325,7 +335,12 @@ def _verified_cpu_graph(config: ExtractConfig) -> Any:
     from .onnx_backend import load_verified, no_gpu_present, request_key
 
     cpu = config.device == "cpu" or (config.device == "auto" and no_gpu_present())
-    if not cpu or config.precision not in ("auto", "fp32") or config.backend == "torch":
+    if (
+        not cpu
+        or config.gpu_decode
+        or config.precision not in ("auto", "fp32")
+        or config.backend == "torch"
+    ):
         return None
     return load_verified(request_key(config.model, config.weights, config.auto_weights))
 
@@ -356,6 +371,7 @@ def plan_extraction(
         spec = resolve_backbone(config.model, config.weights, config.auto_weights)
         device = resolve_device(config.device)
         precision = resolve_precision(config.precision, device)
+    _check_gpu_decode(config, str(device))
     if config.batch_size < 0:
         raise PipelineError(f"--batch-size: must be positive, got {config.batch_size}")
     out = Path(config.out)
@@ -363,8 +379,11 @@ def plan_extraction(
     attrs: dict[str, Any] = {
         **spec.describe(),
         "precision": precision,
-        "fingerprint": spec.fingerprint(precision, jpeg_draft=config.jpeg_draft),
+        "fingerprint": spec.fingerprint(
+            precision, jpeg_draft=config.jpeg_draft, gpu_decode=config.gpu_decode
+        ),
         "jpeg_draft": bool(config.jpeg_draft),
+        "gpu_decode": bool(config.gpu_decode),
         "class_names": source.class_names,
         "source": source.description,
         "versions": _versions(),
@@ -418,7 +437,7 @@ def embed_into_parts(
     from tqdm.auto import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    from .decoding import iter_batches
+    from .decoding import iter_batches, iter_device_batches
     from .store import FailedInputs, Rows, parts_dir, write_index, write_rows_file
 
     folder = parts_dir(plan.out)
@@ -456,15 +475,25 @@ def embed_into_parts(
             value.clear()
 
     on_gpu = plan.device.startswith("cuda")
-    batches = iter_batches(
-        load,
-        len(chosen),
-        plan.spec.preprocessing,
-        batch_size=plan.batch_size,
-        workers=plan.workers,
-        processes=on_gpu,
-        pin_memory=on_gpu,
-    )
+    if plan.attrs.get("gpu_decode"):
+        batches = iter_device_batches(
+            load,
+            [r.path for r in chosen],
+            plan.spec.preprocessing,
+            getattr(runner, "device", plan.device),
+            batch_size=plan.batch_size,
+            workers=plan.workers,
+        )
+    else:
+        batches = iter_batches(
+            load,
+            len(chosen),
+            plan.spec.preprocessing,
+            batch_size=plan.batch_size,
+            workers=plan.workers,
+            processes=on_gpu,
+            pin_memory=on_gpu,
+        )
     with (
         logging_redirect_tqdm(),
         tqdm(
@@ -606,6 +635,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         default=None,
         help="decode large JPEGs at a reduced scale (faster; part of the fingerprint)",
+    )
+    add(
+        "--gpu-decode",
+        action="store_true",
+        default=None,
+        help="decode JPEG batches on the GPU with torchvision.io.decode_jpeg (nvJPEG), resize "
+        "and crop there (CUDA runs; part of the fingerprint)",
     )
     add("--overwrite", action="store_true", default=None, help="replace an existing store at --out")
     add(

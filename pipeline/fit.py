@@ -45,6 +45,7 @@ MODEL_FORMAT_VERSION = 1
 #: Store attributes copied into every model file, so predictions can rebuild the same embedding.
 BACKBONE_KEYS = (
     "jpeg_draft",
+    "gpu_decode",
     "model",
     "weights",
     "preprocessing",
@@ -305,7 +306,8 @@ def load_model_file(path: str | Path) -> dict[str, Any]:
     backbone = payload["backbone"]
     if not isinstance(backbone, dict):
         raise ModelFileError(f"{path}: model file's backbone metadata is not a dict; retrain it")
-    missing = [k for k in BACKBONE_KEYS if k not in backbone]
+    # gpu_decode came later: model files without it were made without GPU decoding.
+    missing = [k for k in BACKBONE_KEYS if k not in backbone and k != "gpu_decode"]
     if missing:
         raise ModelFileError(
             f"{path}: model file's backbone metadata lacks {missing}; retrain with "

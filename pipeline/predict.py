@@ -59,7 +59,7 @@ class BackboneMismatchError(PipelineError, ValueError):
     """The backbone available here does not reproduce the one the model was trained on."""
 
 
-def _load_backbone(payload: dict[str, Any], model_path: Path) -> tuple[Any, str, bool]:
+def _load_backbone(payload: dict[str, Any], model_path: Path) -> tuple[Any, str, bool, bool]:
     from .backbones import resolve_backbone
 
     info = payload["backbone"]
@@ -71,13 +71,14 @@ def _load_backbone(payload: dict[str, Any], model_path: Path) -> tuple[Any, str,
         ) from exc
     precision = str(info["precision"])
     draft = bool(info.get("jpeg_draft"))
-    if spec.fingerprint(precision, jpeg_draft=draft) != info["fingerprint"]:
+    gpu_decode = bool(info.get("gpu_decode"))
+    if spec.fingerprint(precision, jpeg_draft=draft, gpu_decode=gpu_decode) != info["fingerprint"]:
         raise BackboneMismatchError(
             f"--model: {model_path} was trained on embeddings of {info['model']} / "
             f"{info['weights']} with other preprocessing or weights than this installation "
             "gives (fingerprint differs); re-extract and re-fit with this installation"
         )
-    return spec, precision, draft
+    return spec, precision, draft, gpu_decode
 
 
 def run_predict(
@@ -105,12 +106,17 @@ def run_predict(
 
     model_path = Path(model_path)
     payload = load_model_file(model_path)
-    spec, precision, draft = _load_backbone(payload, model_path)
+    spec, precision, draft, gpu_decode = _load_backbone(payload, model_path)
     draft_size = spec.resize_size if draft else None
     paths = collect_images(inputs)
     if not paths:
         raise PipelineError("IMAGE_OR_DIR: give at least one image or folder")
     torch_device = resolve_device(device)
+    if gpu_decode and torch_device.type != "cuda":
+        raise BackboneMismatchError(
+            f"--model: {model_path} was trained on GPU-decoded embeddings (--gpu-decode); "
+            f"predicting with it needs a CUDA device, not {torch_device}"
+        )
     if torch_device.type == "cpu" and precision != "fp32":
         logger.warning(
             "the model was trained on %s embeddings; computing them on the CPU in %s "
@@ -131,6 +137,7 @@ def run_predict(
         len(paths),
         spec,
         runner,
+        paths=paths if gpu_decode else None,
         batch_size=batch_size or auto_batch_size(torch_device),
         workers=workers,
         on_error="collect",

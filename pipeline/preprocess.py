@@ -95,6 +95,22 @@ class Preprocessing:
         left = int(round((padded.shape[1] - c) / 2.0))
         return padded[top : top + c, left : left + c]
 
+    def crop_tensor(self, image: Any) -> Any:
+        """The same resize and centre crop on a uint8 (3, H, W) torch tensor, on its device
+        (for GPU-decoded images); returns (crop, crop, 3). torchvision's antialiased tensor
+        resize is close to PIL's but not bit-identical, so this is a fingerprinted option."""
+        from torchvision.transforms import InterpolationMode
+        from torchvision.transforms.v2 import functional as F
+
+        if self.resize_size is not None:
+            image = F.resize(
+                image,
+                [self.resize_size],
+                interpolation=InterpolationMode(self.interpolation),
+                antialias=True,
+            )
+        return F.center_crop(image, [self.crop_size]).permute(1, 2, 0)
+
     def normalize(self, images: Any) -> Any:
         """uint8 (N, 3, H, W) torch tensor -> normalised float32, as the preset computes it."""
         import torch

@@ -12,11 +12,14 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from PIL import Image, ImageOps
 
 from .exceptions import ImageDecodeError, SourceError
+
+if TYPE_CHECKING:  # PIL is imported where images are decoded: listing files needs none
+    from PIL import Image
 
 __all__ = [
     "BUILTIN_SOURCES",
@@ -49,6 +52,8 @@ class Record:
 
 def to_rgb(image: Image.Image) -> Image.Image:
     """Convert any PIL mode to 8-bit RGB; 16-bit and 32-bit grey are rescaled, not clipped."""
+    from PIL import Image
+
     if image.mode == "RGB":
         return image
     if image.mode.startswith("I") or image.mode == "F":
@@ -73,6 +78,8 @@ def decode_image(path: str | os.PathLike[str], draft_size: int | None = None) ->
     ImageDecodeError
         The file is missing, empty, truncated or not an image; the message says which.
     """
+    from PIL import Image, ImageOps
+
     try:
         with Image.open(path) as image:
             if draft_size and image.format == "JPEG":
@@ -235,6 +242,8 @@ class DigitsSource(ImageSource):
         return hashlib.sha1(self._images[self._index(record)].tobytes()).hexdigest()
 
     def load(self, record: Record, draft_size: int | None = None) -> Image.Image:
+        from PIL import Image
+
         return Image.fromarray(self._images[self._index(record)], mode="L").convert("RGB")
 
 
