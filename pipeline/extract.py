@@ -154,7 +154,7 @@ def _check_writable(out: Path) -> None:
 
 def _versions(backend: str | None = None) -> dict[str, str]:
     """Provenance: installed versions, read from package metadata (no imports)."""
-    from importlib.metadata import version
+    from ._metadata import installed_version
 
     versions = {"pipeline": __version__, "python": sys.version.split()[0]}
     for package in (
@@ -163,7 +163,7 @@ def _versions(backend: str | None = None) -> dict[str, str]:
         "h5py",
         *([backend] if backend == "onnxruntime" else []),
     ):
-        versions[package] = version(package)
+        versions[package] = installed_version(package)
     return versions
 
 
@@ -244,7 +244,7 @@ def _todo(records: list[Any], keys: list[str], prev: _Previous) -> list[int]:
 def _request(config: ExtractConfig) -> dict[str, Any]:
     """What was asked for, with the installed torchvision's version (read without importing
     torch): a complete store made for the same request needs no fingerprint recomputation."""
-    from importlib.metadata import version
+    from ._metadata import installed_version
 
     return {
         "model": config.model,
@@ -254,7 +254,7 @@ def _request(config: ExtractConfig) -> dict[str, Any]:
         "jpeg_draft": bool(config.jpeg_draft),
         "gpu_decode": bool(config.gpu_decode),
         "auto_weights": dict(sorted(config.auto_weights.items())),
-        "torchvision": version("torchvision"),
+        "torchvision": installed_version("torchvision"),
         "pipeline": __version__,
     }
 

@@ -21,11 +21,12 @@ import json
 import logging
 import os
 from collections.abc import Mapping
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ._metadata import installed_version
 
 __all__ = [
     "GRAPH_FORMAT",
@@ -59,13 +60,6 @@ def onnx_cache_dir() -> Path:
     return Path(root) / "onnx"
 
 
-def _version(package: str) -> str:
-    try:
-        return version(package)
-    except PackageNotFoundError:
-        return "absent"
-
-
 def no_gpu_present() -> bool:
     """True when this (Linux) machine has no GPU device node, so torch would pick the CPU."""
     return os.name == "posix" and os.path.isdir("/dev") and not any(map(os.path.exists, _GPU_NODES))
@@ -74,7 +68,13 @@ def no_gpu_present() -> bool:
 def graph_path(spec: Any) -> Path:
     """The cached graph for a resolved backbone (model, weights, preprocessing, torch)."""
     key = json.dumps(
-        [spec.model, spec.weights_id, spec.preprocessing_fields, _version("torch"), GRAPH_FORMAT],
+        [
+            spec.model,
+            spec.weights_id,
+            spec.preprocessing_fields,
+            installed_version("torch"),
+            GRAPH_FORMAT,
+        ],
         sort_keys=True,
     )
     return onnx_cache_dir() / f"{spec.model}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.onnx"
@@ -88,7 +88,8 @@ def request_key(model: str, weights: Any, auto_weights: Mapping[str, str]) -> st
         "model": model,
         "weights": str(weights),
         "auto": auto_weights.get(model) if str(weights) == "auto" else None,
-        "versions": [_version(p) for p in ("torch", "torchvision", "onnxruntime")] + [__version__],
+        "versions": [installed_version(p) for p in ("torch", "torchvision", "onnxruntime")]
+        + [__version__],
         "env": [os.environ.get("TORCH_HOME"), os.environ.get("XDG_CACHE_HOME")],
         "format": GRAPH_FORMAT,
     }

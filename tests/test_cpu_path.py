@@ -160,3 +160,13 @@ def test_rows_are_flushed_by_size_as_well_as_by_time(image_dir, tmp_path, monkey
     # One part per batch of 2 (9 files, one corrupt), though no checkpoint was due.
     assert len(written) == 5 and sum(written) == 8
     assert len(read_store(tmp_path / "f.h5").paths) == 8
+
+
+def test_installed_version_agrees_with_importlib_metadata():
+    from importlib.metadata import version
+
+    from pipeline._metadata import installed_version
+
+    for package in ("torch", "torchvision", "onnxruntime", "h5py", "numpy"):
+        assert installed_version(package) == version(package), package
+    assert installed_version("no_such_package_here") == "absent"
