@@ -113,16 +113,41 @@ def _thread_batches(crop: _CropItem, n: int, batch_size: int, workers: int) -> I
                 future.cancel()
 
 
-class _CropDataset:
-    """A map-style dataset (what ``DataLoader`` needs) over :class:`_CropItem`; picklable."""
+class _ItemDataset:
+    """A map-style dataset (what ``DataLoader`` needs) over a picklable ``item(i)``."""
 
-    def __init__(self, crop: _CropItem, n: int) -> None:
-        self.crop, self.n = crop, n
+    def __init__(self, item: Callable[[int], Any], n: int) -> None:
+        self.item, self.n = item, n
 
     def __len__(self) -> int:
         return self.n
 
-    def __getitem__(self, i: int) -> tuple[np.ndarray, int, str]:
+    def __getitem__(self, i: int) -> Any:
+        return self.item(i)
+
+
+def _data_loader(
+    item: Callable[[int], Any], n: int, batch_size: int, workers: int, **options: Any
+) -> Any:
+    import torch
+
+    return torch.utils.data.DataLoader(
+        _ItemDataset(item, n),
+        batch_size=batch_size,
+        num_workers=workers,
+        prefetch_factor=4,
+        shuffle=False,
+        **options,
+    )
+
+
+class _IndexedCrop:
+    """``i -> (contiguous crop, i, error)``, for DataLoader's default collate."""
+
+    def __init__(self, crop: _CropItem) -> None:
+        self.crop = crop
+
+    def __call__(self, i: int) -> tuple[np.ndarray, int, str]:
         pixels, error = self.crop(i)
         return np.ascontiguousarray(pixels), i, error
 
@@ -130,16 +155,7 @@ class _CropDataset:
 def _process_batches(
     crop: _CropItem, n: int, batch_size: int, workers: int, pin_memory: bool
 ) -> Iterator[Batch]:
-    import torch
-
-    loader = torch.utils.data.DataLoader(
-        _CropDataset(crop, n),
-        batch_size=batch_size,
-        num_workers=workers,
-        pin_memory=pin_memory,
-        prefetch_factor=4,
-        shuffle=False,
-    )
+    loader = _data_loader(_IndexedCrop(crop), n, batch_size, workers, pin_memory=pin_memory)
     for images, indices, errors in loader:
         yield Batch(images, [int(i) for i in indices], list(errors))
 
@@ -165,17 +181,6 @@ class _EncodedItem:
         return None, np.ascontiguousarray(pixels), error
 
 
-class _ItemDataset:
-    def __init__(self, item: Callable[[int], Any], n: int) -> None:
-        self.item, self.n = item, n
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i: int) -> Any:
-        return self.item(i)
-
-
 def _columns(items: list[tuple[Any, ...]]) -> list[list[Any]]:
     """DataLoader collate: a batch of tuples -> a list per field, nothing stacked."""
     return [list(column) for column in zip(*items, strict=True)]
@@ -192,20 +197,12 @@ def iter_device_batches(
 ) -> Iterator[Batch]:
     """Like :func:`iter_batches`, but JPEG files (``paths[i]``) are decoded on ``device`` in
     batches by ``torchvision.io.decode_jpeg`` and cropped there; ``images`` stay on ``device``."""
-    import torch
 
     crop = _CropItem(load, preprocessing)
     item = _EncodedItem(paths, crop)
     n = len(paths)
     if workers > 0:
-        chunks: Any = torch.utils.data.DataLoader(
-            _ItemDataset(item, n),
-            batch_size=batch_size,
-            num_workers=workers,
-            collate_fn=_columns,
-            prefetch_factor=4,
-            shuffle=False,
-        )
+        chunks: Any = _data_loader(item, n, batch_size, workers, collate_fn=_columns)
     else:
         chunks = (
             _columns([item(i) for i in range(s, min(n, s + batch_size))])
