@@ -22,8 +22,9 @@ def installed_version(package: str) -> str:
     spec = importlib.util.find_spec(package)
     if spec is None:
         return "absent"
-    if spec.origin:
-        site = os.path.dirname(os.path.dirname(spec.origin))
+    if spec.origin and os.path.isabs(spec.origin):
+        folder = os.path.dirname(spec.origin)  # a package's __init__.py, or a module file
+        site = os.path.dirname(folder) if spec.submodule_search_locations else folder
         prefix = package.replace("-", "_") + "-"
         found = [
             name[len(prefix) : -len(".dist-info")]

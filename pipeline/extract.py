@@ -430,7 +430,8 @@ def embed_into_parts(
 ) -> tuple[int, int]:
     """Embed ``plan.records[i]`` for ``i`` in ``indices`` into part files named ``prefix*``.
 
-    Rows become durable every ``checkpoint_seconds`` (and every 16 MiB of embeddings). Returns (embedded, failed) counts.
+    Rows become durable every ``checkpoint_seconds``, and every 16 MiB of embeddings. Returns
+    (embedded, failed) counts.
     Dask shards call this with their own ``prefix`` and ``update_index=False``.
     """
     import numpy as np
