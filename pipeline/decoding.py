@@ -29,7 +29,7 @@ import numpy as np
 from .exceptions import ImageDecodeError
 from .preprocess import Preprocessing
 
-__all__ = ["Batch", "iter_batches", "iter_device_batches"]
+__all__ = ["Batch", "decode_batches", "iter_batches", "iter_device_batches"]
 
 _JPEG_MAGIC = b"\xff\xd8\xff"
 
@@ -80,6 +80,34 @@ def iter_batches(
         yield from _process_batches(crop, n, batch_size, workers, pin_memory)
     else:
         yield from _thread_batches(crop, n, batch_size, workers)
+
+
+def decode_batches(
+    load: Callable[[int], Any],
+    n: int,
+    preprocessing: Preprocessing,
+    device: Any,
+    *,
+    batch_size: int,
+    workers: int,
+    paths: Sequence[str | None] | None = None,
+) -> Iterator[Batch]:
+    """The engine for inference on ``device``: threads for the CPU, pinned processes for a
+    GPU, and with ``paths`` (``--gpu-decode``) JPEG batches decoded on ``device`` itself."""
+    if paths is not None:
+        return iter_device_batches(
+            load, paths, preprocessing, device, batch_size=batch_size, workers=workers
+        )
+    on_gpu = str(device).startswith("cuda")
+    return iter_batches(
+        load,
+        n,
+        preprocessing,
+        batch_size=batch_size,
+        workers=workers,
+        processes=on_gpu,
+        pin_memory=on_gpu,
+    )
 
 
 def _collect(items: list[tuple[np.ndarray, str]], start: int) -> Batch:

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from .backbones import Backbone, BackboneSpec, build_backbone
-from .decoding import Batch, iter_batches, iter_device_batches
+from .decoding import Batch, decode_batches, iter_batches
 from .exceptions import ImageDecodeError, PipelineError
 from .onnx_backend import (
     ONNX_TOLERANCE,
@@ -322,20 +322,13 @@ def embed_images(
 ) -> tuple[np.ndarray, list[str]]:
     """Embed ``n`` items given by ``load(i)``; see :func:`embed_loaded`. With ``paths`` (the
     files behind the items), JPEGs are decoded on the runner's device (``--gpu-decode``)."""
-    device = getattr(runner, "device", "cpu")
-    on_gpu = _device_type(device) == "cuda"
-    if paths is not None:
-        batches = iter_device_batches(
-            load, paths, spec.preprocessing, device, batch_size=batch_size, workers=workers
-        )
-    else:
-        batches = iter_batches(
-            load,
-            n,
-            spec.preprocessing,
-            batch_size=batch_size,
-            workers=workers,
-            processes=on_gpu,
-            pin_memory=on_gpu,
-        )
+    batches = decode_batches(
+        load,
+        n,
+        spec.preprocessing,
+        getattr(runner, "device", "cpu"),
+        batch_size=batch_size,
+        workers=workers,
+        paths=paths,
+    )
     return embed_loaded(runner, batches, n, on_error)

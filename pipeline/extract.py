@@ -438,7 +438,7 @@ def embed_into_parts(
     from tqdm.auto import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    from .decoding import iter_batches, iter_device_batches
+    from .decoding import decode_batches
     from .store import FailedInputs, Rows, parts_dir, write_index, write_rows_file
 
     folder = parts_dir(plan.out)
@@ -475,26 +475,15 @@ def embed_into_parts(
         for value in buffer.values():
             value.clear()
 
-    on_gpu = plan.device.startswith("cuda")
-    if plan.attrs.get("gpu_decode"):
-        batches = iter_device_batches(
-            load,
-            [r.path for r in chosen],
-            plan.spec.preprocessing,
-            getattr(runner, "device", plan.device),
-            batch_size=plan.batch_size,
-            workers=plan.workers,
-        )
-    else:
-        batches = iter_batches(
-            load,
-            len(chosen),
-            plan.spec.preprocessing,
-            batch_size=plan.batch_size,
-            workers=plan.workers,
-            processes=on_gpu,
-            pin_memory=on_gpu,
-        )
+    batches = decode_batches(
+        load,
+        len(chosen),
+        plan.spec.preprocessing,
+        plan.device,
+        batch_size=plan.batch_size,
+        workers=plan.workers,
+        paths=[r.path for r in chosen] if plan.attrs.get("gpu_decode") else None,
+    )
     with (
         logging_redirect_tqdm(),
         tqdm(

@@ -55,6 +55,8 @@ BACKBONE_KEYS = (
     "feature_dim",
 )
 _MODEL_KEYS = ("clf", "estimator", "class_names", "backbone")
+#: Backbone keys added after model files were first written; absent means off.
+_LATER_BACKBONE_KEYS = frozenset({"gpu_decode"})
 
 
 class ModelFileError(PipelineError, ValueError):
@@ -306,8 +308,7 @@ def load_model_file(path: str | Path) -> dict[str, Any]:
     backbone = payload["backbone"]
     if not isinstance(backbone, dict):
         raise ModelFileError(f"{path}: model file's backbone metadata is not a dict; retrain it")
-    # gpu_decode came later: model files without it were made without GPU decoding.
-    missing = [k for k in BACKBONE_KEYS if k not in backbone and k != "gpu_decode"]
+    missing = [k for k in BACKBONE_KEYS if k not in backbone and k not in _LATER_BACKBONE_KEYS]
     if missing:
         raise ModelFileError(
             f"{path}: model file's backbone metadata lacks {missing}; retrain with "
