@@ -76,7 +76,7 @@ def run_ours(data: Path, out: Path, extra: list[str], env: dict[str, str]) -> fl
 
 
 def _backbone():
-    from pipeline.backbones import build_backbone, resolve_backbone
+    from pipeline.engine.backbones import build_backbone, resolve_backbone
 
     return build_backbone(resolve_backbone("mobilenet_v2", "IMAGENET1K_V1"))
 

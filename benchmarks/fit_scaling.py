@@ -31,7 +31,7 @@ def synthetic(n: int, dim: int, classes: int, seed: int) -> tuple[np.ndarray, np
 
 def build(name: str):
     from pipeline.config import FitConfig
-    from pipeline.fit import _build
+    from pipeline.fit.evaluation import _build
 
     return _build(name, FitConfig.from_file())[0]
 

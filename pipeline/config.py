@@ -88,7 +88,7 @@ def _from_mapping(cls: Any, section: str, values: Mapping[str, Any]) -> Any:
 
 
 def _auto_weights() -> dict[str, str]:
-    from .backbones import AUTO_WEIGHTS
+    from .engine.backbones import AUTO_WEIGHTS
 
     return dict(AUTO_WEIGHTS)
 

@@ -112,7 +112,7 @@ def _as_items(X: Any) -> list[_Item]:
         if isinstance(value, (str, os.PathLike)):
             items.append(_Item("path", os.fspath(value), os.fspath(value)))
         elif isinstance(value, Image.Image):
-            from .sources import to_rgb
+            from .engine.sources import to_rgb
 
             items.append(_Item("pixels", np.asarray(to_rgb(value)), f"X[{i}] (PIL image)"))
         elif isinstance(value, np.ndarray):
@@ -160,7 +160,7 @@ class _Loader:
     def __call__(self, i: int) -> Any:
         from PIL import Image
 
-        from .sources import decode_image, to_rgb
+        from .engine.sources import decode_image, to_rgb
 
         item = self.items[i]
         try:
@@ -449,9 +449,9 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
 
     def _check_params(self) -> tuple[Any, Any, str]:
         """Validate every parameter; return the resolved (spec, device, precision)."""
-        from .backbones import resolve_backbone
         from .config import load_section
-        from .embedding import resolve_device, resolve_precision
+        from .engine.backbones import resolve_backbone
+        from .engine.runners import resolve_device, resolve_precision
 
         for name in ("batch_size", "workers"):
             value = getattr(self, name)
@@ -522,7 +522,7 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
 
     def _get_runner(self, spec: Any, device: Any, precision: str) -> Any:
         """Build the network on first use; rebuild when a parameter changed since."""
-        from .embedding import make_runner
+        from .engine.runners import make_runner
 
         key = (spec, str(device), precision, self.backend)
         if getattr(self, "_runner", None) is None or getattr(self, "_runner_key", None) != key:
@@ -544,7 +544,7 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
         self, items: list[_Item], spec: Any, device: Any, precision: str, fail_fast: bool
     ) -> tuple[np.ndarray, list[str]]:
         """Run the network over ``items``; NaN rows and messages for unreadable ones."""
-        from .embedding import embed_images
+        from .engine.runners import embed_images
 
         runner = self._get_runner(spec, device, precision)
         try:

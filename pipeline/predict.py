@@ -41,7 +41,7 @@ class Prediction:
 
 def collect_images(inputs: Sequence[str | os.PathLike[str]]) -> list[str]:
     """Expand folders into their image files (recursive, sorted); keep files as given."""
-    from .sources import find_images
+    from .engine.sources import find_images
 
     paths: list[str] = []
     for item in inputs:
@@ -60,7 +60,7 @@ class BackboneMismatchError(PipelineError, ValueError):
 
 
 def _load_backbone(payload: dict[str, Any], model_path: Path) -> tuple[Any, str, bool, bool]:
-    from .backbones import resolve_backbone
+    from .engine.backbones import resolve_backbone
 
     info = payload["backbone"]
     try:
@@ -93,7 +93,7 @@ def run_predict(
     """Classify every image in ``inputs`` (files or folders) with the model file."""
     import numpy as np
 
-    from .embedding import (
+    from .engine.runners import (
         auto_batch_size,
         auto_workers,
         embed_images,
@@ -101,8 +101,8 @@ def run_predict(
         make_runner,
         resolve_device,
     )
-    from .fit import load_model_file
-    from .sources import decode_image
+    from .engine.sources import decode_image
+    from .fit.evaluation import load_model_file
 
     model_path = Path(model_path)
     payload = load_model_file(model_path)

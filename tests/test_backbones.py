@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.backbones import build_backbone, resolve_backbone
+from pipeline.engine.backbones import build_backbone, resolve_backbone
 from pipeline.exceptions import BackboneError
 
 

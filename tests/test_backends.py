@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import embedding
-from pipeline.backbones import resolve_backbone
-from pipeline.embedding import OnnxRunner, TorchRunner, make_runner, max_relative_difference
+from pipeline.engine import runners as embedding
+from pipeline.engine.backbones import resolve_backbone
+from pipeline.engine.runners import OnnxRunner, TorchRunner, make_runner, max_relative_difference
+from pipeline.engine.sources import decode_image
 from pipeline.extract import main
-from pipeline.sources import decode_image
 from pipeline.store import read_store
 
 from .conftest import TINY_MODEL, write_images

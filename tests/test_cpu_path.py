@@ -13,13 +13,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import onnx_backend
 from pipeline.config import ExtractConfig
-from pipeline.decoding import iter_batches
+from pipeline.engine import onnx as onnx_backend
+from pipeline.engine.decoding import iter_batches
+from pipeline.engine.onnx import load_verified, request_key
+from pipeline.engine.preprocess import Preprocessing
 from pipeline.exceptions import ImageDecodeError
-from pipeline.extract import _verified_cpu_graph, main
-from pipeline.onnx_backend import load_verified, request_key
-from pipeline.preprocess import Preprocessing
+from pipeline.extract import main
+from pipeline.extract.plan import _verified_cpu_graph
 from pipeline.store import read_store
 
 from .conftest import TINY_MODEL
@@ -143,7 +144,7 @@ def test_record_file_is_plain_json(image_dir, tmp_path):
 
 
 def test_rows_are_flushed_by_size_as_well_as_by_time(image_dir, tmp_path, monkeypatch):
-    import pipeline.extract as extract_module
+    import pipeline.extract.plan as extract_module
     import pipeline.store as store_module
 
     written = []

@@ -31,7 +31,7 @@ from ._fit_helpers import write_store
 from .conftest import TINY_MODEL, write_images
 
 distributed = pytest.importorskip("distributed")
-from pipeline import distributed as pdist  # noqa: E402
+from pipeline.extract import executors as pdist  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 N_IMAGES = 48  # 2 classes x 24, plus one corrupt file
@@ -167,7 +167,7 @@ def test_rerun_after_interruption_recomputes_only_unfinished_shards(
     # An interrupted run: shard 0 finished, shard 1 half done, the others never started.
     plan = plan_extraction(cfg)
     shards = pdist.shard_todo(plan.todo, 2, shard_size=16)
-    from pipeline.embedding import make_runner
+    from pipeline.engine.runners import make_runner
 
     runner = make_runner(plan.spec, __import__("torch").device("cpu"), plan.precision)
     begin_parts(plan, runner.feature_dim, runner.backend)

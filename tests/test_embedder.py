@@ -23,7 +23,7 @@ from sklearn.svm import SVC
 from sklearn.utils import estimator_checks as checks
 
 import pipeline
-import pipeline.embedding
+import pipeline.engine.runners
 from pipeline.embedder import EmbeddingCache, ImageEmbedder
 from pipeline.exceptions import CacheMismatchError, ImageDecodeError, StoreError
 
@@ -52,13 +52,13 @@ def reference(images) -> np.ndarray:
 def forward_counter(monkeypatch) -> list[int]:
     """Counts images handed to the network, across clones (GridSearchCV clones estimators)."""
     seen: list[int] = []
-    original = pipeline.embedding.embed_images
+    original = pipeline.engine.runners.embed_images
 
     def spy(load, n, *args, **kwargs):
         seen.append(n)
         return original(load, n, *args, **kwargs)
 
-    monkeypatch.setattr(pipeline.embedding, "embed_images", spy)
+    monkeypatch.setattr(pipeline.engine.runners, "embed_images", spy)
     return seen
 
 

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import pipeline.extract as extract_module
-from pipeline.backbones import resolve_backbone
-from pipeline.decoding import iter_batches, iter_device_batches
+import pipeline.extract.plan as extract_module
+from pipeline.engine.backbones import resolve_backbone
+from pipeline.engine.decoding import iter_batches, iter_device_batches
+from pipeline.engine.sources import decode_image
 from pipeline.extract import main as extract_main
 from pipeline.fit import main as fit_main
 from pipeline.predict import main as predict_main
-from pipeline.sources import decode_image
 from pipeline.store import read_store
 
 from .conftest import TINY_MODEL

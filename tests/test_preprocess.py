@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.backbones import resolve_backbone
-from pipeline.preprocess import Preprocessing
+from pipeline.engine.backbones import resolve_backbone
+from pipeline.engine.preprocess import Preprocessing
 
 # Presets that differ: bilinear 256/224, bicubic 232/224 (swin), bilinear 342/299 (inception),
 # bicubic 256/224 (efficientnet), 518/518 bicubic (vit_h_14 SWAG: no resize margin).

@@ -7,9 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.backbones import build_backbone, resolve_backbone
+from pipeline.engine.backbones import build_backbone, resolve_backbone
+from pipeline.engine.sources import decode_image
 from pipeline.extract import main
-from pipeline.sources import decode_image
 from pipeline.store import read_store
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("real_weights")]

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pipeline.engine.sources import DigitsSource, decode_image, open_source, to_rgb
 from pipeline.exceptions import ImageDecodeError, SourceError
-from pipeline.sources import DigitsSource, decode_image, open_source, to_rgb
 
 from .conftest import write_images
 

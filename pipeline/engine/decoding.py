@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from .exceptions import ImageDecodeError
+from ..exceptions import ImageDecodeError
 from .preprocess import Preprocessing
 
 __all__ = ["Batch", "decode_batches", "iter_batches", "iter_device_batches"]

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from ._metadata import installed_version
+from .._metadata import installed_version
 
 __all__ = [
     "GRAPH_FORMAT",
@@ -82,7 +82,7 @@ def graph_path(spec: Any) -> Path:
 
 def request_key(model: str, weights: Any, auto_weights: Mapping[str, str]) -> str:
     """Identifies an unresolved request with everything its resolution depends on."""
-    from . import __version__
+    from .. import __version__
 
     payload = {
         "model": model,
@@ -142,7 +142,7 @@ def _record_path(key: str) -> Path:
 
 def save_verified(key: str, graph: VerifiedGraph) -> None:
     """Remember a verified graph for the request ``key`` (written atomically)."""
-    from .store import atomic_path
+    from ..store import atomic_path
 
     graph = dataclasses.replace(
         graph, graph_stat=_stat(graph.graph), checkpoint_stat=_stat(graph.checkpoint)

@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from .exceptions import PipelineError
+from ..exceptions import PipelineError
 
 __all__ = [
     "ShardResult",
@@ -204,7 +204,7 @@ def _cached_runner(spec: Any, device: str, precision: str, backend: str) -> Any:
     """Build the runner once per worker process (and per device)."""
     import torch
 
-    from .embedding import make_runner
+    from ..engine.runners import make_runner
 
     key = (spec.model, spec.weights, device, precision, backend)
     with _RUNNERS_LOCK:
@@ -226,7 +226,7 @@ def _probe_runner(spec: Any, device: str, precision: str, backend: str) -> tuple
 
 def _saved_in_parts(folder: Path, prefix: str) -> tuple[dict[str, str], dict[str, str]]:
     """(rows, failed): path -> key of what the part files named ``prefix*`` hold."""
-    from .store import read_rows_file
+    from ..store import read_rows_file
 
     rows: dict[str, str] = {}
     failed: dict[str, str] = {}
@@ -239,7 +239,7 @@ def _saved_in_parts(folder: Path, prefix: str) -> tuple[dict[str, str], dict[str
 
 def _shard_plan(plan: Any, indices: Sequence[int]) -> Any:
     """A copy of ``plan`` that holds only the shard's records (small to ship to a worker)."""
-    from .extract import _Previous
+    from .plan import _Previous
 
     records = [plan.records[i] for i in indices]
     source = copy.copy(plan.source)
@@ -262,8 +262,8 @@ def _shard_plan(plan: Any, indices: Sequence[int]) -> Any:
 
 def _embed_shard(shard_plan: Any, shard: int, run: str, backend: str) -> ShardResult:
     """Task: embed one shard into its own part files; skips rows an earlier attempt saved."""
-    from .extract import embed_into_parts
-    from .store import parts_dir
+    from ..store import parts_dir
+    from .plan import embed_into_parts
 
     started = time.perf_counter()
     prefix = _shard_prefix(shard, run)
@@ -323,8 +323,8 @@ def run_dask_extraction(
     from tqdm.auto import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    from .extract import begin_parts
-    from .store import write_index
+    from ..store import write_index
+    from .plan import begin_parts
 
     n_workers = _n_workers(client)
     backend = plan.config.backend  # "auto": each worker picks as in-process runs do
@@ -472,7 +472,7 @@ def store_array(
 def _xgb_final(estimator: Any) -> Any:
     from sklearn.pipeline import Pipeline
 
-    from .estimators import XGBoostClassifier
+    from ..estimators import XGBoostClassifier
 
     final = estimator.steps[-1][1] if isinstance(estimator, Pipeline) else estimator
     if not isinstance(final, XGBoostClassifier):

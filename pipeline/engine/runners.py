@@ -19,10 +19,10 @@ from typing import Any
 
 import numpy as np
 
+from ..exceptions import ImageDecodeError, PipelineError
 from .backbones import Backbone, BackboneSpec, build_backbone
 from .decoding import Batch, decode_batches, iter_batches
-from .exceptions import ImageDecodeError, PipelineError
-from .onnx_backend import (
+from .onnx import (
     ONNX_TOLERANCE,
     OnnxRunner,
     VerifiedGraph,
@@ -189,7 +189,7 @@ def _export_onnx(runner: TorchRunner, path: Path) -> None:
     """Export the CPU runner's module (normalisation included) to ``path``, atomically."""
     import torch
 
-    from .store import atomic_path
+    from ..store import atomic_path
 
     path.parent.mkdir(parents=True, exist_ok=True)
     probe = torch.zeros(2, runner.input_size, runner.input_size, 3, dtype=torch.uint8)

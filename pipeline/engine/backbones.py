@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from functools import cached_property
 from typing import Any
 
-from .exceptions import BackboneError
+from ..exceptions import BackboneError
 from .preprocess import Preprocessing
 
 __all__ = [

@@ -24,10 +24,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from ._cli import add_verbosity, setup_logging
-from .config import ExtractConfig
-from .exceptions import CacheMismatchError, PipelineError, StoreError
+from .. import __version__
+from .._cli import add_verbosity, setup_logging
+from ..config import ExtractConfig
+from ..exceptions import CacheMismatchError, PipelineError, StoreError
 
 __all__ = [
     "ExtractSummary",
@@ -100,7 +100,7 @@ def _check_fingerprint(path: Path, attrs: dict[str, Any], expected: dict[str, An
 
 
 def _fill_from_complete(prev: _Previous, out: Path, attrs: dict[str, Any]) -> None:
-    from .store import read_rows_file
+    from ..store import read_rows_file
 
     table = read_rows_file(out, with_features=False)
     prev.complete_attrs = attrs
@@ -115,7 +115,7 @@ def _fill_from_complete(prev: _Previous, out: Path, attrs: dict[str, Any]) -> No
 
 
 def _read_previous(out: Path, expected: dict[str, Any]) -> _Previous:
-    from .store import list_parts, parts_dir, read_attrs, read_rows_file
+    from ..store import list_parts, parts_dir, read_attrs, read_rows_file
 
     prev = _Previous()
     if out.exists():
@@ -154,7 +154,7 @@ def _check_writable(out: Path) -> None:
 
 def _versions(backend: str | None = None) -> dict[str, str]:
     """Provenance: installed versions, read from package metadata (no imports)."""
-    from ._metadata import installed_version
+    from .._metadata import installed_version
 
     versions = {"pipeline": __version__, "python": sys.version.split()[0]}
     for package in (
@@ -191,13 +191,13 @@ class ExtractionPlan:
 
     @property
     def batch_size(self) -> int:
-        from .embedding import auto_batch_size
+        from ..engine.runners import auto_batch_size
 
         return self.config.batch_size or auto_batch_size(self.device)
 
     @property
     def workers(self) -> int:
-        from .embedding import auto_workers
+        from ..engine.runners import auto_workers
 
         return self.config.workers if self.config.workers >= 0 else auto_workers(self.device)
 
@@ -244,7 +244,7 @@ def _todo(records: list[Any], keys: list[str], prev: _Previous) -> list[int]:
 def _request(config: ExtractConfig) -> dict[str, Any]:
     """What was asked for, with the installed torchvision's version (read without importing
     torch): a complete store made for the same request needs no fingerprint recomputation."""
-    from ._metadata import installed_version
+    from .._metadata import installed_version
 
     return {
         "model": config.model,
@@ -262,7 +262,7 @@ def _request(config: ExtractConfig) -> dict[str, Any]:
 def _unchanged_store(config: ExtractConfig, source: Any) -> ExtractSummary | None:
     """The warm path: a complete store made for the same request over unchanged inputs is
     reported without importing torch or rebuilding the fingerprint; None when there is work."""
-    from .store import parts_dir, read_attrs
+    from ..store import parts_dir, read_attrs
 
     out = Path(config.out)
     if config.overwrite or not out.is_file() or parts_dir(out).exists():
@@ -293,8 +293,8 @@ def _unchanged_store(config: ExtractConfig, source: Any) -> ExtractSummary | Non
 def _make_runner(plan: ExtractionPlan, verified: Any) -> Any:
     """The verified ONNX graph when there is one, else the runner make_runner chooses (and
     records, so that the next run of this request can skip torch)."""
-    from .embedding import inference_threads, make_runner
-    from .onnx_backend import request_key
+    from ..engine.onnx import request_key
+    from ..engine.runners import inference_threads, make_runner
 
     threads = inference_threads(plan.workers)
     if verified is not None:
@@ -332,7 +332,7 @@ def _verified_cpu_graph(config: ExtractConfig) -> Any:
     """The verified ONNX graph of an earlier run of this request, when this run will use it:
     CPU (asked for, or ``auto`` on a machine without GPU devices), fp32, ONNX Runtime allowed.
     With it, extraction never imports torch. None otherwise."""
-    from .onnx_backend import load_verified, no_gpu_present, request_key
+    from ..engine.onnx import load_verified, no_gpu_present, request_key
 
     cpu = config.device == "cpu" or (config.device == "auto" and no_gpu_present())
     if (
@@ -356,8 +356,8 @@ def plan_extraction(
     Raises :class:`~pipeline.exceptions.PipelineError` (a one-line message naming the flag or
     file) before anything is written when an input or option is unusable.
     """
-    from .sources import open_source
-    from .store import parts_dir
+    from ..engine.sources import open_source
+    from ..store import parts_dir
 
     source = source if source is not None else open_source(config.data)
     if config.backend not in ("auto", "torch", "onnxruntime"):
@@ -365,8 +365,8 @@ def plan_extraction(
     if verified is not None:
         spec, device, precision = verified.spec, "cpu", "fp32"
     else:
-        from .backbones import resolve_backbone
-        from .embedding import resolve_device, resolve_precision
+        from ..engine.backbones import resolve_backbone
+        from ..engine.runners import resolve_device, resolve_precision
 
         spec = resolve_backbone(config.model, config.weights, config.auto_weights)
         device = resolve_device(config.device)
@@ -406,7 +406,7 @@ def plan_extraction(
 
 def begin_parts(plan: ExtractionPlan, feature_dim: int, backend: str) -> None:
     """Turn ``--out`` into an unfinished store: a complete one becomes the base of the update."""
-    from .store import parts_dir, write_index
+    from ..store import parts_dir, write_index
 
     plan.attrs["feature_dim"] = feature_dim
     plan.attrs["backend"] = backend
@@ -438,8 +438,8 @@ def embed_into_parts(
     from tqdm.auto import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    from .decoding import decode_batches
-    from .store import FailedInputs, Rows, parts_dir, write_index, write_rows_file
+    from ..engine.decoding import decode_batches
+    from ..store import FailedInputs, Rows, parts_dir, write_index, write_rows_file
 
     folder = parts_dir(plan.out)
     part_no = len(list(folder.glob(f"{prefix}*.h5")))
@@ -522,7 +522,7 @@ def embed_into_parts(
 
 def finish_store(plan: ExtractionPlan) -> tuple[int, int]:
     """Merge base and parts into one complete store in source order; returns (rows, failed)."""
-    from .store import FailedInputs, list_parts, merge_store, parts_dir, read_rows_file
+    from ..store import FailedInputs, list_parts, merge_store, parts_dir, read_rows_file
 
     failed_seen = dict(plan.prev.failed)
     for part in list_parts(plan.out):
@@ -554,7 +554,7 @@ def finish_store(plan: ExtractionPlan) -> tuple[int, int]:
 
 def run_extraction(config: ExtractConfig) -> ExtractSummary:
     """Embed ``config.data`` into the store ``config.out``; resume or update it if it exists."""
-    from .sources import open_source
+    from ..engine.sources import open_source
 
     started = time.perf_counter()
     source = open_source(config.data)
@@ -575,7 +575,7 @@ def run_extraction(config: ExtractConfig) -> ExtractSummary:
             time.perf_counter() - started,
         )
     if config.dask:
-        from .distributed import run_dask_extraction
+        from .executors import run_dask_extraction
 
         n_embedded, seconds = run_dask_extraction(plan)
     else:
@@ -664,7 +664,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     print(summary.line())
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

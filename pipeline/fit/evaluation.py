@@ -20,11 +20,11 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__
-from ._cli import add_verbosity, setup_logging
-from .config import FitConfig, parse_set_overrides
-from .exceptions import PipelineError, StoreError
-from .store import atomic_path, check_finite, read_store, split_table
+from .. import __version__
+from .._cli import add_verbosity, setup_logging
+from ..config import FitConfig, parse_set_overrides
+from ..exceptions import PipelineError, StoreError
+from ..store import atomic_path, check_finite, read_store, split_table
 
 __all__ = [
     "BACKBONE_KEYS",
@@ -157,7 +157,7 @@ def _classifier_params(name: str, config: FitConfig) -> dict[str, Any]:
 
 
 def _build(name: str, config: FitConfig):
-    from .estimators import make_classifier
+    from ..estimators import make_classifier
 
     params = _classifier_params(name, config)
     try:
@@ -170,7 +170,7 @@ def _fit_xgboost_dask(estimator: Any, X: np.ndarray, y: np.ndarray, address: str
     """Fit the xgboost pipeline on the Dask cluster at ``address`` (``local[:N]`` or
     ``tcp://HOST:PORT``); see :func:`pipeline.distributed.fit_xgboost_dask`. The result
     predicts the original labels and pickles without the cluster."""
-    from .distributed import fit_xgboost_dask
+    from ..extract.executors import fit_xgboost_dask
 
     return fit_xgboost_dask(estimator, X, y, address)
 
@@ -523,7 +523,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(format_table(report["results"]))
     print(f"report: {Path(config.out) / 'report.json'}")
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .exceptions import ImageDecodeError, SourceError
+from ..exceptions import ImageDecodeError, SourceError
 
 if TYPE_CHECKING:  # PIL is imported where images are decoded: listing files needs none
     from PIL import Image

@@ -1,0 +1,3 @@
+from .plan import main
+
+raise SystemExit(main())

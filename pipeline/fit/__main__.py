@@ -1,0 +1,3 @@
+from .evaluation import main
+
+raise SystemExit(main())
