@@ -9,6 +9,8 @@ from typing import Any
 
 import tomllib
 
+from .engine.backbones import AUTO_WEIGHTS
+
 __all__ = [
     "DEFAULT_CONFIG_PATH",
     "ExtractConfig",
@@ -88,8 +90,6 @@ def _from_mapping(cls: Any, section: str, values: Mapping[str, Any]) -> Any:
 
 
 def _auto_weights() -> dict[str, str]:
-    from .engine.backbones import AUTO_WEIGHTS
-
     return dict(AUTO_WEIGHTS)
 
 

@@ -1,51 +1,40 @@
 """``ImageEmbedder``: images -> CNN embeddings as a stateless scikit-learn transformer.
 
-It runs the same backbone, preprocessing and runner code as ``python -m pipeline.extract``
-(:mod:`pipeline.backbones`, :mod:`pipeline.embedding`), so its rows equal the rows the
-extraction CLI stores for the same files. With ``cache="embeddings.h5"`` it keeps every
-embedding it computes in a small HDF5 file keyed by *content hash* and backbone fingerprint,
-so a grid search over the classifier runs the CNN once per image, not once per fold and
-candidate.
-
-Cache file layout (readable with plain ``h5py``)::
-
-    /keys       utf-8 (N,)   content hash of the input ("file:<sha256>" or "pixels:<sha256>")
-    /features   float32 (N, D)
-    attrs: format ("pipeline.ImageEmbedder cache"), format_version, fingerprint, model,
-           weights, preprocessing, precision, feature_dim
-
-The file is never modified in place: new entries are merged into a temporary file that is
-renamed over the old one (under an advisory lock where the OS has ``fcntl``), so a crash or a
-concurrent writer leaves either the old file or the new one, never a torn one.
+It runs the same engine as ``python -m pipeline.extract`` (:mod:`pipeline.engine`), so its
+rows equal the rows the extraction CLI stores for the same files. With
+``cache="embeddings.h5"`` it keeps every embedding it computes in a small HDF5 file keyed by
+*content hash* and embedding recipe (:mod:`pipeline.embedding_cache`), so a grid search over
+the classifier runs the CNN once per image, not once per fold and candidate.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import os
 import re
 import time
-from collections.abc import Iterator, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
 from sklearn.base import BaseEstimator, TransformerMixin
 
-from .exceptions import CacheMismatchError, ImageDecodeError, PipelineError, StoreError
+from .config import load_section
+from .embedding_cache import EmbeddingCache
+from .engine.backbones import resolve_backbone
+from .engine.runners import embed_images, make_runner, resolve_device, resolve_precision
+from .engine.sources import decode_image, to_rgb
+from .exceptions import ImageDecodeError, PipelineError
+from .recipe import EmbeddingRecipe
 
-__all__ = ["CacheInfo", "EmbeddingCache", "ImageEmbedder"]
+__all__ = ["CacheInfo", "ImageEmbedder"]
 
 logger = logging.getLogger(__name__)
 
 ON_ERROR = ("raise", "nan")
 BACKENDS = ("auto", "torch", "onnxruntime")
-CACHE_FORMAT = "pipeline.ImageEmbedder cache"
-CACHE_FORMAT_VERSION = 1
-_DESCRIBE_FIELDS = ("model", "weights", "preprocessing", "precision")
 
 
 class CacheInfo(NamedTuple):
@@ -112,8 +101,6 @@ def _as_items(X: Any) -> list[_Item]:
         if isinstance(value, (str, os.PathLike)):
             items.append(_Item("path", os.fspath(value), os.fspath(value)))
         elif isinstance(value, Image.Image):
-            from .engine.sources import to_rgb
-
             items.append(_Item("pixels", np.asarray(to_rgb(value)), f"X[{i}] (PIL image)"))
         elif isinstance(value, np.ndarray):
             ok_shape = value.ndim == 2 or (value.ndim == 3 and value.shape[2] in (1, 3, 4))
@@ -160,8 +147,6 @@ class _Loader:
     def __call__(self, i: int) -> Any:
         from PIL import Image
 
-        from .engine.sources import decode_image, to_rgb
-
         item = self.items[i]
         try:
             if item.kind == "path":
@@ -177,148 +162,6 @@ class _Loader:
 
 
 # --------------------------------------------------------------------------- cache
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """An advisory exclusive lock on ``<path>.lock`` (a no-op where ``fcntl`` is missing)."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows: atomic replace alone still never tears
-        yield
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "a") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-
-
-class EmbeddingCache:
-    """An HDF5 file of embeddings keyed by content hash, for one backbone fingerprint.
-
-    Parameters
-    ----------
-    path : str or Path
-        The cache file; created on the first :meth:`add`.
-    attrs : dict
-        What made the embeddings: ``fingerprint`` plus the readable ``model``, ``weights``,
-        ``preprocessing`` and ``precision``. A file with another fingerprint raises
-        :class:`~pipeline.exceptions.CacheMismatchError`.
-    """
-
-    def __init__(self, path: str | os.PathLike[str], attrs: dict[str, Any]) -> None:
-        self.path = Path(path)
-        self.attrs = dict(attrs)
-
-    def _check(self, found: dict[str, Any]) -> None:
-        if found.get("format") != CACHE_FORMAT:
-            raise StoreError(
-                f"{self.path} is not an ImageEmbedder cache (no format={CACHE_FORMAT!r} "
-                "attribute; a pipeline.extract store cannot be used as one); pass another cache="
-            )
-        if found.get("fingerprint") == self.attrs["fingerprint"]:
-            return
-
-        def describe(a: dict[str, Any]) -> str:
-            fields = ", ".join(
-                f"{k}={a.get(k)!r}" for k in _DESCRIBE_FIELDS if k != "preprocessing"
-            )
-            return f"{fields}, fingerprint={a.get('fingerprint')!r}"
-
-        differ = [k for k in _DESCRIBE_FIELDS if str(found.get(k)) != str(self.attrs.get(k))]
-        raise CacheMismatchError(
-            f"cache {self.path} holds embeddings made by another backbone ({describe(found)}) "
-            f"than this ImageEmbedder's ({describe(self.attrs)}); differing: "
-            f"{', '.join(differ) or 'weights or preprocessing details'}. Pass another cache= "
-            "file, or delete this one"
-        )
-
-    def _read(self, fh: Any) -> tuple[np.ndarray, Any]:
-        from .store import _decode_attrs
-
-        self._check(_decode_attrs(fh.attrs))
-        keys = fh["keys"].asstr()[...] if fh["keys"].shape[0] else np.array([], dtype=object)
-        return keys, fh["features"]
-
-    def check(self) -> None:
-        """Raise if the file exists and was made by another backbone (or is no cache)."""
-        import h5py
-
-        if self.path.exists():
-            with h5py.File(self.path, "r") as fh:
-                from .store import _decode_attrs
-
-                self._check(_decode_attrs(fh.attrs))
-
-    def __len__(self) -> int:
-        import h5py
-
-        if not self.path.exists():
-            return 0
-        with h5py.File(self.path, "r") as fh:
-            return int(fh["keys"].shape[0])
-
-    def lookup(self, keys: Sequence[str]) -> dict[str, NDArray[np.float32]]:
-        """The cached embeddings of those ``keys`` that the file holds."""
-        import h5py
-
-        if not self.path.exists() or not keys:
-            return {}
-        try:
-            with h5py.File(self.path, "r") as fh:
-                stored, features = self._read(fh)
-                row_of = {k: r for r, k in enumerate(stored)}
-                wanted = sorted({row_of[k] for k in keys if k in row_of})
-                if not wanted:
-                    return {}
-                if len(wanted) > len(stored) // 4:
-                    block = features[...][wanted]
-                else:  # h5py reads increasing fancy indices
-                    block = features[np.asarray(wanted)]
-        except OSError as exc:
-            raise StoreError(f"cache {self.path} cannot be read ({exc}); delete it") from exc
-        return {
-            stored[r]: np.asarray(row, dtype=np.float32)
-            for r, row in zip(wanted, block, strict=True)
-        }
-
-    def add(self, keys: Sequence[str], features: NDArray[np.float32]) -> int:
-        """Merge new rows into the file atomically; returns how many rows were new."""
-        import h5py
-
-        from .store import _STR, _encode_attrs, atomic_path
-
-        features = np.ascontiguousarray(features, dtype=np.float32)
-        with _locked(self.path):  # re-read under the lock: another writer may have added rows
-            old_keys, old_features = np.array([], dtype=object), None
-            if self.path.exists():
-                with h5py.File(self.path, "r") as fh:
-                    old_keys, dset = self._read(fh)
-                    old_features = dset[...]
-            seen = set(old_keys.tolist())
-            new = [i for i, k in enumerate(keys) if k not in seen and not seen.add(k)]
-            if not new:
-                return 0
-            all_keys = np.concatenate([old_keys, np.asarray([keys[i] for i in new], dtype=object)])
-            parts = [features[new]] if old_features is None else [old_features, features[new]]
-            all_features = np.concatenate(parts)
-            with atomic_path(self.path) as tmp, h5py.File(tmp, "w") as fh:
-                fh.create_dataset("keys", data=all_keys, dtype=_STR)
-                fh.create_dataset("features", data=all_features, dtype=np.float32)
-                fh.attrs.update(
-                    _encode_attrs(
-                        {
-                            **self.attrs,
-                            "format": CACHE_FORMAT,
-                            "format_version": CACHE_FORMAT_VERSION,
-                            "feature_dim": int(all_features.shape[1]),
-                        }
-                    )
-                )
-        return len(new)
 
 
 # --------------------------------------------------------------------------- estimator
@@ -449,9 +292,6 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
 
     def _check_params(self) -> tuple[Any, Any, str]:
         """Validate every parameter; return the resolved (spec, device, precision)."""
-        from .config import load_section
-        from .engine.backbones import resolve_backbone
-        from .engine.runners import resolve_device, resolve_precision
 
         for name in ("batch_size", "workers"):
             value = getattr(self, name)
@@ -488,15 +328,7 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
     def _cache(self, spec: Any, precision: str) -> EmbeddingCache | None:
         if self.cache is None:
             return None
-        describe = spec.describe()
-        attrs = {
-            "model": describe["model"],
-            "weights": describe["weights"],
-            "preprocessing": describe["preprocessing"],
-            "precision": precision,
-            "fingerprint": spec.fingerprint(precision),
-        }
-        return EmbeddingCache(self.cache, attrs)
+        return EmbeddingCache(self.cache, EmbeddingRecipe(spec, precision))
 
     def fit(self, X: Any = None, y: Any = None) -> ImageEmbedder:
         """Validate the parameters (and the cache file's provenance); learn nothing.
@@ -522,7 +354,6 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
 
     def _get_runner(self, spec: Any, device: Any, precision: str) -> Any:
         """Build the network on first use; rebuild when a parameter changed since."""
-        from .engine.runners import make_runner
 
         key = (spec, str(device), precision, self.backend)
         if getattr(self, "_runner", None) is None or getattr(self, "_runner_key", None) != key:
@@ -544,7 +375,6 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
         self, items: list[_Item], spec: Any, device: Any, precision: str, fail_fast: bool
     ) -> tuple[np.ndarray, list[str]]:
         """Run the network over ``items``; NaN rows and messages for unreadable ones."""
-        from .engine.runners import embed_images
 
         runner = self._get_runner(spec, device, precision)
         try:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 __all__ = [
     "BackboneError",
+    "BackboneMismatchError",
     "CacheMismatchError",
     "ImageDecodeError",
+    "ModelFileError",
     "PipelineError",
     "SourceError",
     "StoreError",
@@ -34,3 +36,11 @@ class CacheMismatchError(StoreError):
 
 class BackboneError(PipelineError, ValueError):
     """The model or weights name is unknown, or the weights cannot be loaded."""
+
+
+class ModelFileError(PipelineError, ValueError):
+    """A model file is missing, unreadable, of another format version, or lacks metadata."""
+
+
+class BackboneMismatchError(PipelineError, ValueError):
+    """The backbone available here does not reproduce the one the model was trained on."""

@@ -22,7 +22,19 @@ from pathlib import Path
 from typing import Any
 
 from ._cli import add_verbosity, setup_logging
-from .exceptions import PipelineError
+from ._io import atomic_path
+from .engine.runners import (
+    auto_batch_size,
+    auto_workers,
+    embed_images,
+    inference_threads,
+    make_runner,
+    resolve_device,
+)
+from .engine.sources import decode_image, find_images
+from .exceptions import BackboneMismatchError, PipelineError
+from .fit.model_file import load_model_file
+from .recipe import EmbeddingRecipe
 
 __all__ = ["Prediction", "build_parser", "collect_images", "main", "run_predict"]
 
@@ -41,8 +53,6 @@ class Prediction:
 
 def collect_images(inputs: Sequence[str | os.PathLike[str]]) -> list[str]:
     """Expand folders into their image files (recursive, sorted); keep files as given."""
-    from .engine.sources import find_images
-
     paths: list[str] = []
     for item in inputs:
         if os.path.isdir(item):
@@ -55,30 +65,21 @@ def collect_images(inputs: Sequence[str | os.PathLike[str]]) -> list[str]:
     return paths
 
 
-class BackboneMismatchError(PipelineError, ValueError):
-    """The backbone available here does not reproduce the one the model was trained on."""
-
-
-def _load_backbone(payload: dict[str, Any], model_path: Path) -> tuple[Any, str, bool, bool]:
-    from .engine.backbones import resolve_backbone
-
+def _load_recipe(payload: dict[str, Any], model_path: Path) -> EmbeddingRecipe:
     info = payload["backbone"]
     try:
-        spec = resolve_backbone(info["model"], info["weights"])
+        recipe = EmbeddingRecipe.from_attrs(info)
     except PipelineError as exc:
         raise BackboneMismatchError(
             f"--model: {model_path} needs a backbone this torchvision cannot provide ({exc})"
         ) from exc
-    precision = str(info["precision"])
-    draft = bool(info.get("jpeg_draft"))
-    gpu_decode = bool(info.get("gpu_decode"))
-    if spec.fingerprint(precision, jpeg_draft=draft, gpu_decode=gpu_decode) != info["fingerprint"]:
+    if recipe.fingerprint() != info["fingerprint"]:
         raise BackboneMismatchError(
             f"--model: {model_path} was trained on embeddings of {info['model']} / "
             f"{info['weights']} with other preprocessing or weights than this installation "
             "gives (fingerprint differs); re-extract and re-fit with this installation"
         )
-    return spec, precision, draft, gpu_decode
+    return recipe
 
 
 def run_predict(
@@ -93,21 +94,11 @@ def run_predict(
     """Classify every image in ``inputs`` (files or folders) with the model file."""
     import numpy as np
 
-    from .engine.runners import (
-        auto_batch_size,
-        auto_workers,
-        embed_images,
-        inference_threads,
-        make_runner,
-        resolve_device,
-    )
-    from .engine.sources import decode_image
-    from .fit.evaluation import load_model_file
-
     model_path = Path(model_path)
     payload = load_model_file(model_path)
-    spec, precision, draft, gpu_decode = _load_backbone(payload, model_path)
-    draft_size = spec.resize_size if draft else None
+    recipe = _load_recipe(payload, model_path)
+    spec, precision, draft_size = recipe.spec, recipe.precision, recipe.draft_size
+    gpu_decode = recipe.decode.gpu_decode
     paths = collect_images(inputs)
     if not paths:
         raise PipelineError("IMAGE_OR_DIR: give at least one image or folder")
@@ -168,8 +159,6 @@ def _write_csv(predictions: Sequence[Prediction], out: str | None) -> None:
     if out is None:
         sys.stdout.write(buffer.getvalue())
         return
-    from .store import atomic_path
-
     with atomic_path(out) as tmp:
         tmp.write_text(buffer.getvalue(), encoding="utf-8")
 

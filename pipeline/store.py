@@ -21,11 +21,9 @@ everything into one self-contained file with ``complete = True`` and removes the
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,15 +32,19 @@ from typing import Any
 import h5py
 import numpy as np
 
+from ._io import atomic_path
 from .exceptions import StoreError
 
 __all__ = [
     "FORMAT_VERSION",
+    "STRING_DTYPE",
     "FailedInputs",
     "FeatureTable",
     "Rows",
     "atomic_path",
     "check_finite",
+    "decode_attrs",
+    "encode_attrs",
     "list_parts",
     "load_features",
     "merge_store",
@@ -58,7 +60,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-_STR = h5py.string_dtype(encoding="utf-8")
+STRING_DTYPE = h5py.string_dtype(encoding="utf-8")
 _JSON_ATTRS = ("class_names", "versions", "preprocessing_fields", "request")
 
 
@@ -107,24 +109,6 @@ class FeatureTable:
     failed: FailedInputs
 
 
-@contextlib.contextmanager
-def atomic_path(target: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``target``; rename it over ``target`` on success."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        with open(tmp_path, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp_path, target)
-    finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
-
-
 def parts_dir(out: str | Path) -> Path:
     """The folder holding an unfinished store's part files."""
     out = Path(out)
@@ -140,7 +124,8 @@ def list_parts(out: str | Path) -> list[Path]:
     return base + sorted(folder.glob("part-*.h5"))
 
 
-def _encode_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
+def encode_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """HDF5-storable attribute values: JSON for nested ones, ``"none"`` for None."""
     encoded = {}
     for key, value in attrs.items():
         if key in _JSON_ATTRS:
@@ -152,7 +137,8 @@ def _encode_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
     return encoded
 
 
-def _decode_attrs(raw: Mapping[str, Any]) -> dict[str, Any]:
+def decode_attrs(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """The inverse of :func:`encode_attrs` (bytes and numpy scalars become Python values)."""
     attrs: dict[str, Any] = {}
     for key, value in raw.items():
         if isinstance(value, bytes):
@@ -171,9 +157,9 @@ def _str_array(values: Sequence[str]) -> np.ndarray:
 
 def _write_failed(fh: h5py.File, failed: FailedInputs) -> None:
     grp = fh.create_group("failed")
-    grp.create_dataset("paths", data=_str_array(failed.paths), dtype=_STR)
-    grp.create_dataset("errors", data=_str_array(failed.errors), dtype=_STR)
-    grp.create_dataset("keys", data=_str_array(failed.keys), dtype=_STR)
+    grp.create_dataset("paths", data=_str_array(failed.paths), dtype=STRING_DTYPE)
+    grp.create_dataset("errors", data=_str_array(failed.errors), dtype=STRING_DTYPE)
+    grp.create_dataset("keys", data=_str_array(failed.keys), dtype=STRING_DTYPE)
 
 
 def _create_row_datasets(fh: h5py.File, n: int, dim: int, dtype: np.dtype) -> dict[str, Any]:
@@ -183,9 +169,9 @@ def _create_row_datasets(fh: h5py.File, n: int, dim: int, dtype: np.dtype) -> di
             "features", shape=(n, dim), dtype=dtype, chunks=(chunk_rows, dim) if n else None
         ),
         "labels": fh.create_dataset("labels", shape=(n,), dtype=np.int64),
-        "paths": fh.create_dataset("paths", shape=(n,), dtype=_STR),
-        "split": fh.create_dataset("split", shape=(n,), dtype=_STR),
-        "keys": fh.create_dataset("keys", shape=(n,), dtype=_STR),
+        "paths": fh.create_dataset("paths", shape=(n,), dtype=STRING_DTYPE),
+        "split": fh.create_dataset("split", shape=(n,), dtype=STRING_DTYPE),
+        "keys": fh.create_dataset("keys", shape=(n,), dtype=STRING_DTYPE),
     }
 
 
@@ -203,7 +189,7 @@ def write_rows_file(
             dsets["split"][...] = _str_array(rows.split)
             dsets["keys"][...] = _str_array(rows.keys)
         _write_failed(fh, failed)
-        fh.attrs.update(_encode_attrs({**attrs, "n_rows": len(rows)}))
+        fh.attrs.update(encode_attrs({**attrs, "n_rows": len(rows)}))
 
 
 def read_attrs(path: str | Path) -> dict[str, Any]:
@@ -211,7 +197,7 @@ def read_attrs(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     try:
         with h5py.File(path, "r") as fh:
-            return _decode_attrs(fh.attrs)
+            return decode_attrs(fh.attrs)
     except FileNotFoundError:
         raise StoreError(f"{path}: no such feature store") from None
     except OSError as exc:
@@ -227,7 +213,7 @@ def read_rows_file(path: str | Path, with_features: bool = True) -> FeatureTable
     path = Path(path)
     try:
         with h5py.File(path, "r") as fh:
-            attrs = _decode_attrs(fh.attrs)
+            attrs = decode_attrs(fh.attrs)
             if "features" not in fh:
                 raise StoreError(f"{path}: not a pipeline feature store (no /features)")
             feats = fh["features"][...] if with_features else np.empty((0, 0), np.float32)
@@ -284,9 +270,9 @@ def write_index(out: str | Path, attrs: Mapping[str, Any]) -> None:
     layouts = {
         "features": h5py.VirtualLayout((total, dim), np.float32),
         "labels": h5py.VirtualLayout((total,), np.int64),
-        "paths": h5py.VirtualLayout((total,), _STR),
-        "split": h5py.VirtualLayout((total,), _STR),
-        "keys": h5py.VirtualLayout((total,), _STR),
+        "paths": h5py.VirtualLayout((total,), STRING_DTYPE),
+        "split": h5py.VirtualLayout((total,), STRING_DTYPE),
+        "keys": h5py.VirtualLayout((total,), STRING_DTYPE),
     }
     start = 0
     for src, n in zip(sources, lengths, strict=True):
@@ -300,7 +286,7 @@ def write_index(out: str | Path, attrs: Mapping[str, Any]) -> None:
         for name, layout in layouts.items():
             fh.create_virtual_dataset(name, layout, fillvalue=None)
         _write_failed(fh, failed)
-        fh.attrs.update(_encode_attrs({**attrs, "n_rows": total, "complete": False}))
+        fh.attrs.update(encode_attrs({**attrs, "n_rows": total, "complete": False}))
 
 
 def _contiguous_runs(positions: np.ndarray) -> Iterator[tuple[int, int, int]]:
@@ -365,7 +351,7 @@ def merge_store(
             dsets["split"][...] = np.array([splits[p] for p in out_paths], dtype=object)
             dsets["keys"][...] = out_keys
         _write_failed(fh, failed)
-        fh.attrs.update(_encode_attrs({**attrs, "n_rows": n, "complete": True}))
+        fh.attrs.update(encode_attrs({**attrs, "n_rows": n, "complete": True}))
     return n
 
 

@@ -8,25 +8,40 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.store import FailedInputs, Rows, write_rows_file
+from pipeline.engine.backbones import BackboneSpec
+from pipeline.recipe import EmbeddingRecipe
+from pipeline.store import FORMAT_VERSION, FailedInputs, Rows, write_rows_file
 
 CLASS_NAMES = ["cat", "dog", "owl"]
+
+#: A backbone described without torchvision (what ``BackboneSpec.to_record`` gives).
+SPEC_RECORD = {
+    "model": "mobilenet_v3_small",
+    "weights": None,
+    "weights_url": None,
+    "preprocessing_fields": {
+        "class": "ImageClassification",
+        "crop_size": [224],
+        "resize_size": [256],
+        "mean": [0.485, 0.456, 0.406],
+        "std": [0.229, 0.224, 0.225],
+        "interpolation": "bilinear",
+        "antialias": True,
+    },
+    "preprocessing_repr": "ImageClassification( crop_size=[224] resize_size=[256] )",
+}
+RECIPE = EmbeddingRecipe(BackboneSpec.from_record(SPEC_RECORD), "fp32")
 
 
 def store_attrs(class_names: Sequence[str], dim: int, **extra: Any) -> dict[str, Any]:
     """Attributes of a complete store, as stage one writes them."""
     attrs = {
+        **RECIPE.to_attrs(),
         "complete": True,
         "class_names": list(class_names),
-        "model": "mobilenet_v3_small",
-        "weights": "none",
         "feature_dim": dim,
-        "preprocessing": "ImageClassification(crop_size=[224], resize_size=[256])",
-        "preprocessing_fields": {"crop_size": [224], "resize_size": [256]},
-        "precision": "fp32",
-        "fingerprint": "f" * 16,
         "versions": {"torch": "test", "torchvision": "test", "pipeline": "test"},
-        "format_version": 1,
+        "format_version": FORMAT_VERSION,
     }
     attrs.update(extra)
     return attrs

@@ -7,6 +7,7 @@ import torch
 
 from pipeline.engine.backbones import build_backbone, resolve_backbone
 from pipeline.exceptions import BackboneError
+from pipeline.recipe import EmbeddingRecipe
 
 
 @pytest.mark.parametrize(
@@ -47,7 +48,11 @@ def test_weights_names_and_fingerprints():
     # V2 evaluates at resize 232: preprocessing comes from the weights, not constants.
     assert v2.preprocessing_fields["resize_size"] == [232]
     assert full.preprocessing_fields["resize_size"] == [256]
-    assert len({full.fingerprint("fp32"), v2.fingerprint("fp32"), full.fingerprint("bf16")}) == 3
+    prints = {
+        EmbeddingRecipe(s, p).fingerprint()
+        for s, p in [(full, "fp32"), (v2, "fp32"), (full, "bf16")]
+    }
+    assert len(prints) == 3
     assert resolve_backbone("resnet50", "none").transforms().crop_size == [224]
 
 

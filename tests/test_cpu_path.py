@@ -20,7 +20,7 @@ from pipeline.engine.onnx import load_verified, request_key
 from pipeline.engine.preprocess import Preprocessing
 from pipeline.exceptions import ImageDecodeError
 from pipeline.extract import main
-from pipeline.extract.plan import _verified_cpu_graph
+from pipeline.extract.plan import verified_cpu_graph
 from pipeline.store import read_store
 
 from .conftest import TINY_MODEL
@@ -131,8 +131,8 @@ def test_request_key_covers_what_resolution_depends_on(monkeypatch):
 def test_only_cpu_fp32_onnx_requests_take_the_torch_free_path(image_dir, tmp_path, changes):
     assert main([*_extract(image_dir, tmp_path / "a.h5"), "--no-progress", "-q"]) == 0
     config = ExtractConfig(model="squeezenet1_1", weights="none", device="cpu")
-    assert _verified_cpu_graph(config) is not None
-    assert _verified_cpu_graph(dataclasses.replace(config, **changes)) is None
+    assert verified_cpu_graph(config) is not None
+    assert verified_cpu_graph(dataclasses.replace(config, **changes)) is None
 
 
 def test_record_file_is_plain_json(image_dir, tmp_path):
@@ -144,18 +144,17 @@ def test_record_file_is_plain_json(image_dir, tmp_path):
 
 
 def test_rows_are_flushed_by_size_as_well_as_by_time(image_dir, tmp_path, monkeypatch):
-    import pipeline.extract.plan as extract_module
-    import pipeline.store as store_module
+    import pipeline.extract.parts as parts_module
 
     written = []
-    real = store_module.write_rows_file
+    real = parts_module.write_rows_file
 
     def counting(path, rows, *args, **kwargs):
         written.append(len(rows.paths))
         return real(path, rows, *args, **kwargs)
 
-    monkeypatch.setattr(store_module, "write_rows_file", counting)
-    monkeypatch.setattr(extract_module, "_FLUSH_BYTES", 1)
+    monkeypatch.setattr(parts_module, "write_rows_file", counting)
+    monkeypatch.setattr(parts_module, "_FLUSH_BYTES", 1)
     argv = [*_extract(image_dir, tmp_path / "f.h5"), "--batch-size", "2", "--no-progress", "-q"]
     assert main([*argv, "--checkpoint-seconds", "3600"]) == 0
     # One part per batch of 2 (9 files, one corrupt), though no checkpoint was due.

@@ -31,7 +31,9 @@ from ._fit_helpers import write_store
 from .conftest import TINY_MODEL, write_images
 
 distributed = pytest.importorskip("distributed")
+from pipeline._cluster import parse_dask_spec  # noqa: E402
 from pipeline.extract import executors as pdist  # noqa: E402
+from pipeline.fit.dask import fit_xgboost_dask, store_array  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 N_IMAGES = 48  # 2 classes x 24, plus one corrupt file
@@ -99,12 +101,12 @@ def run_sharded(cfg: ExtractConfig, client, shard_size: int) -> tuple[int, float
 
 
 def test_parse_dask_spec():
-    assert pdist.parse_dask_spec("local:3") == ("local", 3)
-    assert pdist.parse_dask_spec("local")[0] == "local"
-    assert pdist.parse_dask_spec("tcp://10.0.0.1:8786") == ("address", "tcp://10.0.0.1:8786")
+    assert parse_dask_spec("local:3") == ("local", 3)
+    assert parse_dask_spec("local")[0] == "local"
+    assert parse_dask_spec("tcp://10.0.0.1:8786") == ("address", "tcp://10.0.0.1:8786")
     for bad in ("local:0", "local:x", "somewhere", "tcp://"):
         with pytest.raises(PipelineError, match="--dask"):
-            pdist.parse_dask_spec(bad)
+            parse_dask_spec(bad)
 
 
 def test_shards_are_contiguous_deterministic_and_cover_todo():
@@ -256,9 +258,9 @@ def test_xgboost_on_dask_matches_in_process_accuracy(cluster, tmp_path):
     # Train rows read lazily from the store, chunk by chunk, by the workers.
     labelled = np.flatnonzero(table.labels >= 0)
     train_rows = np.sort(labelled[np.isin(table.features[labelled], X_train).all(axis=1)])
-    X_lazy = pdist.store_array(path, train_rows, chunk_rows=50)
+    X_lazy = store_array(path, train_rows, chunk_rows=50)
     assert X_lazy.npartitions > 1
-    fitted = pdist.fit_xgboost_dask(
+    fitted = fit_xgboost_dask(
         make_classifier("xgboost", **params), X_lazy, names[table.labels[train_rows]], client
     )
     got = np.mean(fitted.predict(X_test) == names[y_test])

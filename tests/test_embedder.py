@@ -23,8 +23,9 @@ from sklearn.svm import SVC
 from sklearn.utils import estimator_checks as checks
 
 import pipeline
-import pipeline.engine.runners
-from pipeline.embedder import EmbeddingCache, ImageEmbedder
+import pipeline.embedder
+from pipeline.embedder import ImageEmbedder
+from pipeline.embedding_cache import EmbeddingCache
 from pipeline.exceptions import CacheMismatchError, ImageDecodeError, StoreError
 
 from .conftest import TINY_MODEL, write_images
@@ -52,13 +53,13 @@ def reference(images) -> np.ndarray:
 def forward_counter(monkeypatch) -> list[int]:
     """Counts images handed to the network, across clones (GridSearchCV clones estimators)."""
     seen: list[int] = []
-    original = pipeline.engine.runners.embed_images
+    original = pipeline.embedder.embed_images
 
     def spy(load, n, *args, **kwargs):
         seen.append(n)
         return original(load, n, *args, **kwargs)
 
-    monkeypatch.setattr(pipeline.engine.runners, "embed_images", spy)
+    monkeypatch.setattr(pipeline.embedder, "embed_images", spy)
     return seen
 
 
@@ -283,7 +284,7 @@ def test_cache_second_transform_runs_no_forward(images, reference, tmp_path, for
         assert fh["features"].shape == (9, TINY_DIM) and fh["keys"].shape == (9,)
         assert fh.attrs["model"] == "squeezenet1_1" and fh.attrs["weights"] == "none"
     assert not list(tmp_path.glob(".embeddings.h5.*.tmp"))  # written by atomic rename
-    assert len(EmbeddingCache(cache, {"fingerprint": "x"})) == 9
+    assert len(EmbeddingCache(cache)) == 9
 
 
 def test_cache_is_keyed_by_content_not_path(images, tmp_path, forward_counter):
@@ -307,7 +308,7 @@ def test_cache_mismatch_names_both(images, tmp_path):
         other.fit()  # found in fit, before any network is built
     assert "squeezenet1_1" in str(info.value) and str(cache) in str(info.value)
     assert not hasattr(other, "_runner")
-    with pytest.raises(CacheMismatchError, match="differing: precision"):
+    with pytest.raises(CacheMismatchError, match="precision 'fp32' -> 'bf16'"):
         ImageEmbedder(**TINY, precision="bf16", cache=cache).transform(images[0][:1])
 
 
@@ -348,7 +349,7 @@ def test_on_error_nan_keeps_rows_aligned(with_corrupt, reference, caplog, tmp_pa
     assert "missing.png: file not found" in embedder.last_errors_[1][1]
     assert "2 of 4 images could not be read" in caplog.text
     assert embedder.cache_info().failed == 2
-    assert len(EmbeddingCache(cache, {})) == 2  # failures are not cached: retried next time
+    assert len(EmbeddingCache(cache)) == 2  # failures are not cached: retried next time
     embedder.transform(with_corrupt[:1])
     assert embedder.last_errors_ == []
 
@@ -357,7 +358,7 @@ def test_raise_with_cache_keeps_the_good_rows(with_corrupt, tmp_path, forward_co
     cache = tmp_path / "embeddings.h5"
     with pytest.raises(ImageDecodeError, match=r"broken\.jpg.*\(1 more unreadable\)"):
         ImageEmbedder(**TINY, cache=cache).transform(with_corrupt)
-    assert len(EmbeddingCache(cache, {})) == 2  # the work done is kept
+    assert len(EmbeddingCache(cache)) == 2  # the work done is kept
 
 
 # ----------------------------------------------------------------------------- pipelines

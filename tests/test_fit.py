@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from pipeline.fit import ModelFileError, load_model_file, main, parse_clf, run_fit
-from tests._fit_helpers import CLASS_NAMES, blobs, write_store
+from tests._fit_helpers import CLASS_NAMES, RECIPE, blobs, write_store
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 FAST = [
@@ -74,7 +74,7 @@ def test_end_to_end_all_classifiers(store, tmp_path, capsys):
     for key in ("features", "fingerprint", "n_train", "n_test", "evaluation", "results"):
         assert key in report
     assert report["evaluation"] == "holdout"
-    assert report["fingerprint"] == "f" * 16
+    assert report["fingerprint"] == RECIPE.fingerprint()
     assert (report["n_train"], report["n_test"]) == (72, 18)
     assert [r["clf"] for r in report["results"]] != []
     assert {r["clf"] for r in report["results"]} == {"nn", "svc", "xgboost", "logreg"}
@@ -104,10 +104,7 @@ def test_end_to_end_all_classifiers(store, tmp_path, capsys):
         assert model["clf"] == name and model["format_version"] == 1
         assert model["class_names"] == CLASS_NAMES
         assert model["backbone"]["model"] == "mobilenet_v3_small"
-        assert model["backbone"]["preprocessing_fields"] == {
-            "crop_size": [224],
-            "resize_size": [256],
-        }
+        assert model["backbone"] == {**RECIPE.to_attrs(), "feature_dim": 16}
         assert model["backbone"]["feature_dim"] == 16
         assert model["store"] == str(store)
         pred = model["estimator"].predict(X)

@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import hashlib
-import json
 from collections.abc import Mapping
 from functools import cached_property
 from typing import Any
 
 from ..exceptions import BackboneError
-from .preprocess import Preprocessing
+from .preprocess import Preprocessing, transform_fields
 
 __all__ = [
     "AUTO_WEIGHTS",
@@ -42,19 +40,6 @@ def list_backbones() -> list[str]:
     import torchvision
 
     return torchvision.models.list_models(module=torchvision.models)
-
-
-def transform_fields(transform: Any) -> dict[str, Any]:
-    """The fields of a torchvision classification preset (its ``repr`` omits ``antialias``)."""
-    return {
-        "class": type(transform).__name__,
-        "crop_size": list(transform.crop_size),
-        "resize_size": list(transform.resize_size) if transform.resize_size is not None else None,
-        "mean": list(transform.mean),
-        "std": list(transform.std),
-        "interpolation": str(transform.interpolation.value),
-        "antialias": transform.antialias,
-    }
 
 
 def _suggest(name: str, choices: list[str]) -> str:
@@ -137,33 +122,6 @@ class BackboneSpec:
         if self.weights is None:
             return f"random-init:seed={RANDOM_INIT_SEED}"
         return f"{self.weights}@{self.weights_url}"
-
-    def fingerprint(
-        self, precision: str, backend: str = "", jpeg_draft: bool = False, gpu_decode: bool = False
-    ) -> str:
-        """Hash of everything that changes the numbers: model, weights, preprocessing, precision
-        (and JPEG draft decoding or GPU decoding, when on)."""
-        payload: dict[str, Any] = {
-            "model": self.model,
-            "weights": self.weights_id,
-            "preprocessing": self.preprocessing_fields,
-            "precision": precision,
-            "backend": backend,
-        }
-        if jpeg_draft:
-            payload["jpeg_draft"] = True
-        if gpu_decode:
-            payload["gpu_decode"] = True
-        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
-
-    def describe(self) -> dict[str, Any]:
-        """The store attributes that describe this backbone."""
-        return {
-            "model": self.model,
-            "weights": self.weights or "none",
-            "preprocessing": self.preprocessing_repr,
-            "preprocessing_fields": self.preprocessing_fields,
-        }
 
 
 def resolve_backbone(

@@ -26,7 +26,10 @@ from typing import Any
 
 import numpy as np
 
+from .. import __version__
+from .._io import atomic_path
 from .._metadata import installed_version
+from .backbones import BackboneSpec
 
 __all__ = [
     "GRAPH_FORMAT",
@@ -82,8 +85,6 @@ def graph_path(spec: Any) -> Path:
 
 def request_key(model: str, weights: Any, auto_weights: Mapping[str, str]) -> str:
     """Identifies an unresolved request with everything its resolution depends on."""
-    from .. import __version__
-
     payload = {
         "model": model,
         "weights": str(weights),
@@ -120,8 +121,6 @@ class VerifiedGraph:
 
     @property
     def spec(self) -> Any:
-        from .backbones import BackboneSpec
-
         return BackboneSpec.from_record(self.spec_record)
 
     def is_current(self) -> bool:
@@ -142,8 +141,6 @@ def _record_path(key: str) -> Path:
 
 def save_verified(key: str, graph: VerifiedGraph) -> None:
     """Remember a verified graph for the request ``key`` (written atomically)."""
-    from ..store import atomic_path
-
     graph = dataclasses.replace(
         graph, graph_stat=_stat(graph.graph), checkpoint_stat=_stat(graph.checkpoint)
     )

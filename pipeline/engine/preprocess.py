@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Preprocessing"]
+__all__ = ["Preprocessing", "transform_fields"]
 
 # torchvision's InterpolationMode values -> PIL resampling filters (as torchvision maps them).
 _PIL_FILTERS = {
@@ -34,6 +34,19 @@ _PIL_FILTERS = {
     "hamming": 5,
     "lanczos": 1,
 }
+
+
+def transform_fields(transform: Any) -> dict[str, Any]:
+    """The fields of a torchvision classification preset (its ``repr`` omits ``antialias``)."""
+    return {
+        "class": type(transform).__name__,
+        "crop_size": list(transform.crop_size),
+        "resize_size": list(transform.resize_size) if transform.resize_size is not None else None,
+        "mean": list(transform.mean),
+        "std": list(transform.std),
+        "interpolation": str(transform.interpolation.value),
+        "antialias": transform.antialias,
+    }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,8 +76,6 @@ class Preprocessing:
     @classmethod
     def from_transform(cls, transform: Any) -> Preprocessing:
         """From a torchvision ``ImageClassification`` preset (``weights.transforms()``)."""
-        from .backbones import transform_fields
-
         return cls.from_fields(transform_fields(transform))
 
     def resized_size(self, width: int, height: int) -> tuple[int, int]:

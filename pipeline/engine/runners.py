@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from .._io import atomic_path
 from ..exceptions import ImageDecodeError, PipelineError
 from .backbones import Backbone, BackboneSpec, build_backbone
 from .decoding import Batch, decode_batches, iter_batches
@@ -188,8 +189,6 @@ def embed_loaded(
 def _export_onnx(runner: TorchRunner, path: Path) -> None:
     """Export the CPU runner's module (normalisation included) to ``path``, atomically."""
     import torch
-
-    from ..store import atomic_path
 
     path.parent.mkdir(parents=True, exist_ok=True)
     probe = torch.zeros(2, runner.input_size, runner.input_size, 3, dtype=torch.uint8)

@@ -1,3 +1,3 @@
-from .plan import main
+from .cli import main
 
 raise SystemExit(main())

@@ -1,27 +1,22 @@
-"""Scale-out on Dask: sharded extraction and XGBoost training on a cluster.
+"""Executors of stage one: in-process, or sharded over a Dask cluster.
 
-``--dask local[:N]`` starts a :class:`distributed.LocalCluster` of N single-threaded worker
-processes (N defaults to the number of CUDA GPUs, else 2); ``--dask tcp://HOST:PORT`` joins a
-running scheduler. Dask does all scheduling, retries and worker-loss recovery: nothing here
-talks to sockets or keeps a queue.
+Both run the same steps from below (:mod:`~pipeline.extract.plan`, then
+:func:`~pipeline.extract.parts.begin_parts`, :func:`~pipeline.extract.parts.embed_into_parts`
+and :func:`~pipeline.extract.parts.finish_store`); :func:`run_extraction` picks one.
 
-Extraction. The plan's ``todo`` list is cut into contiguous shards, in source order. Each shard
-is one Dask task that embeds its images with :func:`pipeline.extract.embed_into_parts` into its
+Dask. The plan's ``todo`` list is cut into contiguous shards, in source order. Each shard is one
+Dask task that embeds its images with :func:`~pipeline.extract.parts.embed_into_parts` into its
 own part files ``<out>.parts/part-shardNNNNN-*.h5`` (written atomically, so a killed worker
 leaves only whole files). The client updates the store's index as shards finish, and
-:func:`pipeline.extract.finish_store` merges everything in source order afterwards. A shard that
-is retried (its worker died) skips the rows its earlier attempt already saved; a rerun after a
-killed client recomputes only rows that no part file holds. The store's folder must be visible
-to every worker under the same path (a shared filesystem on a multi-host cluster).
-
-XGBoost. :func:`fit_xgboost_dask` trains one booster across the workers with
-``xgboost.dask.DaskXGBClassifier`` on Dask arrays (in-memory ones, or read from the store chunk
-by chunk with :func:`store_array`) and returns a plain fitted :class:`~pipeline.estimators.XGBoostClassifier` that predicts without a cluster.
+:func:`~pipeline.extract.parts.finish_store` merges everything in source order afterwards. A
+shard that is retried (its worker died) skips the rows its earlier attempt already saved; a
+rerun after a killed client recomputes only rows that no part file holds. The store's folder
+must be visible to every worker under the same path (a shared filesystem on a multi-host
+cluster).
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import logging
@@ -31,22 +26,38 @@ import secrets
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-import numpy as np
+from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
+from .._cluster import count_workers, dask_client
+from ..config import ExtractConfig
+from ..engine.runners import inference_threads, make_runner
+from ..engine.sources import open_source
 from ..exceptions import PipelineError
+from ..store import parts_dir, read_rows_file, write_index
+from .parts import begin_parts, embed_into_parts, finish_store
+from .plan import (
+    ExtractionPlan,
+    ExtractSummary,
+    Previous,
+    plan_extraction,
+    request_key,
+    unchanged_store,
+    verified_cpu_graph,
+)
 
 __all__ = [
+    "DaskExecutor",
+    "Executor",
+    "InProcessExecutor",
     "ShardResult",
-    "dask_client",
-    "fit_xgboost_dask",
-    "parse_dask_spec",
     "run_dask_extraction",
+    "run_extraction",
     "shard_todo",
-    "store_array",
 ]
 
 logger = logging.getLogger(__name__)
@@ -60,74 +71,69 @@ _RUNNERS: dict[tuple[Any, ...], Any] = {}
 _RUNNERS_LOCK = threading.Lock()
 
 
-# -- cluster ------------------------------------------------------------------------------------
+class Executor(Protocol):
+    """Embeds ``plan.todo`` into part files of ``plan.out``; returns (embedded, seconds)."""
+
+    def __call__(self, plan: ExtractionPlan, verified: Any = None) -> tuple[int, float]: ...
 
 
-def parse_dask_spec(spec: str) -> tuple[str, Any]:
-    """Parse ``--dask``: ``("local", n_workers)`` or ``("address", "tcp://HOST:PORT")``.
+# -- in-process ---------------------------------------------------------------------------------
 
-    ``local`` alone means one worker per CUDA GPU, or 2 workers without a GPU.
-    """
-    spec = spec.strip()
-    if spec == "local" or spec.startswith("local:"):
-        count = spec.partition(":")[2]
-        if not count:
-            import torch
 
-            return "local", torch.cuda.device_count() or 2
-        if not count.isdigit() or int(count) < 1:
-            raise PipelineError(
-                f"--dask: {spec!r}: the worker count after 'local:' must be a positive integer"
+def _make_runner(plan: ExtractionPlan, verified: Any) -> Any:
+    """The verified ONNX graph when there is one, else the runner make_runner chooses (and
+    records, so that the next run of this request can skip torch)."""
+
+    threads = inference_threads(plan.workers)
+    if verified is not None:
+        try:
+            runner = verified.runner(threads)
+            logger.info(
+                "backend: onnxruntime, verified graph %s (max relative difference to torch %.1e)",
+                runner.path.name,
+                verified.difference,
             )
-        return "local", int(count)
-    if "://" in spec and spec.split("://", 1)[1]:
-        return "address", spec
-    raise PipelineError(
-        f"--dask: {spec!r} is neither local[:N] nor a scheduler address such as tcp://HOST:8786"
+            return runner
+        except Exception as exc:  # a damaged cache file: rebuild through torch
+            logger.warning("cached ONNX graph unusable (%s); rebuilding it", exc)
+    config = plan.config
+    return make_runner(
+        plan.spec,
+        plan.device,
+        plan.precision,
+        config.backend,
+        threads=threads,
+        remember_as=request_key(config.model, config.weights, config.auto_weights),
     )
 
 
-@contextlib.contextmanager
-def dask_client(spec: str) -> Iterator[Any]:
-    """A connected :class:`distributed.Client` for ``--dask``; a local cluster is closed after."""
-    import dask
-    from distributed import Client, LocalCluster
+class InProcessExecutor:
+    """Embed in this process with one runner (the verified ONNX graph when there is one)."""
 
-    kind, value = parse_dask_spec(spec)
-    if kind == "address":
-        try:
-            client = Client(value, timeout="30s")
-        except (OSError, TimeoutError) as exc:
-            raise PipelineError(
-                f"--dask: cannot reach a Dask scheduler at {value} ({exc})"
-            ) from exc
-        with client:
-            yield client
-        return
-    # Non-daemonic workers may start DataLoader decoding processes of their own.
-    with (
-        dask.config.set({"distributed.worker.daemon": False}),
-        LocalCluster(
-            n_workers=value,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=":0",
-        ) as cluster,
-        Client(cluster) as client,
-    ):
-        logger.info(
-            "started a local Dask cluster of %d worker processes (dashboard: %s)",
-            value,
-            client.dashboard_link,
-        )
-        yield client
+    def __call__(self, plan: ExtractionPlan, verified: Any = None) -> tuple[int, float]:
+        runner = _make_runner(plan, verified)
+        begin_parts(plan, runner.feature_dim, runner.backend)
+        started = time.perf_counter()
+        n_embedded, _ = embed_into_parts(plan, plan.todo, runner, progress=plan.config.progress)
+        return n_embedded, time.perf_counter() - started
 
 
-def _n_workers(client: Any) -> int:
-    return max(1, len(client.scheduler_info().get("workers", {})))
+class DaskExecutor:
+    """Embed on the Dask cluster of ``spec`` (``local[:N]``, an address, or a ``Client``)."""
+
+    def __init__(self, spec: Any, shard_size: int | None = None) -> None:
+        self.spec = spec
+        self.shard_size = shard_size
+
+    def __call__(self, plan: ExtractionPlan, verified: Any = None) -> tuple[int, float]:
+        client = None if isinstance(self.spec, str) else self.spec
+        if client is None:
+            with dask_client(self.spec) as own:
+                return run_dask_extraction(plan, client=own, shard_size=self.shard_size)
+        return run_dask_extraction(plan, client=client, shard_size=self.shard_size)
 
 
-# -- extraction ---------------------------------------------------------------------------------
+# -- Dask ---------------------------------------------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
@@ -204,8 +210,6 @@ def _cached_runner(spec: Any, device: str, precision: str, backend: str) -> Any:
     """Build the runner once per worker process (and per device)."""
     import torch
 
-    from ..engine.runners import make_runner
-
     key = (spec.model, spec.weights, device, precision, backend)
     with _RUNNERS_LOCK:
         if key not in _RUNNERS:
@@ -226,7 +230,6 @@ def _probe_runner(spec: Any, device: str, precision: str, backend: str) -> tuple
 
 def _saved_in_parts(folder: Path, prefix: str) -> tuple[dict[str, str], dict[str, str]]:
     """(rows, failed): path -> key of what the part files named ``prefix*`` hold."""
-    from ..store import read_rows_file
 
     rows: dict[str, str] = {}
     failed: dict[str, str] = {}
@@ -237,9 +240,8 @@ def _saved_in_parts(folder: Path, prefix: str) -> tuple[dict[str, str], dict[str
     return rows, failed
 
 
-def _shard_plan(plan: Any, indices: Sequence[int]) -> Any:
+def _shard_plan(plan: ExtractionPlan, indices: Sequence[int]) -> Any:
     """A copy of ``plan`` that holds only the shard's records (small to ship to a worker)."""
-    from .plan import _Previous
 
     records = [plan.records[i] for i in indices]
     source = copy.copy(plan.source)
@@ -255,15 +257,13 @@ def _shard_plan(plan: Any, indices: Sequence[int]) -> Any:
         records=records,
         keys=[plan.keys[i] for i in indices],
         todo=list(range(len(records))),
-        prev=_Previous(),
+        prev=Previous(),
         attrs=dict(plan.attrs),
     )
 
 
 def _embed_shard(shard_plan: Any, shard: int, run: str, backend: str) -> ShardResult:
     """Task: embed one shard into its own part files; skips rows an earlier attempt saved."""
-    from ..store import parts_dir
-    from .plan import embed_into_parts
 
     started = time.perf_counter()
     prefix = _shard_prefix(shard, run)
@@ -316,17 +316,11 @@ def run_dask_extraction(
     (images embedded, seconds spent embedding). Pass ``client`` to reuse a connected one.
     """
     if client is None:
-        with dask_client(plan.config.dask) as own:
-            return run_dask_extraction(plan, client=own, shard_size=shard_size)
+        return DaskExecutor(plan.config.dask, shard_size)(plan)
 
     from distributed import as_completed
-    from tqdm.auto import tqdm
-    from tqdm.contrib.logging import logging_redirect_tqdm
 
-    from ..store import write_index
-    from .plan import begin_parts
-
-    n_workers = _n_workers(client)
+    n_workers = count_workers(client)
     backend = plan.config.backend  # "auto": each worker picks as in-process runs do
     # Every worker builds its network now (and keeps it for its shards), so that the timing
     # below is embedding only; the first answer gives the embedding size.
@@ -415,164 +409,41 @@ def run_dask_extraction(
     return n_embedded, seconds
 
 
-# -- XGBoost ------------------------------------------------------------------------------------
+# -- choosing one -------------------------------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True)
-class _RowReader:
-    """Picklable reader of some rows of one dataset of an HDF5 file (h5py handles are not)."""
+def run_extraction(config: ExtractConfig, executor: Executor | None = None) -> ExtractSummary:
+    """Embed ``config.data`` into the store ``config.out``; resume or update it if it exists.
 
-    path: str
-    dataset: str
-
-    def __call__(self, rows: np.ndarray) -> np.ndarray:
-        import h5py
-
-        with h5py.File(self.path, "r") as fh:
-            return fh[self.dataset][np.sort(rows)] if len(rows) else fh[self.dataset][:0]
-
-
-def store_array(
-    path: str | Path,
-    rows: Sequence[int] | np.ndarray | None = None,
-    *,
-    dataset: str = "features",
-    chunk_rows: int = 65536,
-) -> Any:
-    """A Dask array over ``rows`` (sorted; default all) of a store's ``dataset``, read lazily.
-
-    Each chunk is a task that opens the file by path and reads its rows, so the store is never
-    loaded on the client and the graph pickles; workers must see ``path``.
+    ``executor`` defaults to :class:`DaskExecutor` when ``config.dask`` is set, else
+    :class:`InProcessExecutor`.
     """
-    import dask
-    import dask.array as da
-    import h5py
-
-    path = str(Path(path).resolve())
-    with h5py.File(path, "r") as fh:
-        ds = fh[dataset]
-        n, tail, dtype = ds.shape[0], ds.shape[1:], ds.dtype
-    rows = np.arange(n) if rows is None else np.sort(np.asarray(rows, dtype=np.int64))
-    if rows.size and (rows[0] < 0 or rows[-1] >= n):
-        raise ValueError(f"{path}: rows must lie in [0, {n}), got {rows[0]}..{rows[-1]}")
-    reader = _RowReader(path, dataset)
-    blocks = [
-        da.from_delayed(
-            dask.delayed(reader, pure=True)(rows[i : i + chunk_rows]),
-            shape=(len(rows[i : i + chunk_rows]), *tail),
-            dtype=dtype,
+    started = time.perf_counter()
+    source = open_source(config.data)
+    unchanged = unchanged_store(config, source)
+    if unchanged is not None:
+        logger.info("%s is up to date with %s", unchanged.out, source.description)
+        return unchanged
+    verified = verified_cpu_graph(config)
+    plan = plan_extraction(config, source, verified)
+    if plan.is_up_to_date():
+        logger.info("%s is up to date with %s", plan.out, plan.source.description)
+        return ExtractSummary(
+            plan.out,
+            len(plan.prev.done),
+            int(plan.prev.complete_attrs["feature_dim"]),
+            len(plan.prev.failed),
+            0,
+            time.perf_counter() - started,
         )
-        for i in range(0, len(rows), chunk_rows)
-    ]
-    if not blocks:
-        return da.zeros((0, *tail), dtype=dtype)
-    return da.concatenate(blocks, axis=0)
-
-
-def _xgb_final(estimator: Any) -> Any:
-    from sklearn.pipeline import Pipeline
-
-    from ..estimators import XGBoostClassifier
-
-    final = estimator.steps[-1][1] if isinstance(estimator, Pipeline) else estimator
-    if not isinstance(final, XGBoostClassifier):
-        raise TypeError(
-            f"fit_xgboost_dask: expected an XGBoostClassifier (or a Pipeline ending in one), "
-            f"got {type(final).__name__}"
-        )
-    if isinstance(estimator, Pipeline) and len(estimator.steps) > 1:
-        raise TypeError("fit_xgboost_dask: the Pipeline must hold only the XGBoostClassifier")
-    return final
-
-
-def fit_xgboost_dask(estimator: Any, X: Any, y: Any, address: str | Any) -> Any:
-    """Fit an :class:`~pipeline.estimators.XGBoostClassifier` with ``xgboost.dask``.
-
-    Parameters
-    ----------
-    estimator : XGBoostClassifier or Pipeline
-        Unfitted; ``make_classifier("xgboost", ...)`` or its ``"clf"`` step. Its
-        hyperparameters (early stopping on a held-out ``validation_fraction`` included) apply.
-    X : ndarray or dask.array.Array of shape (n_samples, n_features)
-        In memory, or lazy (see :func:`store_array`).
-    y : array-like of shape (n_samples,)
-        Labels of any type (encoded to ``0..K-1`` for XGBoost, decoded on predict).
-    address : str or distributed.Client
-        ``--dask`` value (``local[:N]`` or ``tcp://HOST:PORT``), or a connected client.
-
-    Returns
-    -------
-    estimator
-        ``estimator`` fitted in place: its booster is a plain ``xgboost.XGBClassifier`` that
-        predicts and pickles without a cluster.
-    """
-    if not isinstance(address, str):
-        return _fit_xgboost_on(estimator, X, y, address)
-    with dask_client(address) as client:
-        return _fit_xgboost_on(estimator, X, y, client)
-
-
-def _fit_xgboost_on(estimator: Any, X: Any, y: Any, client: Any) -> Any:
-    import dask.array as da
-    import torch
-    from sklearn.model_selection import train_test_split
-    from sklearn.preprocessing import LabelEncoder
-    from sklearn.utils.multiclass import check_classification_targets
-    from xgboost import XGBClassifier
-    from xgboost import dask as dxgb
-
-    final = _xgb_final(estimator)
-    name = type(final).__name__
-    y = np.asarray(y)
-    if X.ndim != 2 or X.shape[0] != len(y):
-        raise ValueError(f"{name}: X must be 2-D with one row per label; got {X.shape}, {y.shape}")
-    check_classification_targets(y)
-    encoder = LabelEncoder().fit(y)
-    n_classes = len(encoder.classes_)
-    if n_classes < 2:
-        raise ValueError(f"{name}: needs at least 2 classes, got {n_classes}")
-    y_enc = encoder.transform(y).astype(np.float32)
-    final.device_ = (
-        ("cuda" if torch.cuda.is_available() else "cpu") if final.device == "auto" else final.device
+    if executor is None:
+        executor = DaskExecutor(config.dask) if config.dask else InProcessExecutor()
+    n_embedded, seconds = executor(plan, verified)
+    n_rows, n_failed = finish_store(plan)
+    summary = ExtractSummary(
+        plan.out, n_rows, int(plan.attrs["feature_dim"]), n_failed, n_embedded, seconds
     )
-    early = bool(final.early_stopping_rounds) and len(y_enc) >= 10
-    train_rows, val_rows = np.arange(len(y_enc)), np.arange(0)
-    if early:  # the same held-out share as the in-process fit
-        seed = final.random_state if isinstance(final.random_state, int) else 0
-        try:
-            train_rows, val_rows = train_test_split(
-                train_rows, test_size=final.validation_fraction, random_state=seed, stratify=y_enc
-            )
-        except ValueError:
-            train_rows, val_rows = train_test_split(
-                train_rows, test_size=final.validation_fraction, random_state=seed
-            )
-        train_rows, val_rows = np.sort(train_rows), np.sort(val_rows)
-        if len(np.unique(y_enc[train_rows])) < n_classes:
-            early, train_rows, val_rows = False, np.arange(len(y_enc)), np.arange(0)
-
-    def dask_rows(rows: np.ndarray) -> tuple[Any, Any]:
-        if isinstance(X, da.Array):
-            part = X if len(rows) == X.shape[0] else X[rows]
-        else:
-            part = da.from_array(np.asarray(X)[rows], chunks=(_XGB_CHUNK_ROWS, -1))
-        labels = da.from_array(y_enc[rows], chunks=(part.chunks[0],))
-        return part.astype(np.float32), labels
-
-    sklearn_model = final._make_booster(early)
-    distributed_model = dxgb.DaskXGBClassifier(**sklearn_model.get_params())
-    distributed_model.client = client
-    X_train, y_train = dask_rows(train_rows)
-    eval_set = [dask_rows(val_rows)] if early else None
-    distributed_model.fit(X_train, y_train, eval_set=eval_set, verbose=False)
-    raw = distributed_model.get_booster().save_raw("ubj")
-    plain = XGBClassifier(**sklearn_model.get_params())
-    plain.load_model(bytearray(raw))  # a plain model: predicts without the cluster
-    final.estimator_ = plain
-    final.classes_ = encoder.classes_
-    final.n_features_in_ = int(X.shape[1])
-    final.best_iteration_ = plain.best_iteration if early else None
-    return estimator
-
-
-_XGB_CHUNK_ROWS = 65536
+    logger.info(
+        "extraction done: %s (%.1f s in all)", summary.line(), time.perf_counter() - started
+    )
+    return summary

@@ -1,3 +1,3 @@
-from .evaluation import main
+from .cli import main
 
 raise SystemExit(main())

@@ -10,9 +10,7 @@ This module imports neither torch nor the estimators at import time, so ``--help
 
 from __future__ import annotations
 
-import argparse
 import logging
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -21,46 +19,26 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
-from .._cli import add_verbosity, setup_logging
-from ..config import FitConfig, parse_set_overrides
-from ..exceptions import PipelineError, StoreError
-from ..store import atomic_path, check_finite, read_store, split_table
+from ..config import FitConfig
+from ..exceptions import StoreError
+from ..store import check_finite, read_store, split_table
+from .model_file import BACKBONE_KEYS, MODEL_FORMAT_VERSION, save_model
+from .report import (
+    classification_metrics,
+    format_table,
+    summarize_folds,
+    write_comparison_png,
+    write_confusion_png,
+    write_report_json,
+    write_report_md,
+)
 
-__all__ = [
-    "BACKBONE_KEYS",
-    "MODEL_FORMAT_VERSION",
-    "ModelFileError",
-    "build_parser",
-    "load_model_file",
-    "main",
-    "parse_clf",
-    "run_fit",
-]
+__all__ = ["ALL_CLASSIFIERS", "CLASSIFIER_NAMES", "parse_clf", "run_fit"]
 
 logger = logging.getLogger(__name__)
 
 CLASSIFIER_NAMES = ("nn", "svc", "xgboost", "logreg", "svc_approx")
 ALL_CLASSIFIERS = ("nn", "svc", "xgboost", "logreg")  # what --clf all runs
-MODEL_FORMAT_VERSION = 1
-#: Store attributes copied into every model file, so predictions can rebuild the same embedding.
-BACKBONE_KEYS = (
-    "jpeg_draft",
-    "gpu_decode",
-    "model",
-    "weights",
-    "preprocessing",
-    "preprocessing_fields",
-    "precision",
-    "fingerprint",
-    "feature_dim",
-)
-_MODEL_KEYS = ("clf", "estimator", "class_names", "backbone")
-#: Backbone keys added after model files were first written; absent means off.
-_LATER_BACKBONE_KEYS = frozenset({"gpu_decode"})
-
-
-class ModelFileError(PipelineError, ValueError):
-    """A model file is missing, unreadable, of another format version, or lacks metadata."""
 
 
 # -- inputs -------------------------------------------------------------------------------------
@@ -157,7 +135,7 @@ def _classifier_params(name: str, config: FitConfig) -> dict[str, Any]:
 
 
 def _build(name: str, config: FitConfig):
-    from ..estimators import make_classifier
+    from ..estimators import make_classifier  # lazy: estimators imports torch and sklearn
 
     params = _classifier_params(name, config)
     try:
@@ -168,9 +146,9 @@ def _build(name: str, config: FitConfig):
 
 def _fit_xgboost_dask(estimator: Any, X: np.ndarray, y: np.ndarray, address: str) -> Any:
     """Fit the xgboost pipeline on the Dask cluster at ``address`` (``local[:N]`` or
-    ``tcp://HOST:PORT``); see :func:`pipeline.distributed.fit_xgboost_dask`. The result
+    ``tcp://HOST:PORT``); see :func:`pipeline.fit.dask.fit_xgboost_dask`. The result
     predicts the original labels and pickles without the cluster."""
-    from ..extract.executors import fit_xgboost_dask
+    from .dask import fit_xgboost_dask  # lazy: imports the estimators (torch, sklearn)
 
     return fit_xgboost_dask(estimator, X, y, address)
 
@@ -196,7 +174,6 @@ def _evaluate(
     labels: Sequence[str],
     config: FitConfig,
 ) -> tuple[Any, dict[str, Any], np.ndarray]:
-    from .report import classification_metrics
 
     started = time.perf_counter()
     fitted = _fit_one(name, estimator, X_train, y_train, config)
@@ -221,8 +198,6 @@ def _cross_validate(
     from sklearn.base import clone
     from sklearn.model_selection import StratifiedKFold
 
-    from .report import classification_metrics, summarize_folds
-
     folds, oof = [], np.empty(len(y), dtype=y.dtype)
     splitter = StratifiedKFold(n_splits=config.cv, shuffle=True, random_state=config.seed)
     for k, (train, test) in enumerate(splitter.split(X, y)):
@@ -240,83 +215,6 @@ def _cross_validate(
     fitted = _fit_one(name, clone(estimator), X, y, config)
     result["refit_seconds"] = time.perf_counter() - started
     return fitted, result
-
-
-# -- model files --------------------------------------------------------------------------------
-
-
-def _save_model(path: Path, payload: Mapping[str, Any]) -> None:
-    import joblib
-
-    with atomic_path(path) as tmp:
-        joblib.dump(dict(payload), tmp)
-
-
-def load_model_file(path: str | Path) -> dict[str, Any]:
-    """Load and validate a ``models/<clf>.joblib`` file written by ``python -m pipeline.fit``.
-
-    .. warning:: joblib files are pickles: loading one runs code from it. Load only model
-       files from sources you trust.
-
-    Parameters
-    ----------
-    path : str or Path
-        The model file.
-
-    Returns
-    -------
-    dict
-        ``format_version``, ``pipeline_version``, ``clf``, ``estimator`` (a fitted sklearn
-        Pipeline predicting class names), ``class_names``, ``backbone`` (``model``,
-        ``weights``, ``preprocessing``, ``preprocessing_fields``, ``precision``,
-        ``fingerprint``, ``feature_dim``) and ``store``.
-
-    Raises
-    ------
-    ModelFileError
-        The file is missing, not a joblib dict, of another ``format_version``, or lacks keys.
-    """
-    import joblib
-
-    path = Path(path)
-    if not path.is_file():
-        raise ModelFileError(f"{path}: no such model file; train one with `python -m pipeline.fit`")
-    try:
-        payload = joblib.load(path)
-    except Exception as exc:  # unpickling fails in many ways; all mean "not a model file"
-        detail = " ".join(f"{type(exc).__name__}: {exc}".split())
-        raise ModelFileError(
-            f"{path}: not a readable pipeline model file ({detail}); use a "
-            "models/<clf>.joblib written by `python -m pipeline.fit`"
-        ) from exc
-    if not isinstance(payload, dict) or "format_version" not in payload:
-        raise ModelFileError(
-            f"{path}: not a pipeline model file (holds a {type(payload).__name__}, expected the "
-            "dict written by `python -m pipeline.fit`)"
-        )
-    if payload["format_version"] != MODEL_FORMAT_VERSION:
-        raise ModelFileError(
-            f"{path}: model file format_version {payload['format_version']!r}, but this pipeline "
-            f"{__version__} reads format_version {MODEL_FORMAT_VERSION}; retrain with "
-            "`python -m pipeline.fit`"
-        )
-    missing = [k for k in _MODEL_KEYS if k not in payload]
-    if missing:
-        raise ModelFileError(
-            f"{path}: model file lacks {missing}; retrain with `python -m pipeline.fit`"
-        )
-    backbone = payload["backbone"]
-    if not isinstance(backbone, dict):
-        raise ModelFileError(f"{path}: model file's backbone metadata is not a dict; retrain it")
-    missing = [k for k in BACKBONE_KEYS if k not in backbone and k not in _LATER_BACKBONE_KEYS]
-    if missing:
-        raise ModelFileError(
-            f"{path}: model file's backbone metadata lacks {missing}; retrain with "
-            "`python -m pipeline.fit` on a current feature store"
-        )
-    if not hasattr(payload["estimator"], "predict"):
-        raise ModelFileError(f"{path}: model file's estimator has no predict(); retrain it")
-    return payload
 
 
 # -- the stage ----------------------------------------------------------------------------------
@@ -395,13 +293,6 @@ def run_fit(config: FitConfig) -> dict[str, Any]:
 
     out = Path(config.out)
     backbone = {key: table.attrs.get(key) for key in BACKBONE_KEYS}
-    from .report import (
-        format_table,
-        write_comparison_png,
-        write_confusion_png,
-        write_report_json,
-        write_report_md,
-    )
 
     results = []
     for name in names:
@@ -413,7 +304,7 @@ def run_fit(config: FitConfig) -> dict[str, Any]:
                 name, estimator, X_train, y_train, X_test, y_test, labels, config
             )
         model_rel = f"models/{name}.joblib"
-        _save_model(
+        save_model(
             out / model_rel,
             {
                 "format_version": MODEL_FORMAT_VERSION,
@@ -468,58 +359,3 @@ def run_fit(config: FitConfig) -> dict[str, Any]:
     logger.debug("results:\n%s", format_table(results))
     logger.info("report written to %s", out / "report.json")
     return report
-
-
-# -- CLI ----------------------------------------------------------------------------------------
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m pipeline.fit",
-        description="Fit and compare classifiers (nn, svc, xgboost, logreg) on a feature store "
-        "from `python -m pipeline.extract`. Defaults come from configs/default.toml ([fit]).",
-    )
-    add = parser.add_argument
-    add("--config", help="TOML config file (default: configs/default.toml)")
-    add("--features", help="HDF5 feature store (default artifacts/features.h5)")
-    add("--clf", help="nn | svc | xgboost | logreg | all, or a comma list such as svc,xgboost")
-    add("--cv", type=int, help="K >= 2: stratified K-fold cross-validation; 0: split or holdout")
-    add("--test-size", type=float, help="holdout fraction when the store has no split (0.2)")
-    add("--out", help="output folder for report.json, report.md, plots and models/ (artifacts)")
-    add("--seed", type=int, help="random seed for splits and classifiers (0)")
-    add("--dask", help="train xgboost on Dask: local[:N] or tcp://HOST:PORT")
-    add(
-        "--set",
-        dest="sets",
-        action="append",
-        metavar="KEY=VALUE",
-        help="override a config value, e.g. --set svc.C=10 --set nn.hidden_layer_sizes=[512]",
-    )
-    add_verbosity(parser)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """CLI entry point; returns the exit code (0 ok, 2 bad usage or input)."""
-    args = build_parser().parse_args(argv)
-    setup_logging(args)
-    overrides = {
-        k: v
-        for k, v in vars(args).items()
-        if k not in ("config", "verbose", "quiet", "sets") and v is not None
-    }
-    try:
-        sets = parse_set_overrides(args.sets)
-        config = FitConfig.from_file(args.config, sets=sets, **overrides)
-        report = run_fit(config)
-    except (PipelineError, ValueError, NotImplementedError) as exc:
-        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    from .report import format_table
-
-    print(format_table(report["results"]))
-    print(f"report: {Path(config.out) / 'report.json'}")
-    return 0

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..store import atomic_path
+from .._io import atomic_path
 
 __all__ = [
     "SCORE_KEYS",

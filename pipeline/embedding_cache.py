@@ -1,0 +1,139 @@
+"""The ``ImageEmbedder`` cache: an HDF5 file of embeddings keyed by content hash.
+
+Layout (readable with plain ``h5py``)::
+
+    /keys       utf-8 (N,)   content hash of the input ("file:<sha256>" or "pixels:<sha256>")
+    /features   float32 (N, D)
+    attrs: format ("pipeline.ImageEmbedder cache"), format_version, feature_dim, and the
+           embedding recipe's attributes (fingerprint, model, weights, preprocessing, ...)
+
+The file is never modified in place: new entries are merged into a temporary file that is
+renamed over the old one (under an advisory lock where the OS has ``fcntl``), so a crash or a
+concurrent writer leaves either the old file or the new one, never a torn one.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+from numpy.typing import NDArray
+
+from ._io import atomic_path, locked
+from .exceptions import CacheMismatchError, StoreError
+from .recipe import EmbeddingRecipe
+from .store import STRING_DTYPE, decode_attrs, encode_attrs
+
+__all__ = ["CACHE_FORMAT", "CACHE_FORMAT_VERSION", "EmbeddingCache"]
+
+CACHE_FORMAT = "pipeline.ImageEmbedder cache"
+CACHE_FORMAT_VERSION = 1
+
+
+class EmbeddingCache:
+    """An HDF5 file of embeddings keyed by content hash, for one backbone fingerprint.
+
+    Parameters
+    ----------
+    path : str or Path
+        The cache file; created on the first :meth:`add`.
+    recipe : EmbeddingRecipe, optional
+        What made the embeddings. A file with another fingerprint raises
+        :class:`~pipeline.exceptions.CacheMismatchError`; None reads any cache (to count rows).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], recipe: EmbeddingRecipe | None = None) -> None:
+        self.path = Path(path)
+        self.recipe = recipe
+
+    def _check(self, found: dict[str, Any]) -> None:
+        if found.get("format") != CACHE_FORMAT:
+            raise StoreError(
+                f"{self.path} is not an ImageEmbedder cache (no format={CACHE_FORMAT!r} "
+                "attribute; a pipeline.extract store cannot be used as one); pass another cache="
+            )
+        mismatch = None if self.recipe is None else self.recipe.mismatch(found)
+        if mismatch is not None:
+            raise CacheMismatchError(
+                f"cache {self.path} holds embeddings made by another backbone than this "
+                f"ImageEmbedder's ({mismatch}). Pass another cache= file, or delete this one"
+            )
+
+    def _read(self, fh: Any) -> tuple[np.ndarray, Any]:
+
+        self._check(decode_attrs(fh.attrs))
+        keys = fh["keys"].asstr()[...] if fh["keys"].shape[0] else np.array([], dtype=object)
+        return keys, fh["features"]
+
+    def check(self) -> None:
+        """Raise if the file exists and was made by another backbone (or is no cache)."""
+
+        if self.path.exists():
+            with h5py.File(self.path, "r") as fh:
+                self._check(decode_attrs(fh.attrs))
+
+    def __len__(self) -> int:
+
+        if not self.path.exists():
+            return 0
+        with h5py.File(self.path, "r") as fh:
+            return int(fh["keys"].shape[0])
+
+    def lookup(self, keys: Sequence[str]) -> dict[str, NDArray[np.float32]]:
+        """The cached embeddings of those ``keys`` that the file holds."""
+
+        if not self.path.exists() or not keys:
+            return {}
+        try:
+            with h5py.File(self.path, "r") as fh:
+                stored, features = self._read(fh)
+                row_of = {k: r for r, k in enumerate(stored)}
+                wanted = sorted({row_of[k] for k in keys if k in row_of})
+                if not wanted:
+                    return {}
+                if len(wanted) > len(stored) // 4:
+                    block = features[...][wanted]
+                else:  # h5py reads increasing fancy indices
+                    block = features[np.asarray(wanted)]
+        except OSError as exc:
+            raise StoreError(f"cache {self.path} cannot be read ({exc}); delete it") from exc
+        return {
+            stored[r]: np.asarray(row, dtype=np.float32)
+            for r, row in zip(wanted, block, strict=True)
+        }
+
+    def add(self, keys: Sequence[str], features: NDArray[np.float32]) -> int:
+        """Merge new rows into the file atomically; returns how many rows were new."""
+
+        features = np.ascontiguousarray(features, dtype=np.float32)
+        with locked(self.path):  # re-read under the lock: another writer may have added rows
+            old_keys, old_features = np.array([], dtype=object), None
+            if self.path.exists():
+                with h5py.File(self.path, "r") as fh:
+                    old_keys, dset = self._read(fh)
+                    old_features = dset[...]
+            seen = set(old_keys.tolist())
+            new = [i for i, k in enumerate(keys) if k not in seen and not seen.add(k)]
+            if not new:
+                return 0
+            all_keys = np.concatenate([old_keys, np.asarray([keys[i] for i in new], dtype=object)])
+            parts = [features[new]] if old_features is None else [old_features, features[new]]
+            all_features = np.concatenate(parts)
+            with atomic_path(self.path) as tmp, h5py.File(tmp, "w") as fh:
+                fh.create_dataset("keys", data=all_keys, dtype=STRING_DTYPE)
+                fh.create_dataset("features", data=all_features, dtype=np.float32)
+                fh.attrs.update(
+                    encode_attrs(
+                        {
+                            **(self.recipe.to_attrs() if self.recipe else {}),
+                            "format": CACHE_FORMAT,
+                            "format_version": CACHE_FORMAT_VERSION,
+                            "feature_dim": int(all_features.shape[1]),
+                        }
+                    )
+                )
+        return len(new)

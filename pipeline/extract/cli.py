@@ -1,0 +1,86 @@
+"""``python -m pipeline.extract``: flags -> :class:`~pipeline.config.ExtractConfig` -> a run."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from .._cli import add_verbosity, setup_logging
+from ..config import ExtractConfig
+from ..exceptions import PipelineError
+from .executors import run_extraction
+
+__all__ = ["build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.extract",
+        description="Embed images with a pretrained torchvision CNN into an HDF5 feature store. "
+        "Defaults come from configs/default.toml ([extract]).",
+    )
+    add = parser.add_argument
+    add("--config", help="TOML config file (default: configs/default.toml)")
+    add(
+        "--data",
+        help="ImageFolder dir, dir with train/val/test, CSV path,label[,split], or sklearn:digits",
+    )
+    add("--model", help="torchvision model name, e.g. mobilenet_v2, resnet50, convnext_tiny")
+    add("--weights", help="auto | DEFAULT | none | a weights name such as IMAGENET1K_V1")
+    add("--out", help="output HDF5 store (default artifacts/features.h5)")
+    add("--batch-size", type=int, help="images per forward pass (0: automatic)")
+    add(
+        "--workers",
+        type=int,
+        help="decoding threads on CPU, processes with a GPU (-1: automatic, 0: main thread)",
+    )
+    add("--device", help="auto | cpu | cuda | cuda:N")
+    add("--precision", help="auto | fp32 | bf16 | fp16")
+    add("--backend", help="auto | torch | onnxruntime")
+    add("--dask", help="run on Dask: local[:N] or tcp://HOST:PORT")
+    add("--checkpoint-seconds", type=float, help="how often finished rows are made durable")
+    add(
+        "--jpeg-draft",
+        action="store_true",
+        default=None,
+        help="decode large JPEGs at a reduced scale (faster; part of the fingerprint)",
+    )
+    add(
+        "--gpu-decode",
+        action="store_true",
+        default=None,
+        help="decode JPEG batches on the GPU with torchvision.io.decode_jpeg (nvJPEG), resize "
+        "and crop there (CUDA runs; part of the fingerprint)",
+    )
+    add("--overwrite", action="store_true", default=None, help="replace an existing store at --out")
+    add(
+        "--no-progress", dest="progress", action="store_false", default=None, help="no progress bar"
+    )
+    add_verbosity(parser)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry point; returns the exit code (0 ok, 2 bad usage or input)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args)
+    overrides = {
+        k: v
+        for k, v in vars(args).items()
+        if k not in ("config", "verbose", "quiet") and v is not None
+    }
+    try:
+        config = ExtractConfig.from_file(args.config, **overrides)
+        summary = run_extraction(config)
+    except (PipelineError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            "interrupted: finished rows are saved; run the same command to resume", file=sys.stderr
+        )
+        return 130
+    print(summary.line())
+    return 0

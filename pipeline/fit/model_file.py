@@ -1,0 +1,106 @@
+"""Model files: ``<out>/models/<clf>.joblib``, written by stage two and read by ``predict``.
+
+A model file is a joblib dict: the fitted estimator, its class names, and the backbone
+metadata copied from the feature store, so predictions rebuild the same embedding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import joblib
+
+from .. import __version__
+from .._io import atomic_path
+from ..exceptions import ModelFileError
+from ..recipe import DECODE_FIELDS, RECIPE_ATTRS
+
+__all__ = [
+    "BACKBONE_KEYS",
+    "MODEL_FORMAT_VERSION",
+    "ModelFileError",
+    "load_model_file",
+    "save_model",
+]
+
+
+MODEL_FORMAT_VERSION = 1
+
+
+#: Store attributes copied into every model file, so predictions can rebuild the same embedding.
+BACKBONE_KEYS = (*RECIPE_ATTRS, "feature_dim")
+_MODEL_KEYS = ("clf", "estimator", "class_names", "backbone")
+
+
+def save_model(path: Path, payload: Mapping[str, Any]) -> None:
+
+    with atomic_path(path) as tmp:
+        joblib.dump(dict(payload), tmp)
+
+
+def load_model_file(path: str | Path) -> dict[str, Any]:
+    """Load and validate a ``models/<clf>.joblib`` file written by ``python -m pipeline.fit``.
+
+    .. warning:: joblib files are pickles: loading one runs code from it. Load only model
+       files from sources you trust.
+
+    Parameters
+    ----------
+    path : str or Path
+        The model file.
+
+    Returns
+    -------
+    dict
+        ``format_version``, ``pipeline_version``, ``clf``, ``estimator`` (a fitted sklearn
+        Pipeline predicting class names), ``class_names``, ``backbone`` (``model``,
+        ``weights``, ``preprocessing``, ``preprocessing_fields``, ``precision``,
+        ``fingerprint``, ``feature_dim``) and ``store``.
+
+    Raises
+    ------
+    ModelFileError
+        The file is missing, not a joblib dict, of another ``format_version``, or lacks keys.
+    """
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"{path}: no such model file; train one with `python -m pipeline.fit`")
+    try:
+        payload = joblib.load(path)
+    except Exception as exc:  # unpickling fails in many ways; all mean "not a model file"
+        detail = " ".join(f"{type(exc).__name__}: {exc}".split())
+        raise ModelFileError(
+            f"{path}: not a readable pipeline model file ({detail}); use a "
+            "models/<clf>.joblib written by `python -m pipeline.fit`"
+        ) from exc
+    if not isinstance(payload, dict) or "format_version" not in payload:
+        raise ModelFileError(
+            f"{path}: not a pipeline model file (holds a {type(payload).__name__}, expected the "
+            "dict written by `python -m pipeline.fit`)"
+        )
+    if payload["format_version"] != MODEL_FORMAT_VERSION:
+        raise ModelFileError(
+            f"{path}: model file format_version {payload['format_version']!r}, but this pipeline "
+            f"{__version__} reads format_version {MODEL_FORMAT_VERSION}; retrain with "
+            "`python -m pipeline.fit`"
+        )
+    missing = [k for k in _MODEL_KEYS if k not in payload]
+    if missing:
+        raise ModelFileError(
+            f"{path}: model file lacks {missing}; retrain with `python -m pipeline.fit`"
+        )
+    backbone = payload["backbone"]
+    if not isinstance(backbone, dict):
+        raise ModelFileError(f"{path}: model file's backbone metadata is not a dict; retrain it")
+    missing = [k for k in BACKBONE_KEYS if k not in backbone and k not in DECODE_FIELDS]
+    if missing:
+        raise ModelFileError(
+            f"{path}: model file's backbone metadata lacks {missing}; retrain with "
+            "`python -m pipeline.fit` on a current feature store"
+        )
+    if not hasattr(payload["estimator"], "predict"):
+        raise ModelFileError(f"{path}: model file's estimator has no predict(); retrain it")
+    return payload
