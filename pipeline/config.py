@@ -1,31 +1,62 @@
-"""Configuration: ``configs/default.toml`` plus CLI overrides, resolved in one place."""
+"""Configuration: the shipped defaults plus a user's file and CLI overrides, resolved in one place.
+
+The defaults ship inside the package (``pipeline/default.toml``, read with
+:mod:`importlib.resources`, so a wheel has them; ``configs/default.toml`` in the repository is a
+link to it). They are the *only* defaults: :class:`ExtractConfig` and :class:`FitConfig` take
+their field defaults from that file, so ``run_fit(FitConfig())`` trains what the CLI trains.
+"""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import importlib.resources
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import tomllib
-
-from .engine.backbones import AUTO_WEIGHTS
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
     "ExtractConfig",
     "FitConfig",
+    "default_values",
     "load_config_file",
     "load_section",
     "parse_set_overrides",
 ]
 
-DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "configs" / "default.toml"
+#: The shipped defaults (package data).
+DEFAULT_CONFIG_PATH = Path(str(importlib.resources.files(__package__).joinpath("default.toml")))
+
+
+def _read_defaults() -> dict[str, Any]:
+    return tomllib.loads(
+        importlib.resources.files(__package__).joinpath("default.toml").read_text("utf-8")
+    )
+
+
+_DEFAULTS = _read_defaults()
+
+
+def default_values(section: str) -> dict[str, Any]:
+    """A copy of section ``section`` (``"extract"``, ``"fit"``, ``"fit.nn"`` ...) of the defaults."""
+    node: Any = _DEFAULTS
+    for part in section.split("."):
+        node = node[part]
+    return copy.deepcopy(node)
 
 
 def load_config_file(path: str | Path | None = None) -> dict[str, Any]:
-    """Read a TOML config file (the project's default when ``path`` is None)."""
-    path = Path(path) if path is not None else DEFAULT_CONFIG_PATH
+    """Read a TOML config file (the shipped defaults when ``path`` is None)."""
+    if path is None:
+        return copy.deepcopy(_DEFAULTS)
+    path = Path(path)
     try:
         with path.open("rb") as fh:
             return tomllib.load(fh)
@@ -41,7 +72,7 @@ def load_section(name: str, path: str | Path | None = None) -> dict[str, Any]:
     Keys missing from a user's file take the project default, so a user file may hold only
     the values it changes.
     """
-    defaults = load_config_file(None).get(name, {})
+    defaults = default_values(name)
     if path is None:
         return _deep_merge({}, defaults)
     return _deep_merge(defaults, load_config_file(path).get(name, {}))
@@ -89,30 +120,34 @@ def _from_mapping(cls: Any, section: str, values: Mapping[str, Any]) -> Any:
     return cls(**values)
 
 
-def _auto_weights() -> dict[str, str]:
-    return dict(AUTO_WEIGHTS)
+def _default(section: str, key: str) -> Any:
+    """A dataclass field whose default is ``[section] key`` of the shipped defaults."""
+    value = default_values(section)[key]
+    if isinstance(value, Mapping | list):
+        return dataclasses.field(default_factory=lambda: copy.deepcopy(value))
+    return dataclasses.field(default=value)
 
 
 @dataclasses.dataclass(frozen=True)
 class ExtractConfig:
     """Everything stage one needs; fields map 1:1 to ``[extract]`` keys and CLI flags."""
 
-    data: str = "sklearn:digits"
-    model: str = "mobilenet_v2"
-    weights: str | None = "auto"
-    out: str = "artifacts/features.h5"
-    batch_size: int = 0
-    workers: int = -1
-    device: str = "auto"
-    precision: str = "auto"
-    backend: str = "auto"
-    dask: str = ""
-    checkpoint_seconds: float = 30.0
-    jpeg_draft: bool = False
-    gpu_decode: bool = False
-    overwrite: bool = False
-    progress: bool = True
-    auto_weights: Mapping[str, str] = dataclasses.field(default_factory=_auto_weights)
+    data: str = _default("extract", "data")
+    model: str = _default("extract", "model")
+    weights: str | None = _default("extract", "weights")
+    out: str = _default("extract", "out")
+    batch_size: int = _default("extract", "batch_size")
+    workers: int = _default("extract", "workers")
+    device: str = _default("extract", "device")
+    precision: str = _default("extract", "precision")
+    backend: str = _default("extract", "backend")
+    dask: str = _default("extract", "dask")
+    checkpoint_seconds: float = _default("extract", "checkpoint_seconds")
+    jpeg_draft: bool = _default("extract", "jpeg_draft")
+    gpu_decode: bool = _default("extract", "gpu_decode")
+    overwrite: bool = _default("extract", "overwrite")
+    progress: bool = _default("extract", "progress")
+    auto_weights: Mapping[str, str] = _default("extract", "auto_weights")
 
     @classmethod
     def from_file(cls, path: str | Path | None = None, **overrides: Any) -> ExtractConfig:
@@ -134,19 +169,19 @@ class FitConfig:
     ``[fit.<clf>]`` tables; ``--set svc.C=10`` overrides one).
     """
 
-    features: str = "artifacts/features.h5"
-    clf: str = "all"
-    cv: int = 0
-    test_size: float = 0.2
-    out: str = "artifacts"
-    seed: int = 0
-    dask: str = ""
-    nn: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    svc: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    xgboost: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    logreg: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    svc_approx: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    svc_warn_rows: int = 20000
+    features: str = _default("fit", "features")
+    clf: str = _default("fit", "clf")
+    cv: int = _default("fit", "cv")
+    test_size: float = _default("fit", "test_size")
+    out: str = _default("fit", "out")
+    seed: int = _default("fit", "seed")
+    dask: str = _default("fit", "dask")
+    nn: Mapping[str, Any] = _default("fit", "nn")
+    svc: Mapping[str, Any] = _default("fit", "svc")
+    xgboost: Mapping[str, Any] = _default("fit", "xgboost")
+    logreg: Mapping[str, Any] = _default("fit", "logreg")
+    svc_approx: Mapping[str, Any] = _default("fit", "svc_approx")
+    svc_warn_rows: int = _default("fit", "svc_warn_rows")
 
     @classmethod
     def from_file(

@@ -21,7 +21,6 @@ import numpy as np
 from numpy.typing import NDArray
 from sklearn.base import BaseEstimator, TransformerMixin
 
-from .config import load_section
 from .embedding_cache import EmbeddingCache
 from .engine.backbones import resolve_backbone
 from .engine.runners import embed_images, make_runner, resolve_device, resolve_precision
@@ -181,9 +180,9 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
     model : str, default="mobilenet_v2"
         Any name from ``torchvision.models.list_models()``.
     weights : str or None, default="auto"
-        ``"auto"`` (the weights configured in ``configs/default.toml``'s
-        ``[extract.auto_weights]``, e.g. ``IMAGENET1K_V1`` for mobilenet_v2; torchvision's
-        ``DEFAULT`` for other models), ``"DEFAULT"``, a weights name such as
+        ``"auto"`` (:data:`pipeline.engine.backbones.AUTO_WEIGHTS`, the same table the shipped
+        config's ``[extract.auto_weights]`` holds: ``IMAGENET1K_V1`` for mobilenet_v2;
+        torchvision's ``DEFAULT`` for other models; no config file is read), ``"DEFAULT"``, a weights name such as
         ``"IMAGENET1K_V1"`` or ``"MobileNet_V2_Weights.IMAGENET1K_V1"``, or ``None``/``"none"``
         for seeded random initialisation.
     batch_size : int, default=32
@@ -314,9 +313,8 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
             )
         if not isinstance(self.model, str):
             raise TypeError(f"ImageEmbedder: model must be a str, got {type(self.model).__name__}")
-        auto_weights = load_section("extract").get("auto_weights", {})
         try:
-            spec = resolve_backbone(self.model, self.weights, auto_weights)
+            spec = resolve_backbone(self.model, self.weights)
             device = resolve_device(self.device)
             precision = resolve_precision(self.precision, device)
         except PipelineError as exc:  # the messages name CLI flags: name the parameters

@@ -18,6 +18,7 @@ import tomllib
 from PIL import Image
 
 from pipeline.config import DEFAULT_CONFIG_PATH, ExtractConfig
+from pipeline.engine.backbones import AUTO_WEIGHTS
 from pipeline.extract import main
 from pipeline.store import parts_dir, read_store
 
@@ -52,6 +53,7 @@ def test_default_config_file_matches_library_defaults():
     for field in dataclasses.fields(ExtractConfig):
         assert section[field.name] == getattr(defaults, field.name), field.name
     assert section["auto_weights"]["mobilenet_v2"] == "IMAGENET1K_V1"
+    assert dict(defaults.auto_weights) == AUTO_WEIGHTS  # the library's "auto" (ImageEmbedder)
 
 
 def test_store_layout_follows_the_contract(image_dir, tmp_path, capsys):

@@ -18,10 +18,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m pipeline.extract",
         description="Embed images with a pretrained torchvision CNN into an HDF5 feature store. "
-        "Defaults come from configs/default.toml ([extract]).",
+        "Defaults come from the shipped pipeline/default.toml ([extract]; configs/default.toml "
+        "in a checkout).",
     )
     add = parser.add_argument
-    add("--config", help="TOML config file (default: configs/default.toml)")
+    add("--config", help="TOML config file; keys it lacks keep the shipped defaults")
     add(
         "--data",
         help="ImageFolder dir, dir with train/val/test, CSV path,label[,split], or sklearn:digits",

@@ -20,10 +20,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m pipeline.fit",
         description="Fit and compare classifiers (nn, svc, xgboost, logreg) on a feature store "
-        "from `python -m pipeline.extract`. Defaults come from configs/default.toml ([fit]).",
+        "from `python -m pipeline.extract`. Defaults come from the shipped pipeline/default.toml ([fit]; configs/default.toml in a checkout).",
     )
     add = parser.add_argument
-    add("--config", help="TOML config file (default: configs/default.toml)")
+    add("--config", help="TOML config file; keys it lacks keep the shipped defaults")
     add("--features", help="HDF5 feature store (default artifacts/features.h5)")
     add("--clf", help="nn | svc | xgboost | logreg | all, or a comma list such as svc,xgboost")
     add("--cv", type=int, help="K >= 2: stratified K-fold cross-validation; 0: split or holdout")
