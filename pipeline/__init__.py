@@ -14,7 +14,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "ImageEmbedder": "pipeline.embedder",
     "TorchMLPClassifier": "pipeline.estimators",
-    "make_classifier": "pipeline.estimators",
+    "make_classifier": "pipeline.classifiers",
     "load_features": "pipeline.store",
     "read_store": "pipeline.store",
     "run_extraction": "pipeline.extract",

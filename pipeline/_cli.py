@@ -1,12 +1,16 @@
-"""Shared CLI plumbing: verbosity flags and logging set-up (only CLIs configure logging)."""
+"""Shared CLI plumbing: verbosity flags, logging set-up (only CLIs configure logging), and
+:func:`run_cli`, the one place where library errors become a one-line message and exit code 2."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
+from collections.abc import Callable, Mapping
 
-__all__ = ["add_verbosity", "setup_logging"]
+from .exceptions import PipelineError
+
+__all__ = ["add_verbosity", "error_line", "run_cli", "setup_logging"]
 
 
 def add_verbosity(parser: argparse.ArgumentParser) -> None:
@@ -19,3 +23,33 @@ def setup_logging(args: argparse.Namespace) -> None:
     logging.basicConfig(
         level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
+
+
+def error_line(exc: BaseException, flags: Mapping[str, str] | None = None) -> str:
+    """One line for ``exc``; an error about parameter ``p`` starts with its flag: ``flags[p]``,
+    else ``--p`` with dashes (``batch_size`` -> ``--batch-size``)."""
+    param = getattr(exc, "param", None)
+    if isinstance(exc, PipelineError) and param:
+        flag = (flags or {}).get(param, "--" + param.replace("_", "-"))
+        text = f"{flag}: {exc.message}"
+    else:
+        text = str(exc)
+    return " ".join(text.split())
+
+
+def run_cli(
+    body: Callable[[], int],
+    *,
+    flags: Mapping[str, str] | None = None,
+    interrupted: str = "interrupted",
+) -> int:
+    """Run a CLI's ``body``: bad input -> ``error: <one line>`` on stderr and exit code 2;
+    Ctrl-C -> ``interrupted`` and 130; else ``body``'s exit code."""
+    try:
+        return body()
+    except (PipelineError, ValueError, NotImplementedError) as exc:
+        print(f"error: {error_line(exc, flags)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(interrupted, file=sys.stderr)
+        return 130

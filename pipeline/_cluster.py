@@ -12,7 +12,7 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
-from .exceptions import PipelineError
+from .exceptions import ConfigError
 
 __all__ = ["count_workers", "dask_client", "parse_dask_spec"]
 
@@ -32,14 +32,16 @@ def parse_dask_spec(spec: str) -> tuple[str, Any]:
 
             return "local", torch.cuda.device_count() or 2
         if not count.isdigit() or int(count) < 1:
-            raise PipelineError(
-                f"--dask: {spec!r}: the worker count after 'local:' must be a positive integer"
+            raise ConfigError(
+                f"{spec!r}: the worker count after 'local:' must be a positive integer",
+                param="dask",
             )
         return "local", int(count)
     if "://" in spec and spec.split("://", 1)[1]:
         return "address", spec
-    raise PipelineError(
-        f"--dask: {spec!r} is neither local[:N] nor a scheduler address such as tcp://HOST:8786"
+    raise ConfigError(
+        f"{spec!r} is neither local[:N] nor a scheduler address such as tcp://HOST:8786",
+        param="dask",
     )
 
 
@@ -54,8 +56,9 @@ def dask_client(spec: str) -> Iterator[Any]:
         try:
             client = Client(value, timeout="30s")
         except (OSError, TimeoutError) as exc:
-            raise PipelineError(
-                f"--dask: cannot reach a Dask scheduler at {value} ({exc})"
+            raise ConfigError(
+                f"cannot reach a Dask scheduler at {value} ({exc})",
+                param="dask",
             ) from exc
         with client:
             yield client

@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from .exceptions import ConfigError
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
@@ -61,9 +63,9 @@ def load_config_file(path: str | Path | None = None) -> dict[str, Any]:
         with path.open("rb") as fh:
             return tomllib.load(fh)
     except FileNotFoundError:
-        raise ValueError(f"--config: no such file: {path}") from None
+        raise ConfigError(f"no such file: {path}", param="config") from None
     except tomllib.TOMLDecodeError as exc:
-        raise ValueError(f"--config: {path} is not valid TOML: {exc}") from exc
+        raise ConfigError(f"{path} is not valid TOML: {exc}", param="config") from exc
 
 
 def load_section(name: str, path: str | Path | None = None) -> dict[str, Any]:
@@ -98,7 +100,7 @@ def parse_set_overrides(items: list[str] | None) -> dict[str, Any]:
     for item in items or []:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
-            raise ValueError(f"--set: expected KEY=VALUE, got {item!r}")
+            raise ConfigError(f"expected KEY=VALUE, got {item!r}", param="set")
         try:
             value = tomllib.loads(f"v = {raw}")["v"]
         except tomllib.TOMLDecodeError:

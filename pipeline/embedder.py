@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import re
 import time
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -21,9 +20,10 @@ import numpy as np
 from numpy.typing import NDArray
 from sklearn.base import BaseEstimator, TransformerMixin
 
+from ._runtime import check_backend, resolve_device, resolve_precision
 from .embedding_cache import EmbeddingCache
 from .engine.backbones import resolve_backbone
-from .engine.runners import embed_images, make_runner, resolve_device, resolve_precision
+from .engine.runners import embed_images, make_runner
 from .engine.sources import decode_image, to_rgb
 from .exceptions import ImageDecodeError, PipelineError
 from .recipe import EmbeddingRecipe
@@ -33,7 +33,6 @@ __all__ = ["CacheInfo", "ImageEmbedder"]
 logger = logging.getLogger(__name__)
 
 ON_ERROR = ("raise", "nan")
-BACKENDS = ("auto", "torch", "onnxruntime")
 
 
 class CacheInfo(NamedTuple):
@@ -303,10 +302,6 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
             raise ValueError(
                 f"ImageEmbedder: on_error={self.on_error!r} is not one of {', '.join(ON_ERROR)}"
             )
-        if self.backend not in BACKENDS:
-            raise ValueError(
-                f"ImageEmbedder: backend={self.backend!r} is not one of {', '.join(BACKENDS)}"
-            )
         if self.cache is not None and not isinstance(self.cache, (str, os.PathLike)):
             raise TypeError(
                 f"ImageEmbedder: cache must be None or a file path, got {type(self.cache).__name__}"
@@ -314,13 +309,12 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
         if not isinstance(self.model, str):
             raise TypeError(f"ImageEmbedder: model must be a str, got {type(self.model).__name__}")
         try:
+            check_backend(self.backend)
             spec = resolve_backbone(self.model, self.weights)
             device = resolve_device(self.device)
             precision = resolve_precision(self.precision, device)
-        except PipelineError as exc:  # the messages name CLI flags: name the parameters
-            message = re.sub(r"^--([a-z-]+):", lambda m: f"{m[1].replace('-', '_')}:", str(exc))
-            error = type(exc) if isinstance(exc, ValueError) else ValueError
-            raise error(f"ImageEmbedder: {message}") from exc
+        except PipelineError as exc:  # a ValueError naming the parameter ("device: ...")
+            raise type(exc)(f"ImageEmbedder: {exc}") from exc
         return spec, device, precision
 
     def _cache(self, spec: Any, precision: str) -> EmbeddingCache | None:
@@ -414,39 +408,11 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
         started = time.perf_counter()
         spec, device, precision = self._check_params()
         items = _as_items(X)
-        n = len(items)
         cache = self._cache(spec, precision)
-        stats = getattr(self, "_stats", CacheInfo())
-        rows: list[np.ndarray | None] = [None] * n
+        rows, groups, keys = self._group_by_content(items, cache, spec)
+        todo = list(groups)
         errors: dict[int, str] = {}
-
-        if cache is None:
-            todo = list(range(n))  # every row is embedded, in order
-            groups = {i: [i] for i in todo}
-        else:
-            keys = [_content_key(item) for item in items]
-            found = cache.lookup([k for k in keys if k is not None])
-            groups = {}  # one forward pass per distinct content
-            first_of: dict[str, int] = {}
-            for i, key in enumerate(keys):
-                if key is not None and key in found:
-                    rows[i] = found[key]
-                elif key is None:
-                    groups[i] = [i]
-                elif key in first_of:
-                    groups[first_of[key]].append(i)
-                else:
-                    first_of[key] = i
-                    groups[i] = [i]
-            todo = list(groups)
-            if found:
-                self._feature_dim = (
-                    (spec.model, spec.weights),
-                    int(next(iter(found.values())).shape[0]),
-                )
-        n_hits = n - sum(len(g) for g in groups.values())
         n_forward = 0
-
         if todo:
             fail_fast = self.on_error == "raise" and cache is None
             embedded, messages = self._embed(
@@ -458,15 +424,50 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
                     rows[row] = embedded[j]
                     if messages[j]:
                         errors[row] = messages[j]
-            if cache is not None:
-                good = [j for j, m in enumerate(messages) if not m]
-                if good:
-                    cache.add([keys[todo[j]] for j in good], embedded[good])
-
+            good = [j for j, m in enumerate(messages) if not m]
+            if cache is not None and good:
+                cache.add([keys[todo[j]] for j in good], embedded[good])
         out = np.stack(rows).astype(np.float32, copy=False)
+        n_hits = len(items) - sum(len(g) for g in groups.values()) if cache is not None else 0
+        self._record(len(items), n_hits, n_forward, errors, started)
+        return out
+
+    def _group_by_content(
+        self, items: list[_Item], cache: EmbeddingCache | None, spec: Any
+    ) -> tuple[list[np.ndarray | None], dict[int, list[int]], list[str | None]]:
+        """(rows, groups, keys): rows the cache already holds; ``groups`` maps the first row
+        of each distinct uncached content to every row with that content (one forward pass
+        each); ``keys`` the content keys (empty without a cache)."""
+        rows: list[np.ndarray | None] = [None] * len(items)
+        if cache is None:
+            return rows, {i: [i] for i in range(len(items))}, []
+        keys = [_content_key(item) for item in items]
+        found = cache.lookup([k for k in keys if k is not None])
+        groups: dict[int, list[int]] = {}
+        first_of: dict[str, int] = {}
+        for i, key in enumerate(keys):
+            if key is not None and key in found:
+                rows[i] = found[key]
+            elif key is None:
+                groups[i] = [i]
+            elif key in first_of:
+                groups[first_of[key]].append(i)
+            else:
+                first_of[key] = i
+                groups[i] = [i]
+        if found:
+            dim = int(next(iter(found.values())).shape[0])
+            self._feature_dim = ((spec.model, spec.weights), dim)
+        return rows, groups, keys
+
+    def _record(
+        self, n: int, n_hits: int, n_forward: int, errors: dict[int, str], started: float
+    ) -> None:
+        """Update ``last_errors_`` and the counters, log, and apply ``on_error``."""
+        stats = getattr(self, "_stats", CacheInfo())
         self.last_errors_ = sorted(errors.items())
         self._stats = CacheInfo(
-            hits=stats.hits + (n_hits if cache is not None else 0),
+            hits=stats.hits + n_hits,
             misses=stats.misses + (n - n_hits),
             forward=stats.forward + n_forward,
             failed=stats.failed + len(errors),
@@ -476,28 +477,28 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
             "ImageEmbedder: %d images (%d from cache, %d embedded, %d failed) in %.1f s "
             "(%.1f images/s)",
             n,
-            n_hits if cache is not None else 0,
-            len(todo),
+            n_hits,
+            n - n_hits,
             len(errors),
             seconds,
             n / seconds if seconds > 0 else 0.0,
         )
-        if errors:
-            first_row, first = self.last_errors_[0]
-            if self.on_error == "raise":
-                raise ImageDecodeError(
-                    f"{first}{_HINT}"
-                    + (f" ({len(errors) - 1} more unreadable)" if len(errors) > 1 else "")
-                )
-            logger.warning(
-                "ImageEmbedder: %d of %d images could not be read; their rows are NaN "
-                "(see last_errors_); first: row %d: %s",
-                len(errors),
-                n,
-                first_row,
-                first,
+        if not errors:
+            return
+        first_row, first = self.last_errors_[0]
+        if self.on_error == "raise":
+            raise ImageDecodeError(
+                f"{first}{_HINT}"
+                + (f" ({len(errors) - 1} more unreadable)" if len(errors) > 1 else "")
             )
-        return out
+        logger.warning(
+            "ImageEmbedder: %d of %d images could not be read; their rows are NaN "
+            "(see last_errors_); first: row %d: %s",
+            len(errors),
+            n,
+            first_row,
+            first,
+        )
 
     def cache_info(self) -> CacheInfo:
         """Counters since construction: cache ``hits`` and ``misses``, images run through the

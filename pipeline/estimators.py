@@ -1,4 +1,6 @@
-"""scikit-learn compatible classifiers for embeddings: the torch MLP head and the factory.
+"""scikit-learn compatible classifiers for embeddings: the torch MLP head and XGBoost.
+
+They are built by name through :mod:`pipeline.classifiers` (``make_classifier``).
 
 Every classifier here is a real scikit-learn estimator (parameters stored untouched in
 ``__init__``, validation in ``fit``, fitted state ending in ``_``), so ``clone``, ``Pipeline``,
@@ -9,7 +11,6 @@ their type.
 from __future__ import annotations
 
 import copy
-import inspect
 import logging
 import numbers
 from collections.abc import Sequence
@@ -19,27 +20,19 @@ import numpy as np
 import torch
 from numpy.typing import ArrayLike, NDArray
 from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.calibration import CalibratedClassifierCV
-from sklearn.kernel_approximation import Nystroem
-from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
-from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import LabelEncoder, StandardScaler
-from sklearn.svm import SVC, LinearSVC
+from sklearn.preprocessing import LabelEncoder
 from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-__all__ = [
-    "CLASSIFIERS",
-    "TorchMLPClassifier",
-    "XGBoostClassifier",
-    "make_classifier",
-]
+from ._runtime import auto_device, resolve_device
+from .exceptions import ConfigError
+
+__all__ = ["TorchMLPClassifier", "XGBoostClassifier"]
 
 logger = logging.getLogger(__name__)
 
-CLASSIFIERS = ("nn", "svc", "xgboost", "logreg", "svc_approx")
 _PREDICT_BATCH = 8192
 
 
@@ -49,23 +42,10 @@ def _resolve_device(device: Any, owner: str) -> torch.device:
         raise TypeError(
             f"{owner}: device must be a str such as 'auto', 'cpu' or 'cuda', got {device!r}"
         )
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        resolved = torch.device(device)
-    except RuntimeError as exc:
-        raise ValueError(
-            f"{owner}: device={device!r} is not valid; use 'auto', 'cpu', 'cuda' or 'cuda:N'"
-        ) from exc
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(
-            f"{owner}: device={device!r} but CUDA is not available; use 'cpu' or 'auto'"
-        )
-    if resolved.type not in ("cpu", "cuda"):
-        raise ValueError(
-            f"{owner}: device={device!r} is not supported; use 'auto', 'cpu' or 'cuda'"
-        )
-    return resolved
+        return resolve_device(device)
+    except ConfigError as exc:  # "device: ..." for an estimator parameter
+        raise ConfigError(f"{owner}: {exc}") from exc
 
 
 def _check_at_least_two_classes(classes: np.ndarray, owner: str) -> None:
@@ -309,24 +289,40 @@ class TorchMLPClassifier(ClassifierMixin, BaseEstimator):
         if self.early_stopping:
             X, X_val, y_enc, y_val = self._validation_split(X, y_enc, seed)
 
-        n_samples = X.shape[0]
-        batch = min(200, n_samples) if self.batch_size == "auto" else int(self.batch_size)
-        batch = max(1, min(batch, n_samples))
-
         module = self._build_module(X.shape[1], len(self.classes_), sizes, cpu_gen).to(self.device_)
         module.train()
+        train = (self._tensor(X), self._tensor(y_enc))
+        val = (self._tensor(X_val), self._tensor(y_val)) if X_val is not None else None
+        best, best_state = self._run_epochs(module, train, val, cpu_gen, dev_gen)
+        if best_state is not None:
+            module.load_state_dict(best_state)
+        self.best_loss_ = float(best)
+        self.module_ = module.eval()
+        return self
+
+    def _tensor(self, array: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(array)).to(self.device_)
+
+    def _run_epochs(
+        self,
+        module: torch.nn.Module,
+        train: tuple[torch.Tensor, torch.Tensor],
+        val: tuple[torch.Tensor, torch.Tensor] | None,
+        cpu_gen: torch.Generator,
+        dev_gen: torch.Generator,
+    ) -> tuple[float, dict[str, Any] | None]:
+        """Adam epochs until ``max_iter`` or ``n_iter_no_change`` epochs without improvement of
+        the validation loss (``val``) or else the training loss; returns (best, best state)."""
+        Xt, yt = train
+        n_samples = Xt.shape[0]
+        batch = min(200, n_samples) if self.batch_size == "auto" else int(self.batch_size)
+        batch = max(1, min(batch, n_samples))
         optimizer = torch.optim.Adam(
             module.parameters(), lr=self.learning_rate_init, weight_decay=self.alpha
         )
         loss_fn = torch.nn.CrossEntropyLoss()
-        Xt = torch.from_numpy(np.ascontiguousarray(X)).to(self.device_)
-        yt = torch.from_numpy(y_enc).to(self.device_)
-        if X_val is not None:
-            Xv = torch.from_numpy(np.ascontiguousarray(X_val)).to(self.device_)
-            yv = torch.from_numpy(y_val).to(self.device_)
-
         self.loss_curve_: list[float] = []
-        self.validation_loss_curve_: list[float] | None = [] if X_val is not None else None
+        self.validation_loss_curve_: list[float] | None = [] if val is not None else None
         best, best_state, no_improve = np.inf, None, 0
         self.n_iter_ = 0
         for epoch in range(int(self.max_iter)):
@@ -334,8 +330,7 @@ class TorchMLPClassifier(ClassifierMixin, BaseEstimator):
             total = 0.0
             for start in range(0, n_samples, batch):
                 idx = order[start : start + batch]
-                logits = self._forward_train(module, Xt[idx], dev_gen)
-                loss = loss_fn(logits, yt[idx])
+                loss = loss_fn(self._forward_train(module, Xt[idx], dev_gen), yt[idx])
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -343,23 +338,14 @@ class TorchMLPClassifier(ClassifierMixin, BaseEstimator):
             epoch_loss = total / n_samples
             self.loss_curve_.append(epoch_loss)
             self.n_iter_ = epoch + 1
-            score = epoch_loss
-            if X_val is not None:
-                module.eval()
-                with torch.inference_mode():
-                    score = float(loss_fn(module(Xv), yv))
-                module.train()
-                self.validation_loss_curve_.append(score)
+            score = epoch_loss if val is None else self._validation_loss(module, val, loss_fn)
             if self.verbose:
-                extra = f", validation loss = {score:.6f}" if X_val is not None else ""
+                extra = f", validation loss = {score:.6f}" if val is not None else ""
                 logger.info("Iteration %d, loss = %.6f%s", self.n_iter_, epoch_loss, extra)
-            if score > best - self.tol:
-                no_improve += 1
-            else:
-                no_improve = 0
+            no_improve = no_improve + 1 if score > best - self.tol else 0
             if score < best:
                 best = score
-                if X_val is not None:
+                if val is not None:
                     best_state = copy.deepcopy(module.state_dict())
             if no_improve >= self.n_iter_no_change:
                 logger.debug(
@@ -370,11 +356,17 @@ class TorchMLPClassifier(ClassifierMixin, BaseEstimator):
                     self.n_iter_,
                 )
                 break
-        if best_state is not None:
-            module.load_state_dict(best_state)
-        self.best_loss_ = float(best)
-        self.module_ = module.eval()
-        return self
+        return best, best_state
+
+    def _validation_loss(
+        self, module: torch.nn.Module, val: tuple[torch.Tensor, torch.Tensor], loss_fn: Any
+    ) -> float:
+        module.eval()
+        with torch.inference_mode():
+            score = float(loss_fn(module(val[0]), val[1]))
+        module.train()
+        self.validation_loss_curve_.append(score)
+        return score
 
     def _validation_split(
         self, X: np.ndarray, y: np.ndarray, seed: int
@@ -572,11 +564,7 @@ class XGBoostClassifier(ClassifierMixin, BaseEstimator):
         self.classes_ = encoder.classes_
         _check_at_least_two_classes(self.classes_, name)
         y_enc = encoder.transform(y)
-        self.device_ = (
-            ("cuda" if torch.cuda.is_available() else "cpu")
-            if self.device == "auto"
-            else self.device
-        )
+        self.device_ = auto_device() if self.device == "auto" else self.device
         early = bool(self.early_stopping_rounds) and len(y_enc) >= 10
         booster = self._make_booster(early)
         if early:
@@ -615,107 +603,3 @@ class XGBoostClassifier(ClassifierMixin, BaseEstimator):
         """Predicted labels in their original type."""
         proba = self.predict_proba(X)
         return self.classes_[np.argmax(proba, axis=1)]
-
-
-def _svc(probability: bool = True, calibration_cv: int = 5, **params: Any):
-    svc = SVC(**{"kernel": "rbf", **params})
-    if not probability:
-        return svc
-    # SVC(probability=True) is deprecated since scikit-learn 1.9: this is its replacement.
-    return CalibratedClassifierCV(svc, ensemble=False, cv=calibration_cv)
-
-
-def _svc_approx(
-    C: float = 1.0,
-    gamma: float | None = None,
-    n_components: int = 1024,
-    class_weight: Any = None,
-    calibration_cv: int = 5,
-    random_state: Any = None,
-) -> Pipeline:
-    """Nystroem RBF feature map + linear SVM: approximates ``svc`` at linear cost in rows.
-
-    ``gamma=None`` is ``1 / n_features``, which after standardisation equals SVC's
-    ``gamma="scale"``.
-    """
-    svm = LinearSVC(C=C, class_weight=class_weight, random_state=random_state)
-    return Pipeline(
-        [
-            ("map", Nystroem(gamma=gamma, n_components=n_components, random_state=random_state)),
-            ("clf", CalibratedClassifierCV(svm, ensemble=False, cv=calibration_cv)),
-        ]
-    )
-
-
-def _make_final(name: str, params: dict[str, Any]):
-    if name == "nn":
-        return TorchMLPClassifier(**params)
-    if name == "svc":
-        return _svc(**params)
-    if name == "xgboost":
-        return XGBoostClassifier(**params)
-    if name == "svc_approx":
-        return _svc_approx(**params)
-    return LogisticRegression(**{"max_iter": 1000, **params})
-
-
-def _valid_params(name: str) -> set[str]:
-    if name == "svc":
-        return set(SVC().get_params()) | {"probability", "calibration_cv"}
-    if name == "logreg":
-        return set(LogisticRegression().get_params())
-    if name == "nn":
-        return set(TorchMLPClassifier().get_params())
-    if name == "svc_approx":
-        return set(inspect.signature(_svc_approx).parameters)
-    return set(XGBoostClassifier().get_params())
-
-
-def make_classifier(name: str, **params: Any) -> Pipeline:
-    """Return an unfitted classifier for embeddings by name: nn, svc, xgboost or logreg.
-
-    Each is a :class:`~sklearn.pipeline.Pipeline` whose last step is named ``"clf"``:
-
-    - ``nn``: StandardScaler + :class:`TorchMLPClassifier`;
-    - ``svc``: StandardScaler + RBF :class:`~sklearn.svm.SVC`, with probabilities from
-      ``CalibratedClassifierCV(svc, ensemble=False)`` unless ``probability=False``;
-    - ``xgboost``: :class:`XGBoostClassifier` (hist trees, CUDA when available);
-    - ``logreg``: StandardScaler + :class:`~sklearn.linear_model.LogisticRegression`
-      (a linear probe);
-    - ``svc_approx``: StandardScaler + Nystroem RBF map + calibrated
-      :class:`~sklearn.svm.LinearSVC`, for row counts where exact SVC is too slow.
-
-    Parameters
-    ----------
-    name : str
-        One of ``"nn"``, ``"svc"``, ``"xgboost"``, ``"logreg"``, ``"svc_approx"``.
-    **params
-        Hyperparameters of the final estimator (for ``svc``: SVC's, plus ``probability`` and
-        ``calibration_cv``).
-
-    Returns
-    -------
-    Pipeline
-        Unfitted; it predicts the labels it was fitted on.
-
-    Examples
-    --------
-    >>> from pipeline import make_classifier
-    >>> clf = make_classifier("svc", C=10)
-    >>> clf.named_steps["clf"].estimator.C
-    10
-    """
-    if name not in CLASSIFIERS:
-        raise ValueError(f"unknown classifier {name!r}; valid options: {', '.join(CLASSIFIERS)}")
-    unknown = sorted(set(params) - _valid_params(name))
-    if unknown:
-        raise ValueError(
-            f"unknown parameter(s) {unknown} for classifier {name!r}; valid: "
-            f"{', '.join(sorted(_valid_params(name)))}"
-        )
-    final = _make_final(name, dict(params))
-    if name == "xgboost":
-        return Pipeline([("clf", final)])
-    if name == "svc_approx":
-        return Pipeline([("scale", StandardScaler()), *final.steps])
-    return Pipeline([("scale", StandardScaler()), ("clf", final)])

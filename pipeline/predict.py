@@ -21,18 +21,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ._cli import add_verbosity, setup_logging
+import numpy as np
+
+from ._cli import add_verbosity, run_cli, setup_logging
 from ._io import atomic_path
-from .engine.runners import (
-    auto_batch_size,
-    auto_workers,
-    embed_images,
-    inference_threads,
-    make_runner,
-    resolve_device,
-)
+from ._runtime import resolve_runtime
+from .engine.runners import embed_images, make_runner
 from .engine.sources import decode_image, find_images
-from .exceptions import BackboneMismatchError, PipelineError
+from .exceptions import BackboneMismatchError, ConfigError, PipelineError
 from .fit.model_file import load_model_file
 from .recipe import EmbeddingRecipe
 
@@ -58,7 +54,7 @@ def collect_images(inputs: Sequence[str | os.PathLike[str]]) -> list[str]:
         if os.path.isdir(item):
             found = find_images(item)
             if not found:
-                raise PipelineError(f"IMAGE_OR_DIR: no images found in {item}")
+                raise ConfigError(f"no images found in {item}", param="inputs")
             paths += found
         else:
             paths.append(os.fspath(item))
@@ -71,13 +67,15 @@ def _load_recipe(payload: dict[str, Any], model_path: Path) -> EmbeddingRecipe:
         recipe = EmbeddingRecipe.from_attrs(info)
     except PipelineError as exc:
         raise BackboneMismatchError(
-            f"--model: {model_path} needs a backbone this torchvision cannot provide ({exc})"
+            f"{model_path} needs a backbone this torchvision cannot provide ({exc})",
+            param="model_path",
         ) from exc
-    if recipe.fingerprint() != info["fingerprint"]:
+    if recipe.mismatch(info) is not None:
         raise BackboneMismatchError(
-            f"--model: {model_path} was trained on embeddings of {info['model']} / "
+            f"{model_path} was trained on embeddings of {info['model']} / "
             f"{info['weights']} with other preprocessing or weights than this installation "
-            "gives (fingerprint differs); re-extract and re-fit with this installation"
+            "gives (fingerprint differs); re-extract and re-fit with this installation",
+            param="model_path",
         )
     return recipe
 
@@ -92,8 +90,6 @@ def run_predict(
     backend: str = "auto",
 ) -> list[Prediction]:
     """Classify every image in ``inputs`` (files or folders) with the model file."""
-    import numpy as np
-
     model_path = Path(model_path)
     payload = load_model_file(model_path)
     recipe = _load_recipe(payload, model_path)
@@ -101,12 +97,14 @@ def run_predict(
     gpu_decode = recipe.decode.gpu_decode
     paths = collect_images(inputs)
     if not paths:
-        raise PipelineError("IMAGE_OR_DIR: give at least one image or folder")
-    torch_device = resolve_device(device)
+        raise ConfigError("give at least one image or folder", param="inputs")
+    runtime = resolve_runtime(device, precision, batch_size, workers, backend)
+    torch_device = runtime.device
     if gpu_decode and torch_device.type != "cuda":
         raise BackboneMismatchError(
-            f"--model: {model_path} was trained on GPU-decoded embeddings (--gpu-decode); "
-            f"predicting with it needs a CUDA device, not {torch_device}"
+            f"{model_path} was trained on GPU-decoded embeddings (--gpu-decode); "
+            f"predicting with it needs a CUDA device, not {torch_device}",
+            param="model_path",
         )
     if torch_device.type == "cpu" and precision != "fp32":
         logger.warning(
@@ -115,13 +113,13 @@ def run_predict(
             precision,
             precision,
         )
-    workers = workers if workers >= 0 else auto_workers(torch_device)
-    runner = make_runner(spec, torch_device, precision, backend, threads=inference_threads(workers))
+    runner = make_runner(spec, torch_device, precision, backend, threads=runtime.threads)
     expected_dim = int(payload["backbone"]["feature_dim"])
     if runner.feature_dim != expected_dim:
         raise BackboneMismatchError(
-            f"--model: {model_path} expects {expected_dim}-d embeddings, the backbone gives "
-            f"{runner.feature_dim}"
+            f"{model_path} expects {expected_dim}-d embeddings, the backbone gives "
+            f"{runner.feature_dim}",
+            param="model_path",
         )
     features, errors = embed_images(
         lambda i: decode_image(paths[i], draft_size),
@@ -129,14 +127,20 @@ def run_predict(
         spec,
         runner,
         paths=paths if gpu_decode else None,
-        batch_size=batch_size or auto_batch_size(torch_device),
-        workers=workers,
+        batch_size=runtime.batch_size,
+        workers=runtime.workers,
         on_error="collect",
     )
+    return _classify(payload["estimator"], paths, features, errors)
+
+
+def _classify(
+    estimator: Any, paths: list[str], features: np.ndarray, errors: list[str]
+) -> list[Prediction]:
+    """One :class:`Prediction` per path: the class and its probability, or the error."""
     ok = [i for i, e in enumerate(errors) if not e]
     results = {i: Prediction(paths[i], error=errors[i]) for i in range(len(paths)) if errors[i]}
     if ok:
-        estimator = payload["estimator"]
         if hasattr(estimator, "predict_proba"):
             proba = estimator.predict_proba(features[ok])
             best = proba.argmax(axis=1)
@@ -187,9 +191,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry point; returns the exit code (0 ok, 2 bad usage or input)."""
     args = build_parser().parse_args(argv)
     setup_logging(args)
-    try:
+
+    def body() -> int:
         predictions = run_predict(
             args.model,
             args.inputs,
@@ -199,17 +205,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             backend=args.backend,
         )
         _write_csv(predictions, args.out)
-    except (PipelineError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    failed = sum(1 for p in predictions if p.error)
-    logger.info(
-        "%d images, %d predicted, %d unreadable",
-        len(predictions),
-        len(predictions) - failed,
-        failed,
-    )
-    return 0
+        failed = sum(1 for p in predictions if p.error)
+        logger.info(
+            "%d images, %d predicted, %d unreadable",
+            len(predictions),
+            len(predictions) - failed,
+            failed,
+        )
+        return 0
+
+    return run_cli(body, flags={"model_path": "--model", "inputs": "IMAGE_OR_DIR"})
 
 
 if __name__ == "__main__":

@@ -119,7 +119,7 @@ def test_bad_inputs_are_named(X, error, match):
         ({"on_error": "skip"}, "on_error='skip' is not one of raise, nan"),
         ({"batch_size": 0}, "batch_size must be >= 1"),
         ({"workers": -1}, "workers must be >= 0"),
-        ({"backend": "tensorrt"}, "backend='tensorrt'"),
+        ({"backend": "tensorrt"}, "ImageEmbedder: backend: 'tensorrt' is not one of"),
         ({"model": "mobilenet_v9"}, "unknown model"),
         ({"precision": "fp8"}, "precision: 'fp8' is not one of"),
         ({"device": "tpu"}, "ImageEmbedder: device: 'tpu'"),

@@ -14,7 +14,8 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from pipeline import TorchMLPClassifier, make_classifier
-from pipeline.estimators import CLASSIFIERS, XGBoostClassifier
+from pipeline.classifiers import CLASSIFIER_NAMES as CLASSIFIERS
+from pipeline.estimators import XGBoostClassifier
 from tests._fit_helpers import blobs
 
 
@@ -129,7 +130,7 @@ def test_mlp_bad_params_raise_at_fit(data, param, value, match):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA error")
 def test_mlp_cuda_unavailable_error(data):
     X, y = data
-    with pytest.raises(ValueError, match="CUDA is not available"):
+    with pytest.raises(ValueError, match="TorchMLPClassifier: device: .*no CUDA GPU is available"):
         _mlp(device="cuda").fit(X, y)
 
 
@@ -181,7 +182,7 @@ def test_make_classifier_params_and_errors():
     assert make_classifier("svc", probability=False).named_steps["clf"].C == 1.0
     assert make_classifier("logreg", C=0.5).named_steps["clf"].C == 0.5
     assert make_classifier("nn", alpha=0.1).named_steps["clf"].alpha == 0.1
-    assert make_classifier("xgboost", max_depth=3).named_steps["clf"].max_depth == 3
+    assert make_classifier("xgboost", max_depth=5).named_steps["clf"].max_depth == 5
     with pytest.raises(ValueError, match="valid options: nn, svc, xgboost, logreg"):
         make_classifier("knn")
     with pytest.raises(ValueError, match="unknown parameter.*'Cx'"):

@@ -60,7 +60,7 @@ def test_help_is_instant_and_torch_free(capsys):
 def test_parse_clf():
     assert parse_clf("all") == ["nn", "svc", "xgboost", "logreg"]
     assert parse_clf("svc, xgboost,svc") == ["svc", "xgboost"]
-    with pytest.raises(ValueError, match="--clf: unknown classifier 'knn'"):
+    with pytest.raises(ValueError, match="clf: unknown classifier 'knn'"):
         parse_clf("svc,knn")
 
 
@@ -343,8 +343,8 @@ def test_library_defaults_match_the_config_file():
     """make_classifier(name) with no parameters is the CLI's default classifier."""
     import tomllib
 
+    from pipeline.classifiers import make_classifier
     from pipeline.config import DEFAULT_CONFIG_PATH
-    from pipeline.estimators import make_classifier
 
     # Where the library keeps scikit-learn's own default on purpose, and the CLI differs.
     intentional = {

@@ -154,3 +154,26 @@ def test_help_loads_no_torch(module):
     )
     assert done.returncode == 0, done.stderr
     assert "usage:" in done.stdout
+
+
+def test_no_long_functions():
+    """No function body (docstring aside) over 60 lines, unless a ``# long:`` comment right
+    above it says why."""
+    too_long = []
+    for path in PACKAGE.rglob("*.py"):
+        lines = path.read_text().splitlines()
+        for node in ast.walk(ast.parse("\n".join(lines))):
+            if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            first = node.body[0]
+            doc = isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant)
+            code = (
+                node.end_lineno
+                - node.lineno
+                + 1
+                - (first.end_lineno - first.lineno + 1 if doc else 0)
+            )
+            start = min([d.lineno for d in node.decorator_list] + [node.lineno])
+            if code > 60 and "# long:" not in lines[start - 2]:
+                too_long.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {node.name}")
+    assert too_long == []

@@ -139,8 +139,9 @@ def resolve_backbone(
     names = list_backbones()
     if model not in names:
         raise BackboneError(
-            f"--model: unknown model {model!r}{_suggest(model, names)} "
-            "(any name from torchvision.models.list_models() works)"
+            f"unknown model {model!r}{_suggest(model, names)} "
+            "(any name from torchvision.models.list_models() works)",
+            param="model",
         )
     if weights is None or str(weights).lower() == "none":
         return BackboneSpec(model, None)
@@ -154,7 +155,9 @@ def resolve_backbone(
     member = choice.split(".", 1)[1] if choice.startswith(enum.__name__ + ".") else choice
     if member not in enum.__members__:
         valid = ", ".join(["DEFAULT", "none", *enum.__members__])
-        raise BackboneError(f"--weights: {weights!r} is not a weight of {model}; valid: {valid}")
+        raise BackboneError(
+            f"{weights!r} is not a weight of {model}; valid: {valid}", param="weights"
+        )
     return BackboneSpec(model, f"{enum.__name__}.{member}")
 
 
@@ -200,8 +203,9 @@ def build_backbone(spec: BackboneSpec) -> Backbone:
             raise
         file_name = spec.weights_enum.url.rsplit("/", 1)[-1]
         raise BackboneError(
-            f"--weights: could not load {spec.weights} ({type(exc).__name__}: {exc}); offline, "
-            f"put {file_name} in $TORCH_HOME/hub/checkpoints (see README, 'Offline weights')"
+            f"could not load {spec.weights} ({type(exc).__name__}: {exc}); offline, "
+            f"put {file_name} in $TORCH_HOME/hub/checkpoints (see README, 'Offline weights')",
+            param="weights",
         ) from exc
 
     found = _last_linear(model)
@@ -217,7 +221,7 @@ def build_backbone(spec: BackboneSpec) -> Backbone:
             probe = torch.zeros(1, 3, spec.input_size, spec.input_size)
             feature_dim = int(module.eval()(probe).shape[1])
     else:  # pragma: no cover - every torchvision classifier has one or the other
-        raise BackboneError(f"--model: cannot find the embedding layer of {spec.model}")
+        raise BackboneError(f"cannot find the embedding layer of {spec.model}", param="model")
     # A freshly built wrapper starts in train mode; anything that restores its mode later
     # (ONNX export does) would flip BatchNorm to training statistics. Fix it for good here.
     module.eval().requires_grad_(False)

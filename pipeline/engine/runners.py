@@ -11,7 +11,6 @@ channels-last. torch is imported only when a function here needs it.
 from __future__ import annotations
 
 import logging
-import os
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -20,7 +19,16 @@ from typing import Any
 import numpy as np
 
 from .._io import atomic_path
-from ..exceptions import ImageDecodeError, PipelineError
+from .._runtime import (
+    auto_batch_size,
+    auto_workers,
+    check_backend,
+    cpu_cores,
+    inference_threads,
+    resolve_device,
+    resolve_precision,
+)
+from ..exceptions import ImageDecodeError
 from .backbones import Backbone, BackboneSpec, build_backbone
 from .decoding import Batch, decode_batches, iter_batches
 from .onnx import (
@@ -52,66 +60,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-
-
-def resolve_device(device: str = "auto") -> Any:
-    """``auto`` -> CUDA when available, else CPU; explicit CUDA without a GPU is an error."""
-    import torch
-
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError as exc:
-        raise PipelineError(f"--device: {device!r} is not auto, cpu, cuda or cuda:N") from exc
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise PipelineError("--device: CUDA was asked for but no CUDA GPU is available")
-    if resolved.type not in ("cpu", "cuda"):
-        raise PipelineError(f"--device: {device!r} is not auto, cpu, cuda or cuda:N")
-    return resolved
-
-
-def resolve_precision(precision: str, device: Any) -> str:
-    """``auto`` -> bf16 on GPUs that support it, else fp16 on GPU, fp32 on CPU."""
-    if precision not in PRECISIONS:
-        raise PipelineError(f"--precision: {precision!r} is not one of {', '.join(PRECISIONS)}")
-    if precision != "auto":
-        return precision
-    if _device_type(device) == "cuda":
-        import torch
-
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "fp32"
-
-
-def _device_type(device: Any) -> str:
-    return getattr(device, "type", None) or str(device).split(":", 1)[0]
-
-
-def auto_batch_size(device: Any) -> int:
-    return 256 if _device_type(device) == "cuda" else 32
-
-
-def auto_workers(device: Any) -> int:
-    """Decoding workers: processes on most cores of a GPU machine; on CPU, threads, one per
-    core (PIL releases the GIL; measured in benchmarks/extract_throughput.py)."""
-    cores = _cores()
-    if _device_type(device) == "cuda":
-        return max(1, min(cores - 1, 16))
-    return min(cores, 8)
-
-
-def inference_threads(workers: int) -> int:
-    """Threads for the forward pass: every core; they do not spin, so decoding threads get the
-    cores whenever the forward pass waits."""
-    return _cores()
-
-
-def _cores() -> int:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return cores or 1
 
 
 def _crops_module(backbone: Backbone) -> Any:
@@ -261,8 +209,7 @@ def make_runner(
     With ``remember_as`` (a :func:`pipeline.onnx_backend.request_key`), a verified graph is
     recorded so that later runs of that request skip torch (:func:`~pipeline.onnx_backend.load_verified`).
     """
-    if backend not in ("auto", "torch", "onnxruntime"):
-        raise PipelineError(f"--backend: {backend!r} is not one of auto, torch, onnxruntime")
+    check_backend(backend)
     backbone = build_backbone(spec)
     reference = TorchRunner(backbone, device, precision)
     cpu_fp32 = reference.device.type == "cpu" and precision == "fp32"
@@ -277,7 +224,7 @@ def make_runner(
         return reference
     path = graph_path(spec)
     try:
-        runner = _load_or_export(reference, path, threads or _cores())
+        runner = _load_or_export(reference, path, threads or cpu_cores())
         difference = verify_runner(runner, reference, spec.input_size)
     except Exception as exc:  # exporters and runtimes fail in many ways; torch still works
         logger.warning(

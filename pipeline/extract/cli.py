@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 
-from .._cli import add_verbosity, setup_logging
+from .._cli import add_verbosity, run_cli, setup_logging
 from ..config import ExtractConfig
-from ..exceptions import PipelineError
 from .executors import run_extraction
 
 __all__ = ["build_parser", "main"]
@@ -72,16 +70,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         for k, v in vars(args).items()
         if k not in ("config", "verbose", "quiet") and v is not None
     }
-    try:
+
+    def body() -> int:
         config = ExtractConfig.from_file(args.config, **overrides)
-        summary = run_extraction(config)
-    except (PipelineError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(
-            "interrupted: finished rows are saved; run the same command to resume", file=sys.stderr
-        )
-        return 130
-    print(summary.line())
-    return 0
+        print(run_extraction(config).line())
+        return 0
+
+    return run_cli(
+        body, interrupted="interrupted: finished rows are saved; run the same command to resume"
+    )

@@ -37,7 +37,7 @@ from .._cluster import count_workers, dask_client
 from ..config import ExtractConfig
 from ..engine.runners import inference_threads, make_runner
 from ..engine.sources import open_source
-from ..exceptions import PipelineError
+from ..exceptions import ConfigError, PipelineError
 from ..store import parts_dir, read_rows_file, write_index
 from .parts import begin_parts, embed_into_parts, finish_store
 from .plan import (
@@ -269,9 +269,10 @@ def _embed_shard(shard_plan: Any, shard: int, run: str, backend: str) -> ShardRe
     prefix = _shard_prefix(shard, run)
     folder = parts_dir(shard_plan.out)
     if not folder.is_dir():
-        raise PipelineError(
-            f"--dask: worker cannot see {folder}; the store's folder must be on storage "
-            "shared by the client and every worker, under the same path"
+        raise ConfigError(
+            f"worker cannot see {folder}; the store's folder must be on storage "
+            "shared by the client and every worker, under the same path",
+            param="dask",
         )
     saved_rows, saved_failed = _saved_in_parts(folder, prefix)
     pairs = list(zip(shard_plan.records, shard_plan.keys, strict=True))
@@ -308,36 +309,18 @@ def _embed_shard(shard_plan: Any, shard: int, run: str, backend: str) -> ShardRe
 
 
 def run_dask_extraction(
-    plan: Any, *, client: Any = None, shard_size: int | None = None
+    plan: ExtractionPlan, *, client: Any = None, shard_size: int | None = None
 ) -> tuple[int, float]:
     """Embed ``plan.todo`` on the Dask cluster of ``plan.config.dask``, one task per shard.
 
-    Leaves part files for :func:`pipeline.extract.finish_store` to merge. Returns
+    Leaves part files for :func:`~pipeline.extract.parts.finish_store` to merge. Returns
     (images embedded, seconds spent embedding). Pass ``client`` to reuse a connected one.
     """
     if client is None:
         return DaskExecutor(plan.config.dask, shard_size)(plan)
-
-    from distributed import as_completed
-
     n_workers = count_workers(client)
     backend = plan.config.backend  # "auto": each worker picks as in-process runs do
-    # Every worker builds its network now (and keeps it for its shards), so that the timing
-    # below is embedding only; the first answer gives the embedding size.
-    probes = [
-        client.submit(
-            _probe_runner,
-            plan.spec,
-            plan.device,
-            plan.precision,
-            backend,
-            workers=[address],
-            allow_other_workers=True,
-            pure=False,
-        )
-        for address in sorted(client.scheduler_info().get("workers", {}))
-    ]
-    feature_dim, resolved = client.gather(probes)[0]
+    feature_dim, resolved = _probe_workers(client, plan, backend)
     begin_parts(plan, feature_dim, resolved)
     shards = shard_todo(plan.todo, n_workers, shard_size, min_size=2 * plan.batch_size)
     logger.info(
@@ -361,39 +344,8 @@ def run_dask_extraction(
         )
         for sid, indices in enumerate(shards)
     ]
-    n_embedded = n_failed = 0
     try:
-        with (
-            logging_redirect_tqdm(),
-            tqdm(
-                total=len(shards),
-                unit="shard",
-                desc="extract (dask)",
-                disable=not plan.config.progress,
-                file=sys.stderr,
-            ) as bar,
-        ):
-            for future in as_completed(futures):
-                try:
-                    result: ShardResult = future.result()
-                except Exception as exc:
-                    raise PipelineError(
-                        f"--dask: a shard failed after {SHARD_RETRIES} retries ({exc}); finished "
-                        "shards are saved: run the same command to resume"
-                    ) from exc
-                n_embedded += result.n_embedded
-                n_failed += result.n_failed
-                write_index(plan.out, plan.attrs)
-                bar.update(1)
-                logger.debug(
-                    "shard %d on worker %s: %d embedded (%d by a lost attempt), %d failed, %.1f s",
-                    result.shard,
-                    result.worker,
-                    result.n_embedded,
-                    result.n_resumed,
-                    result.n_failed,
-                    result.seconds,
-                )
+        n_embedded, n_failed = _collect_shards(futures, plan)
     except BaseException:
         client.cancel(futures)
         raise
@@ -407,6 +359,65 @@ def run_dask_extraction(
         n_workers,
     )
     return n_embedded, seconds
+
+
+def _probe_workers(client: Any, plan: ExtractionPlan, backend: str) -> tuple[int, str]:
+    """Every worker builds its network now (and keeps it for its shards), so that the timing
+    of the shards is embedding only; the first answer gives (feature_dim, resolved backend)."""
+    probes = [
+        client.submit(
+            _probe_runner,
+            plan.spec,
+            plan.device,
+            plan.precision,
+            backend,
+            workers=[address],
+            allow_other_workers=True,
+            pure=False,
+        )
+        for address in sorted(client.scheduler_info().get("workers", {}))
+    ]
+    return client.gather(probes)[0]
+
+
+def _collect_shards(futures: list[Any], plan: ExtractionPlan) -> tuple[int, int]:
+    """Wait for the shard tasks as they finish, updating the store's index; (embedded, failed)."""
+    from distributed import as_completed
+
+    n_embedded = n_failed = 0
+    with (
+        logging_redirect_tqdm(),
+        tqdm(
+            total=len(futures),
+            unit="shard",
+            desc="extract (dask)",
+            disable=not plan.config.progress,
+            file=sys.stderr,
+        ) as bar,
+    ):
+        for future in as_completed(futures):
+            try:
+                result: ShardResult = future.result()
+            except Exception as exc:
+                raise PipelineError(
+                    f"a shard failed after {SHARD_RETRIES} retries ({exc}); finished "
+                    "shards are saved: run the same command to resume",
+                    param="dask",
+                ) from exc
+            n_embedded += result.n_embedded
+            n_failed += result.n_failed
+            write_index(plan.out, plan.attrs)
+            bar.update(1)
+            logger.debug(
+                "shard %d on worker %s: %d embedded (%d by a lost attempt), %d failed, %.1f s",
+                result.shard,
+                result.worker,
+                result.n_embedded,
+                result.n_resumed,
+                result.n_failed,
+                result.seconds,
+            )
+    return n_embedded, n_failed
 
 
 # -- choosing one -------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ from ..store import (
 )
 from .plan import ExtractionPlan, versions
 
-__all__ = ["begin_parts", "embed_into_parts", "finish_store"]
+__all__ = ["PartWriter", "begin_parts", "embed_into_parts", "finish_store"]
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +60,66 @@ def begin_parts(plan: ExtractionPlan, feature_dim: int, backend: str) -> None:
     write_index(plan.out, plan.attrs)
 
 
+class PartWriter:
+    """Buffers embedded rows and failed inputs; each :meth:`flush` writes them as one part file.
+
+    Part files are named ``<prefix>NNNNNN.h5`` in ``<out>.parts/``, numbered after those already
+    there; with ``update_index`` the store's index is rewritten over them after each flush.
+    """
+
+    def __init__(
+        self, plan: ExtractionPlan, feature_dim: int, prefix: str, update_index: bool
+    ) -> None:
+        self.plan, self.feature_dim, self.prefix = plan, feature_dim, prefix
+        self.update_index = update_index
+        self.folder = parts_dir(plan.out)
+        self.part_no = len(list(self.folder.glob(f"{prefix}*.h5")))
+        self._reset()
+
+    def _reset(self) -> None:
+        self.features: list[np.ndarray] = []
+        self.indices: list[int] = []  # into plan.records
+        self.failed = FailedInputs()
+        self.last_flush = time.perf_counter()
+
+    def add(self, features: np.ndarray, indices: Sequence[int]) -> None:
+        """Rows ``features[j]`` of ``plan.records[indices[j]]``."""
+        self.features.append(features)
+        self.indices.extend(indices)
+
+    def fail(self, i: int, error: str) -> None:
+        self.failed.add(self.plan.records[i].path, error, self.plan.keys[i])
+
+    def due(self) -> bool:
+        """A checkpoint is due (``checkpoint_seconds`` passed) or the buffer is full."""
+        buffered = len(self.indices) * self.feature_dim * 4
+        waited = time.perf_counter() - self.last_flush
+        return waited >= self.plan.config.checkpoint_seconds or buffered >= _FLUSH_BYTES
+
+    def flush(self) -> None:
+        if not self.indices and not self.failed:
+            return
+        records = [self.plan.records[i] for i in self.indices]
+        features = (
+            np.concatenate(self.features)
+            if self.features
+            else np.empty((0, self.feature_dim), np.float32)
+        )
+        rows = Rows(
+            features,
+            np.asarray([r.label for r in records], dtype=np.int64),
+            [r.path for r in records],
+            [r.split for r in records],
+            [self.plan.keys[i] for i in self.indices],
+        )
+        path = self.folder / f"{self.prefix}{self.part_no:06d}.h5"
+        write_rows_file(path, rows, self.failed, self.plan.attrs)
+        if self.update_index:
+            write_index(self.plan.out, self.plan.attrs)
+        self.part_no += 1
+        self._reset()
+
+
 def embed_into_parts(
     plan: ExtractionPlan,
     indices: Sequence[int],
@@ -75,42 +135,9 @@ def embed_into_parts(
     (embedded, failed) counts.
     Dask shards call this with their own ``prefix`` and ``update_index=False``.
     """
-
-    folder = parts_dir(plan.out)
-    part_no = len(list(folder.glob(f"{prefix}*.h5")))
     chosen = [plan.records[i] for i in indices]
-    load = functools.partial(_load_record, plan.source, chosen, plan.recipe.draft_size)
-    failed = FailedInputs()
-    buffer: dict[str, list[Any]] = {k: [] for k in ("features", "paths", "keys", "labels", "split")}
-    last_flush, n_embedded, n_failed = time.perf_counter(), 0, 0
-
-    def flush() -> None:
-        nonlocal part_no, last_flush, failed
-        if not buffer["paths"] and not failed:
-            return
-        features = (
-            np.concatenate(buffer["features"])
-            if buffer["features"]
-            else np.empty((0, runner.feature_dim), np.float32)
-        )
-        rows = Rows(
-            features,
-            np.asarray(buffer["labels"], dtype=np.int64),
-            buffer["paths"],
-            buffer["split"],
-            buffer["keys"],
-        )
-        write_rows_file(folder / f"{prefix}{part_no:06d}.h5", rows, failed, plan.attrs)
-        if update_index:
-            write_index(plan.out, plan.attrs)
-        part_no += 1
-        last_flush = time.perf_counter()
-        failed = FailedInputs()
-        for value in buffer.values():
-            value.clear()
-
     batches = decode_batches(
-        load,
+        functools.partial(_load_record, plan.source, chosen, plan.recipe.draft_size),
         len(chosen),
         plan.spec.preprocessing,
         plan.device,
@@ -118,6 +145,8 @@ def embed_into_parts(
         workers=plan.workers,
         paths=[r.path for r in chosen] if plan.recipe.decode.gpu_decode else None,
     )
+    writer = PartWriter(plan, runner.feature_dim, prefix, update_index)
+    n_embedded = n_failed = 0
     with (
         logging_redirect_tqdm(),
         tqdm(
@@ -128,29 +157,17 @@ def embed_into_parts(
             ok = [j for j, e in enumerate(batch.errors) if not e]
             for j, error in enumerate(batch.errors):
                 if error:
-                    i = indices[batch.indices[j]]
-                    failed.add(plan.records[i].path, error, plan.keys[i])
+                    writer.fail(indices[batch.indices[j]], error)
                     n_failed += 1
                     logger.warning("skipped %s", error)
             if ok:
                 images = batch.images if len(ok) == len(batch.errors) else batch.images[ok]
-                buffer["features"].append(runner(images))
-                for j in ok:
-                    i = indices[batch.indices[j]]
-                    record = plan.records[i]
-                    buffer["paths"].append(record.path)
-                    buffer["keys"].append(plan.keys[i])
-                    buffer["labels"].append(record.label)
-                    buffer["split"].append(record.split)
+                writer.add(runner(images), [indices[batch.indices[j]] for j in ok])
                 n_embedded += len(ok)
             bar.update(len(batch.indices))
-            buffered = len(buffer["paths"]) * runner.feature_dim * 4
-            if (
-                time.perf_counter() - last_flush >= plan.config.checkpoint_seconds
-                or buffered >= _FLUSH_BYTES
-            ):
-                flush()
-    flush()
+            if writer.due():
+                writer.flush()
+    writer.flush()
     return n_embedded, n_failed
 
 

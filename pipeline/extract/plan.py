@@ -19,12 +19,18 @@ from typing import Any
 
 from .. import __version__
 from .._metadata import installed_version
+from .._runtime import (
+    auto_batch_size,
+    auto_workers,
+    check_backend,
+    resolve_device,
+    resolve_precision,
+)
 from ..config import ExtractConfig
 from ..engine.backbones import BackboneSpec, resolve_backbone
 from ..engine.onnx import load_verified, no_gpu_present, request_key
-from ..engine.runners import auto_batch_size, auto_workers, resolve_device, resolve_precision
 from ..engine.sources import open_source
-from ..exceptions import CacheMismatchError, PipelineError, StoreError
+from ..exceptions import CacheMismatchError, ConfigError, StoreError
 from ..recipe import DecodeOptions, EmbeddingRecipe
 from ..store import FORMAT_VERSION, list_parts, parts_dir, read_attrs, read_rows_file
 
@@ -80,8 +86,9 @@ def _check_recipe(path: Path, attrs: dict[str, Any], recipe: EmbeddingRecipe) ->
     mismatch = recipe.mismatch(attrs)
     if mismatch is not None:
         raise CacheMismatchError(
-            f"--out: {path} holds embeddings from another backbone ({mismatch}); "
-            "pass --overwrite to replace it, or choose another --out"
+            f"{path} holds embeddings from another backbone ({mismatch}); "
+            "pass --overwrite to replace it, or choose another --out",
+            param="out",
         )
 
 
@@ -105,7 +112,8 @@ def _read_previous(out: Path, recipe: EmbeddingRecipe) -> Previous:
     if out.exists():
         if out.is_dir():
             raise StoreError(
-                f"--out: {out} is a directory; give a file path such as {out}/features.h5"
+                f"{out} is a directory; give a file path such as {out}/features.h5",
+                param="out",
             )
         attrs = read_attrs(out)
         _check_recipe(out, attrs, recipe)
@@ -133,7 +141,9 @@ def _check_writable(out: Path) -> None:
         with tempfile.NamedTemporaryFile(dir=out.parent, prefix=".write-test-"):
             pass
     except OSError as exc:
-        raise PipelineError(f"--out: cannot write to {out.parent} ({exc.strerror or exc})") from exc
+        raise ConfigError(
+            f"cannot write to {out.parent} ({exc.strerror or exc})", param="out"
+        ) from exc
 
 
 def versions(backend: str | None = None) -> dict[str, str]:
@@ -276,9 +286,9 @@ def _check_gpu_decode(config: ExtractConfig, device: str) -> None:
     if not config.gpu_decode:
         return
     if not device.startswith("cuda"):
-        raise PipelineError(f"--gpu-decode: needs a CUDA device; this run is on {device}")
+        raise ConfigError(f"needs a CUDA device; this run is on {device}", param="gpu_decode")
     if config.jpeg_draft:
-        raise PipelineError("--gpu-decode: decodes at full size; leave out --jpeg-draft")
+        raise ConfigError("decodes at full size; leave out --jpeg-draft", param="gpu_decode")
 
 
 def verified_cpu_graph(config: ExtractConfig) -> Any:
@@ -310,8 +320,7 @@ def plan_extraction(
     """
 
     source = source if source is not None else open_source(config.data)
-    if config.backend not in ("auto", "torch", "onnxruntime"):
-        raise PipelineError(f"--backend: {config.backend!r} is not one of auto, torch, onnxruntime")
+    check_backend(config.backend)
     if verified is not None:
         spec, device, precision = verified.spec, "cpu", "fp32"
     else:
@@ -320,7 +329,7 @@ def plan_extraction(
         precision = resolve_precision(config.precision, device)
     _check_gpu_decode(config, str(device))
     if config.batch_size < 0:
-        raise PipelineError(f"--batch-size: must be positive, got {config.batch_size}")
+        raise ConfigError(f"must be positive, got {config.batch_size}", param="batch_size")
     out = Path(config.out)
     _check_writable(out)
     recipe = EmbeddingRecipe(spec, precision, DecodeOptions(config.jpeg_draft, config.gpu_decode))

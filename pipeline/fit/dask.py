@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from .._cluster import dask_client
+from .._runtime import auto_device
 from ..estimators import XGBoostClassifier
 
 __all__ = ["fit_xgboost_dask", "store_array"]
@@ -112,10 +113,33 @@ def fit_xgboost_dask(estimator: Any, X: Any, y: Any, address: str | Any) -> Any:
         return _fit_xgboost_on(estimator, X, y, client)
 
 
+def _early_stopping_rows(
+    final: Any, y_enc: np.ndarray, n_classes: int
+) -> tuple[bool, np.ndarray, np.ndarray]:
+    """(early stopping?, train rows, validation rows): the same held-out share as the
+    in-process fit, stratified when possible; off when too few rows or a class would vanish."""
+    from sklearn.model_selection import train_test_split
+
+    everything, nothing = np.arange(len(y_enc)), np.arange(0)
+    if not (final.early_stopping_rounds and len(y_enc) >= 10):
+        return False, everything, nothing
+    seed = final.random_state if isinstance(final.random_state, int) else 0
+    try:
+        train_rows, val_rows = train_test_split(
+            everything, test_size=final.validation_fraction, random_state=seed, stratify=y_enc
+        )
+    except ValueError:
+        train_rows, val_rows = train_test_split(
+            everything, test_size=final.validation_fraction, random_state=seed
+        )
+    train_rows, val_rows = np.sort(train_rows), np.sort(val_rows)
+    if len(np.unique(y_enc[train_rows])) < n_classes:
+        return False, everything, nothing
+    return True, train_rows, val_rows
+
+
 def _fit_xgboost_on(estimator: Any, X: Any, y: Any, client: Any) -> Any:
     import dask.array as da
-    import torch
-    from sklearn.model_selection import train_test_split
     from sklearn.preprocessing import LabelEncoder
     from sklearn.utils.multiclass import check_classification_targets
     from xgboost import XGBClassifier
@@ -132,24 +156,8 @@ def _fit_xgboost_on(estimator: Any, X: Any, y: Any, client: Any) -> Any:
     if n_classes < 2:
         raise ValueError(f"{name}: needs at least 2 classes, got {n_classes}")
     y_enc = encoder.transform(y).astype(np.float32)
-    final.device_ = (
-        ("cuda" if torch.cuda.is_available() else "cpu") if final.device == "auto" else final.device
-    )
-    early = bool(final.early_stopping_rounds) and len(y_enc) >= 10
-    train_rows, val_rows = np.arange(len(y_enc)), np.arange(0)
-    if early:  # the same held-out share as the in-process fit
-        seed = final.random_state if isinstance(final.random_state, int) else 0
-        try:
-            train_rows, val_rows = train_test_split(
-                train_rows, test_size=final.validation_fraction, random_state=seed, stratify=y_enc
-            )
-        except ValueError:
-            train_rows, val_rows = train_test_split(
-                train_rows, test_size=final.validation_fraction, random_state=seed
-            )
-        train_rows, val_rows = np.sort(train_rows), np.sort(val_rows)
-        if len(np.unique(y_enc[train_rows])) < n_classes:
-            early, train_rows, val_rows = False, np.arange(len(y_enc)), np.arange(0)
+    final.device_ = auto_device() if final.device == "auto" else final.device
+    early, train_rows, val_rows = _early_stopping_rows(final, y_enc, n_classes)
 
     def dask_rows(rows: np.ndarray) -> tuple[Any, Any]:
         if isinstance(X, da.Array):

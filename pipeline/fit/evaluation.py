@@ -10,6 +10,7 @@ This module imports neither torch nor the estimators at import time, so ``--help
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -19,8 +20,9 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
+from ..classifiers import ALL_CLASSIFIERS, CLASSIFIER_NAMES, make_classifier
 from ..config import FitConfig
-from ..exceptions import StoreError
+from ..exceptions import ConfigError, StoreError
 from ..store import check_finite, read_store, split_table
 from .model_file import BACKBONE_KEYS, MODEL_FORMAT_VERSION, save_model
 from .report import (
@@ -33,12 +35,9 @@ from .report import (
     write_report_md,
 )
 
-__all__ = ["ALL_CLASSIFIERS", "CLASSIFIER_NAMES", "parse_clf", "run_fit"]
+__all__ = ["parse_clf", "run_fit"]
 
 logger = logging.getLogger(__name__)
-
-CLASSIFIER_NAMES = ("nn", "svc", "xgboost", "logreg", "svc_approx")
-ALL_CLASSIFIERS = ("nn", "svc", "xgboost", "logreg")  # what --clf all runs
 
 
 # -- inputs -------------------------------------------------------------------------------------
@@ -54,9 +53,10 @@ def parse_clf(value: str) -> list[str]:
         elif part in CLASSIFIER_NAMES:
             candidates = [part]
         else:
-            raise ValueError(
-                f"--clf: unknown classifier {part!r}; valid options: "
-                f"{', '.join(CLASSIFIER_NAMES)}, all, or a comma list such as svc,xgboost"
+            raise ConfigError(
+                f"unknown classifier {part!r}; valid options: "
+                f"{', '.join(CLASSIFIER_NAMES)}, all, or a comma list such as svc,xgboost",
+                param="clf",
             )
         names += [c for c in candidates if c not in names]
     return names
@@ -65,12 +65,12 @@ def parse_clf(value: str) -> list[str]:
 def _check_config(config: FitConfig) -> None:
     cv = config.cv
     if isinstance(cv, bool) or not isinstance(cv, int) or cv < 0 or cv == 1:
-        raise ValueError(f"--cv: must be 0 (no cross-validation) or K >= 2, got {cv!r}")
+        raise ConfigError(f"must be 0 (no cross-validation) or K >= 2, got {cv!r}", param="cv")
     ts = config.test_size
     if isinstance(ts, bool) or not isinstance(ts, int | float) or not 0 < ts < 1:
-        raise ValueError(f"--test-size: must be a fraction in (0, 1), got {ts!r}")
+        raise ConfigError(f"must be a fraction in (0, 1), got {ts!r}", param="test_size")
     if isinstance(config.seed, bool) or not isinstance(config.seed, int):
-        raise ValueError(f"--seed: must be an int, got {config.seed!r}")
+        raise ConfigError(f"must be an int, got {config.seed!r}", param="seed")
 
 
 def _check_labels(
@@ -135,8 +135,6 @@ def _classifier_params(name: str, config: FitConfig) -> dict[str, Any]:
 
 
 def _build(name: str, config: FitConfig):
-    from ..estimators import make_classifier  # lazy: estimators imports torch and sklearn
-
     params = _classifier_params(name, config)
     try:
         return make_classifier(name, **params), params
@@ -220,6 +218,97 @@ def _cross_validate(
 # -- the stage ----------------------------------------------------------------------------------
 
 
+@dataclasses.dataclass
+class _Data:
+    """The labelled rows of a store, ready for holdout (train/test) or cross-validation."""
+
+    evaluation: str  # "cv", or how split_table chose the test rows
+    labels: list[str]  # class names present, in class order
+    n_train: int
+    n_test: int
+    X_train: np.ndarray
+    y_train: np.ndarray  # class names
+    X_test: np.ndarray | None = None  # None under cv
+    y_test: np.ndarray | None = None
+
+
+def _load_data(table: Any, path: Path, config: FitConfig) -> _Data:
+    """Check the labels and cut the store's rows for the evaluation ``config`` asks for."""
+    class_names = [str(c) for c in table.class_names]
+    name_of = np.asarray(class_names)
+    if config.cv:
+        labelled = table.labels >= 0
+        X, y_idx = table.features[labelled], table.labels[labelled]
+        _check_labels(path, y_idx, None, class_names)
+        _check_cv(path, y_idx, config.cv, class_names)
+        labels = [class_names[i] for i in sorted(set(y_idx.tolist()))]
+        return _Data("cv", labels, len(y_idx), len(y_idx), X, name_of[y_idx])
+    X_train, y_train_idx, X_test, y_test_idx, evaluation = split_table(
+        table, path, test_size=config.test_size, random_state=config.seed
+    )
+    _check_labels(path, y_train_idx, y_test_idx, class_names)
+    used = sorted(set(y_train_idx.tolist()) | set(y_test_idx.tolist()))
+    return _Data(
+        evaluation,
+        [class_names[i] for i in used],
+        len(y_train_idx),
+        len(y_test_idx),
+        X_train,
+        name_of[y_train_idx],
+        X_test,
+        name_of[y_test_idx],
+    )
+
+
+def _run_one(
+    name: str, built: tuple[Any, dict[str, Any]], data: _Data, backbone: dict, config: FitConfig
+) -> dict[str, Any]:
+    """Fit and evaluate one classifier, save its model file and confusion plot; its result."""
+    estimator, params = built
+    out, labels = Path(config.out), data.labels
+    if config.cv:
+        fitted, result = _cross_validate(
+            name, estimator, data.X_train, data.y_train, labels, config
+        )
+    else:
+        fitted, result, _ = _evaluate(
+            name, estimator, data.X_train, data.y_train, data.X_test, data.y_test, labels, config
+        )
+    model_rel = f"models/{name}.joblib"
+    save_model(
+        out / model_rel,
+        {
+            "format_version": MODEL_FORMAT_VERSION,
+            "pipeline_version": __version__,
+            "clf": name,
+            "estimator": fitted,
+            "class_names": list(labels),
+            "backbone": dict(backbone),
+            "store": str(Path(config.features)),
+        },
+    )
+    confusion_rel = f"confusion_{name}.png"
+    write_confusion_png(
+        out / confusion_rel, result["confusion_matrix"], labels, f"{name} ({data.evaluation})"
+    )
+    logger.info(
+        "%s: accuracy %.4f, macro F1 %.4f (fit %.2f s, predict %.3f s)",
+        name,
+        result["accuracy"],
+        result["macro_f1"],
+        result["fit_seconds"],
+        result["predict_seconds"],
+    )
+    return {
+        "clf": name,
+        **result,
+        "params": params,
+        "model": model_rel,
+        "confusion_png": confusion_rel,
+    }
+
+
+# long: a numpydoc docstring; its code (checks, one _run_one per classifier, report) is < 60.
 def run_fit(config: FitConfig) -> dict[str, Any]:
     """Fit, evaluate and save every classifier named by ``config.clf``; return the report.
 
@@ -243,112 +332,48 @@ def run_fit(config: FitConfig) -> dict[str, Any]:
     path = Path(config.features)
     if not path.is_file():
         raise StoreError(
-            f"--features: no such file: {path}; run `python -m pipeline.extract --out {path}` first"
+            f"no such file: {path}; run `python -m pipeline.extract --out {path}` first",
+            param="features",
         )
     table = read_store(path)
     check_finite(table, path)
-    class_names = [str(c) for c in table.class_names]
-    name_of = np.asarray(class_names)
-
     # Build every estimator first, so a bad hyperparameter (even of a classifier not run this
     # time, such as a typo in --set) fails before any training.
     built = {name: _build(name, config) for name in CLASSIFIER_NAMES}
-    estimators = {name: built[name] for name in names}
     if config.dask and "xgboost" not in names:
         logger.warning("--dask only affects xgboost, which is not among --clf %s", config.clf)
-
-    if config.cv:
-        labelled = table.labels >= 0
-        X, y_idx = table.features[labelled], table.labels[labelled]
-        _check_labels(path, y_idx, None, class_names)
-        _check_cv(path, y_idx, config.cv, class_names)
-        y = name_of[y_idx]
-        evaluation, n_train, n_test = "cv", len(y), len(y)
-        used = sorted(set(y_idx.tolist()))
-    else:
-        X_train, y_train_idx, X_test, y_test_idx, evaluation = split_table(
-            table, path, test_size=config.test_size, random_state=config.seed
-        )
-        _check_labels(path, y_train_idx, y_test_idx, class_names)
-        y_train, y_test = name_of[y_train_idx], name_of[y_test_idx]
-        n_train, n_test = len(y_train), len(y_test)
-        used = sorted(set(y_train_idx.tolist()) | set(y_test_idx.tolist()))
-    labels = [class_names[i] for i in used]
-    if "svc" in names and n_train > config.svc_warn_rows:
+    data = _load_data(table, path, config)
+    if "svc" in names and data.n_train > config.svc_warn_rows:
         logger.warning(
             "svc: %d training rows; exact RBF SVC costs grow quadratically or worse with rows "
             "(see docs/benchmarks.md). --clf svc_approx (Nystroem map + linear SVM) scales "
             "linearly at similar accuracy",
-            n_train,
+            data.n_train,
         )
     logger.info(
         "%s: %d classes, evaluation %s (%d train / %d test rows), classifiers %s",
         path,
-        len(labels),
-        evaluation if not config.cv else f"{config.cv}-fold cv",
-        n_train,
-        n_test,
+        len(data.labels),
+        data.evaluation if not config.cv else f"{config.cv}-fold cv",
+        data.n_train,
+        data.n_test,
         ", ".join(names),
     )
-
-    out = Path(config.out)
     backbone = {key: table.attrs.get(key) for key in BACKBONE_KEYS}
-
-    results = []
-    for name in names:
-        estimator, params = estimators[name]
-        if config.cv:
-            fitted, result = _cross_validate(name, estimator, X, y, labels, config)
-        else:
-            fitted, result, _ = _evaluate(
-                name, estimator, X_train, y_train, X_test, y_test, labels, config
-            )
-        model_rel = f"models/{name}.joblib"
-        save_model(
-            out / model_rel,
-            {
-                "format_version": MODEL_FORMAT_VERSION,
-                "pipeline_version": __version__,
-                "clf": name,
-                "estimator": fitted,
-                "class_names": list(labels),
-                "backbone": dict(backbone),
-                "store": str(path),
-            },
-        )
-        confusion_rel = f"confusion_{name}.png"
-        write_confusion_png(
-            out / confusion_rel, result["confusion_matrix"], labels, f"{name} ({evaluation})"
-        )
-        result = {
-            "clf": name,
-            **result,
-            "params": params,
-            "model": model_rel,
-            "confusion_png": confusion_rel,
-        }
-        logger.info(
-            "%s: accuracy %.4f, macro F1 %.4f (fit %.2f s, predict %.3f s)",
-            name,
-            result["accuracy"],
-            result["macro_f1"],
-            result["fit_seconds"],
-            result["predict_seconds"],
-        )
-        results.append(result)
-
+    results = [_run_one(name, built[name], data, backbone, config) for name in names]
     results.sort(key=lambda r: -r["accuracy"])  # stable: ties keep --clf order
+    out = Path(config.out)
     write_comparison_png(out / "comparison.png", results)
     report = {
         "features": str(path),
         "fingerprint": table.attrs.get("fingerprint"),
-        "n_train": n_train,
-        "n_test": n_test,
-        "evaluation": evaluation,
+        "n_train": data.n_train,
+        "n_test": data.n_test,
+        "evaluation": data.evaluation,
         "cv": config.cv,
-        "test_size": config.test_size if evaluation == "holdout" else None,
+        "test_size": config.test_size if data.evaluation == "holdout" else None,
         "seed": config.seed,
-        "class_names": labels,
+        "class_names": data.labels,
         "backbone": backbone,
         "pipeline_version": __version__,
         "comparison_png": "comparison.png",
