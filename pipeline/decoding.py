@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from .exceptions import ImageDecodeError
+from .exceptions import TRANSIENT_PREFIX, ImageDecodeError
 from .preprocess import Preprocessing
 
 __all__ = ["Batch", "decode_batches", "iter_batches", "iter_device_batches"]
@@ -59,8 +59,10 @@ class _CropItem:
             return self.preprocessing.crop(self.load(i)), ""
         except ImageDecodeError as exc:
             return self.blank, str(exc)
+        except MemoryError:  # not the file's fault: retried on the next run
+            return self.blank, f"{TRANSIENT_PREFIX}MemoryError: out of memory"
         except Exception as exc:  # a decoder bug on one file must not end the run
-            return self.blank, f"{type(exc).__name__}: {exc}"
+            return self.blank, f"{type(exc).__name__}: {exc or 'no message'}"
 
 
 def iter_batches(
@@ -281,7 +283,10 @@ def _decode_on_device(
                 pixels, errors[j] = crop(start + j)
                 crops[j] = np.ascontiguousarray(pixels)
             else:
-                images[j] = pre.crop_tensor(image)
+                try:
+                    images[j] = pre.crop_tensor(image)
+                except ImageDecodeError as exc:
+                    errors[j] = str(exc)
     for j in range(n):
         if crops[j] is not None and not errors[j]:
             images[j] = torch.from_numpy(crops[j]).to(device)

@@ -233,11 +233,18 @@ def _unique_records(source: Any) -> list[Any]:
 
 
 def _todo(records: list[Any], keys: list[str], prev: _Previous) -> list[int]:
-    """Indices of inputs neither embedded nor failed with their current content."""
+    """Indices of inputs neither embedded nor failed with their current content; a failure
+    whose cause was outside the file (``TRANSIENT_PREFIX``) is retried."""
+    from .sources import is_transient
+
+    def settled_failure(path: str, key: str) -> bool:
+        entry = prev.failed.get(path)
+        return entry is not None and entry[0] == key and not is_transient(entry[1])
+
     return [
         i
         for i, (r, k) in enumerate(zip(records, keys, strict=True))
-        if prev.done.get(r.path) != k and prev.failed.get(r.path, ("",))[0] != k
+        if prev.done.get(r.path) != k and not settled_failure(r.path, k)
     ]
 
 
@@ -497,7 +504,7 @@ def embed_into_parts(
                     i = indices[batch.indices[j]]
                     failed.add(plan.records[i].path, error, plan.keys[i])
                     n_failed += 1
-                    logger.warning("skipped %s", error)
+                    _log_skipped(plan.records[i].path, error)
             if ok:
                 images = batch.images if len(ok) == len(batch.errors) else batch.images[ok]
                 buffer["features"].append(runner(images))
@@ -518,6 +525,11 @@ def embed_into_parts(
                 flush()
     flush()
     return n_embedded, n_failed
+
+
+def _log_skipped(path: str, error: str) -> None:
+    """Warn about a failed input, always naming its path."""
+    logger.warning("skipped %s", error if path in error else f"{path}: {error}")
 
 
 def finish_store(plan: ExtractionPlan) -> tuple[int, int]:
@@ -663,6 +675,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 130
     print(summary.line())
+    return _exit_code(summary)
+
+
+def _exit_code(summary: ExtractSummary) -> int:
+    """0, or 2 with a one-line error when inputs were given and every one of them failed
+    (the store, with its ``/failed`` records, is written all the same)."""
+    if summary.n_rows == 0 and summary.n_failed > 0:
+        print(
+            f"error: --data: every input failed ({summary.n_failed}); the reasons are in "
+            f"/failed of {summary.out}",
+            file=sys.stderr,
+        )
+        return 2
     return 0
 
 

@@ -40,19 +40,43 @@ class Prediction:
 
 
 def collect_images(inputs: Sequence[str | os.PathLike[str]]) -> list[str]:
-    """Expand folders into their image files (recursive, sorted); keep files as given."""
-    from .sources import find_images
+    """Expand folders into their image files (recursive, each real file once; see
+    :func:`pipeline.sources.walk_images`); keep files as given. What a folder walk cannot use
+    (not a regular file, unreadable folder) is listed too, and fails with its reason."""
+    return list(_collect_with_failures(inputs))
 
-    paths: list[str] = []
+
+def _collect_with_failures(inputs: Sequence[str | os.PathLike[str]]) -> dict[str, str]:
+    """Path -> "" for each image to decode, or -> the reason it cannot be used."""
+    from .sources import walk_images
+
+    paths: dict[str, str] = {}
     for item in inputs:
         if os.path.isdir(item):
-            found = find_images(item)
-            if not found:
+            found = walk_images(item)
+            if not found.images and not found.failed:
                 raise PipelineError(f"IMAGE_OR_DIR: no images found in {item}")
-            paths += found
+            paths.update(dict.fromkeys(found.images, ""))
+            paths.update(found.failed)
         else:
-            paths.append(os.fspath(item))
+            paths.setdefault(os.fspath(item), "")
     return paths
+
+
+def _check_out(out: str | None) -> None:
+    """``--out`` must be a file path in an existing, writable folder: checked before any
+    embedding is done."""
+    if out is None:
+        return
+    folder = os.path.dirname(os.path.abspath(out))
+    if os.path.isdir(out):
+        raise PipelineError(
+            f"--out: {out} is a directory; give a file path such as {out}/predictions.csv"
+        )
+    if not os.path.isdir(folder):
+        raise PipelineError(f"--out: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise PipelineError(f"--out: cannot write to {folder} (permission denied)")
 
 
 class BackboneMismatchError(PipelineError, ValueError):
@@ -101,6 +125,7 @@ def run_predict(
         make_runner,
         resolve_device,
     )
+    from .exceptions import ImageDecodeError
     from .fit import load_model_file
     from .sources import decode_image
 
@@ -108,7 +133,8 @@ def run_predict(
     payload = load_model_file(model_path)
     spec, precision, draft, gpu_decode = _load_backbone(payload, model_path)
     draft_size = spec.resize_size if draft else None
-    paths = collect_images(inputs)
+    walked = _collect_with_failures(inputs)
+    paths = list(walked)
     if not paths:
         raise PipelineError("IMAGE_OR_DIR: give at least one image or folder")
     torch_device = resolve_device(device)
@@ -132,8 +158,14 @@ def run_predict(
             f"--model: {model_path} expects {expected_dim}-d embeddings, the backbone gives "
             f"{runner.feature_dim}"
         )
+
+    def load(i: int) -> Any:
+        if walked[paths[i]]:
+            raise ImageDecodeError(walked[paths[i]])
+        return decode_image(paths[i], draft_size)
+
     features, errors = embed_images(
-        lambda i: decode_image(paths[i], draft_size),
+        load,
         len(paths),
         spec,
         runner,
@@ -165,13 +197,17 @@ def _write_csv(predictions: Sequence[Prediction], out: str | None) -> None:
     for p in predictions:
         prob = "" if p.probability is None else f"{p.probability:.6f}"
         writer.writerow([p.path, p.label, prob, p.error])
+    # A file name that is not valid UTF-8 is written as its original bytes.
+    data = buffer.getvalue().encode("utf-8", "surrogateescape")
     if out is None:
-        sys.stdout.write(buffer.getvalue())
+        sys.stdout.flush()
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
         return
     from .store import atomic_path
 
     with atomic_path(out) as tmp:
-        tmp.write_text(buffer.getvalue(), encoding="utf-8")
+        tmp.write_bytes(data)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -201,6 +237,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args)
     try:
+        _check_out(args.out)
         predictions = run_predict(
             args.model,
             args.inputs,

@@ -8,15 +8,19 @@ and decodes a record into an RGB PIL image, raising :class:`ImageDecodeError` wi
 from __future__ import annotations
 
 import csv
+import errno
 import hashlib
+import io
+import logging
 import os
-from dataclasses import dataclass
+import stat
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .exceptions import ImageDecodeError, SourceError
+from .exceptions import TRANSIENT_PREFIX, ImageDecodeError, SourceError
 
 if TYPE_CHECKING:  # PIL is imported where images are decoded: listing files needs none
     from PIL import Image
@@ -30,15 +34,39 @@ __all__ = [
     "FolderSource",
     "ImageSource",
     "Record",
+    "TRANSIENT_PREFIX",
+    "WalkResult",
     "decode_image",
     "find_images",
+    "is_transient",
     "open_source",
     "to_rgb",
+    "walk_images",
 ]
+
+logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 SPLITS = ("train", "val", "test")
 BUILTIN_SOURCES = ("sklearn:digits",)
+
+# OSError numbers whose cause is outside the file: such failures are retried on the next run.
+_TRANSIENT_ERRNOS = frozenset(
+    {
+        errno.EACCES,
+        errno.EPERM,
+        errno.EIO,
+        errno.ENOMEM,
+        errno.EMFILE,
+        errno.ENFILE,
+        errno.EAGAIN,
+        errno.EINTR,
+        errno.EBUSY,
+        errno.ESTALE,
+        errno.ETIMEDOUT,
+        errno.ENOLCK,
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -51,49 +79,135 @@ class Record:
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """Convert any PIL mode to 8-bit RGB; 16-bit and 32-bit grey are rescaled, not clipped."""
+    """Convert any PIL mode to 8-bit RGB; 16-bit, 32-bit and float grey are rescaled, never
+    rounded to black or clipped to white (see :func:`_grey_to_uint8`)."""
     from PIL import Image
 
     if image.mode == "RGB":
         return image
     if image.mode.startswith("I") or image.mode == "F":
-        array = np.asarray(image)
-        if image.mode.startswith("I;16") or (image.mode == "I" and array.max(initial=0) > 255):
-            array = array.astype(np.float64) / 257.0
-        array = np.clip(np.rint(array), 0, 255).astype(np.uint8)
+        array = _grey_to_uint8(np.asarray(image), image.mode)
         return Image.fromarray(array, mode="L").convert("RGB")
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
     return image.convert("RGB")
 
 
+def _grey_to_uint8(array: np.ndarray, mode: str) -> np.ndarray:
+    """Map 16-bit, 32-bit integer and float grey values to 0..255.
+
+    - 16-bit (``I;16*``, or ``I`` within 0..65535 and above 255): divided by 257;
+    - ``I`` within 0..255: kept;
+    - float (``F``) within 0..1: times 255;
+    - anything else (negative values, 32-bit integers past 65535, floats past 1): stretched
+      linearly from the image's own minimum..maximum to 0..255 (a constant image becomes 0).
+      NaN counts as the minimum, infinities as the finite extremes.
+    """
+    values = array.astype(np.float64)
+    finite = np.isfinite(values)
+    low, high = (
+        (float(values[finite].min()), float(values[finite].max())) if finite.any() else (0, 0)
+    )
+    values = np.where(finite, values, np.where(np.isposinf(values), high, low))
+    if mode.startswith("I;16") or (mode.startswith("I") and low >= 0 and 255 < high <= 65535):
+        scaled = values / 257.0
+    elif mode.startswith("I") and low >= 0 and high <= 255:
+        scaled = values
+    elif mode == "F" and low >= 0 and high <= 1:
+        scaled = values * 255.0
+    elif high > low:
+        scaled = (values - low) * (255.0 / (high - low))
+    else:
+        scaled = np.zeros_like(values)
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
 def decode_image(path: str | os.PathLike[str], draft_size: int | None = None) -> Image.Image:
     """Read an image file as an upright RGB PIL image.
 
     EXIF orientation is applied. With ``draft_size``, JPEGs are decoded at the smallest
-    power-of-two reduction still at least that many pixels on the short side.
+    power-of-two reduction still at least that many pixels on the short side. Only regular
+    files are opened (never a FIFO, socket or device, which could block).
 
     Raises
     ------
     ImageDecodeError
-        The file is missing, empty, truncated or not an image; the message says which.
+        The file is missing, empty, truncated, not an image or not a regular file, or reading
+        it failed; the message names the file and says why. Failures whose cause is outside
+        the file (permission denied, I/O error, out of memory) start with ``TRANSIENT_PREFIX``.
     """
     from PIL import Image, ImageOps
 
     try:
-        with Image.open(path) as image:
+        with _open_regular(path) as fh, Image.open(fh) as image:
             if draft_size and image.format == "JPEG":
                 image.draft("RGB", _draft_box(image.size, draft_size))
             image.load()
             ImageOps.exif_transpose(image, in_place=True)  # no copy when already upright
             return to_rgb(image)
+    except ImageDecodeError:
+        raise
     except FileNotFoundError:
         raise ImageDecodeError(f"{path}: file not found") from None
     except Image.DecompressionBombError as exc:
         raise ImageDecodeError(f"{path}: image too large ({exc})") from exc
-    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+    except MemoryError as exc:
+        raise ImageDecodeError(f"{TRANSIENT_PREFIX}{path}: MemoryError: out of memory") from exc
+    except OSError as exc:
+        if exc.errno in _TRANSIENT_ERRNOS:
+            raise ImageDecodeError(f"{TRANSIENT_PREFIX}{path}: {_os_reason(exc)}") from exc
         reason = "empty file" if _is_empty(path) else str(exc) or type(exc).__name__
         raise ImageDecodeError(f"{path}: {reason}") from exc
+    except (ValueError, SyntaxError, EOFError) as exc:
+        reason = "empty file" if _is_empty(path) else str(exc) or type(exc).__name__
+        raise ImageDecodeError(f"{path}: {reason}") from exc
+    except Exception as exc:  # a decoder bug on one file (ZeroDivisionError, ...) is its content
+        raise ImageDecodeError(f"{path}: {type(exc).__name__}: {exc}") from exc
+
+
+def is_transient(error: str) -> bool:
+    """True for a recorded failure whose cause was outside the file: retry it next run."""
+    return error.startswith(TRANSIENT_PREFIX)
+
+
+def _os_reason(exc: OSError) -> str:
+    name = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
+    return f"{exc.strerror or exc} ({name})"
+
+
+def _file_kind(mode: int) -> str:
+    kinds = (
+        (stat.S_ISDIR, "directory"),
+        (stat.S_ISFIFO, "FIFO"),
+        (stat.S_ISSOCK, "socket"),
+        (stat.S_ISCHR, "character device"),
+        (stat.S_ISBLK, "block device"),
+    )
+    return next((name for test, name in kinds if test(mode)), "special file")
+
+
+def _not_regular(path: str | os.PathLike[str], mode: int) -> ImageDecodeError:
+    return ImageDecodeError(f"{path}: not a regular file ({_file_kind(mode)})")
+
+
+def _open_regular(path: str | os.PathLike[str]) -> Any:
+    """Open ``path`` for reading only if it is a regular file (after following links).
+
+    Checked before opening (a device is never opened) and again on the open descriptor,
+    which is opened non-blocking: a file swapped for a FIFO in between cannot hang the run.
+    """
+    mode = os.stat(path).st_mode
+    if not stat.S_ISREG(mode):
+        raise _not_regular(path, mode)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise _not_regular(path, mode)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def _draft_box(size: tuple[int, int], short_side: int) -> tuple[int, int]:
@@ -118,15 +232,95 @@ def _file_key(path: str) -> str:
     return f"{stat.st_size}:{stat.st_mtime_ns}"
 
 
+@dataclass
+class WalkResult:
+    """What :func:`walk_images` found: image files in walk order, and what could not be
+    listed or is not a regular file (path -> reason, same wording as decoding errors)."""
+
+    images: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+
+
+def walk_images(root: str | os.PathLike[str]) -> WalkResult:
+    """Image files under ``root``: recursive, each folder's files (sorted) before its
+    sub-folders (sorted); hidden names skipped; symbolic links followed.
+
+    Every real file and folder is visited once, whatever links lead to it: a link to a folder
+    already walked (an ancestor: a loop) is not followed, and a file reached by several paths
+    (links, hard links) is listed once, under the first path in walk order; both are logged.
+    Entries with an image extension that are not regular files (FIFO, socket, device), and
+    folders or paths that cannot be read (permission denied, name too long) go to
+    ``failed`` with the reason, so they can be recorded; nothing is opened here.
+    """
+    result = WalkResult()
+    root = os.fspath(root)
+    try:
+        top = os.stat(root)
+    except OSError as exc:
+        result.failed[root] = _walk_reason(root, exc)
+        return result
+    seen_dirs = {(top.st_dev, top.st_ino)}
+    seen_files: dict[tuple[int, int], str] = {}
+    stack: list[tuple[str, frozenset[tuple[int, int]]]] = [
+        (root, frozenset({(top.st_dev, top.st_ino)}))
+    ]
+    while stack:
+        folder, ancestors = stack.pop()
+        try:
+            with os.scandir(folder) as listing:
+                entries = sorted((e for e in listing if not e.name.startswith(".")), key=_name)
+        except OSError as exc:
+            result.failed[folder] = _walk_reason(folder, exc)
+            continue
+        subdirs = []
+        for entry in entries:
+            path = entry.path
+            is_image = os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS
+            try:
+                info = os.stat(path)
+            except OSError as exc:
+                if exc.errno != errno.ENOENT or is_image:  # a dangling non-image link: ignored
+                    result.failed[path] = _walk_reason(path, exc)
+                continue
+            identity = (info.st_dev, info.st_ino)
+            if stat.S_ISDIR(info.st_mode):
+                if identity in ancestors:
+                    logger.warning("%s links to its own ancestor folder: not followed", path)
+                elif identity in seen_dirs:
+                    logger.warning("%s is a folder already listed: not listed again", path)
+                else:
+                    seen_dirs.add(identity)
+                    subdirs.append((path, ancestors | {identity}))
+            elif not is_image:
+                continue
+            elif not stat.S_ISREG(info.st_mode):
+                result.failed[path] = str(_not_regular(path, info.st_mode))
+            elif identity in seen_files:
+                logger.warning(
+                    "%s is the same file as %s: taken once, as %s",
+                    path,
+                    seen_files[identity],
+                    seen_files[identity],
+                )
+            else:
+                seen_files[identity] = path
+                result.images.append(path)
+        stack.extend(reversed(subdirs))
+    return result
+
+
+def _name(entry: os.DirEntry[str]) -> str:
+    return entry.name
+
+
+def _walk_reason(path: str, exc: OSError) -> str:
+    prefix = TRANSIENT_PREFIX if exc.errno in _TRANSIENT_ERRNOS else ""
+    return f"{prefix}{path}: cannot be listed: {_os_reason(exc)}"
+
+
 def find_images(root: str | os.PathLike[str]) -> list[str]:
-    """Image files under ``root`` (recursive, sorted, hidden files skipped)."""
-    found = []
-    for folder, dirs, files in os.walk(root, followlinks=True):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(files):
-            if not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
-                found.append(os.path.join(folder, name))
-    return found
+    """Image files under ``root`` (see :func:`walk_images`; failures are left out)."""
+    return walk_images(root).images
 
 
 class ImageSource:
@@ -135,6 +329,8 @@ class ImageSource:
     records: list[Record]
     class_names: list[str]
     description: str
+    # Inputs known to fail before decoding (from the folder walk): path -> reason.
+    walk_failures: dict[str, str] = {}
 
     def key(self, record: Record) -> str:
         return _file_key(record.path)
@@ -143,39 +339,43 @@ class ImageSource:
         return [self.key(r) for r in self.records]
 
     def load(self, record: Record, draft_size: int | None = None) -> Image.Image:
+        reason = self.walk_failures.get(record.path)
+        if reason is not None:
+            raise ImageDecodeError(reason)
         return decode_image(record.path, draft_size)
 
 
 class FolderSource(ImageSource):
     """An ImageFolder tree (``root/<class>/<image>``), or ``root/{train,val,test}/<class>/``.
 
-    Images directly under ``root`` with no class folders are taken unlabelled.
+    Images directly under ``root`` with no class folders are taken unlabelled. When split
+    folders are present, anything else at the top (class folders, images) is an error naming
+    it: it would belong to no split. Files and folders the walk cannot use become records
+    that fail with the reason (see :func:`walk_images`).
     """
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         root = os.path.abspath(root)
         self.description = root
-        subdirs = sorted(
-            d
-            for d in os.listdir(root)
-            if not d.startswith(".") and os.path.isdir(os.path.join(root, d))
-        )
+        self.walk_failures = {}
+        subdirs, loose = self._list_top(root, root)
         split_dirs = [d for d in subdirs if d in SPLITS]
+        if split_dirs:
+            _check_split_layout(root, split_dirs, subdirs, loose)
         layout = [(os.path.join(root, s), s) for s in split_dirs] if split_dirs else [(root, "")]
         per_split = []
         class_names: set[str] = set()
         for folder, split in layout:
-            classes = sorted(
-                d
-                for d in os.listdir(folder)
-                if not d.startswith(".") and os.path.isdir(os.path.join(folder, d))
-            )
+            classes, loose = self._list_top(folder, root) if split else (subdirs, loose)
+            if split and loose and not classes:
+                logger.warning(
+                    "--data: %s holds images and no class folders: they are taken as "
+                    "unlabelled %s images (if %r is a class, use a CSV manifest)",
+                    folder,
+                    split,
+                    split,
+                )
             class_names.update(classes)
-            loose = [
-                os.path.join(folder, f)
-                for f in sorted(os.listdir(folder))
-                if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS and not f.startswith(".")
-            ]
             per_split.append((folder, split, classes, loose))
         self.class_names = sorted(class_names)
         index = {name: i for i, name in enumerate(self.class_names)}
@@ -183,41 +383,148 @@ class FolderSource(ImageSource):
         for folder, split, classes, loose in per_split:
             self.records += [Record(p, -1, split) for p in loose]
             for name in classes:
-                self.records += [
-                    Record(p, index[name], split) for p in find_images(os.path.join(folder, name))
-                ]
+                found = walk_images(os.path.join(folder, name))
+                self.records += [Record(p, index[name], split) for p in found.images]
+                self.walk_failures.update(found.failed)
+        listed = {r.path for r in self.records}
+        self.records += [Record(p, -1, "") for p in self.walk_failures if p not in listed]
+
+    def _list_top(self, folder: str, root: str) -> tuple[list[str], list[str]]:
+        """(visible sub-folder names, image paths) directly in ``folder``; what cannot be
+        used is added to ``walk_failures``."""
+        try:
+            with os.scandir(folder) as listing:
+                entries = sorted((e for e in listing if not e.name.startswith(".")), key=_name)
+        except OSError as exc:
+            if folder == root:
+                raise SourceError(f"--data: cannot list {folder}: {_os_reason(exc)}") from exc
+            self.walk_failures[folder] = _walk_reason(folder, exc)
+            return [], []
+        subdirs, images = [], []
+        for entry in entries:
+            is_image = os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS
+            try:
+                mode = os.stat(entry.path).st_mode
+            except OSError as exc:
+                if exc.errno != errno.ENOENT or is_image:
+                    self.walk_failures[entry.path] = _walk_reason(entry.path, exc)
+                continue
+            if stat.S_ISDIR(mode):
+                subdirs.append(entry.name)
+            elif is_image:
+                images.append(entry.path)
+                if not stat.S_ISREG(mode):
+                    self.walk_failures[entry.path] = str(_not_regular(entry.path, mode))
+        return subdirs, images
+
+
+def _check_split_layout(
+    root: str, split_dirs: list[str], subdirs: list[str], loose: list[str]
+) -> None:
+    """Split folders next to anything else: refuse, naming what would be left out."""
+    others = [d + "/" for d in subdirs if d not in SPLITS] + [os.path.basename(p) for p in loose]
+    if others:
+        shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+        raise SourceError(
+            f"--data: {root} has split folders ({', '.join(split_dirs)}) and also {shown}, "
+            "which belong to no split; move them into a split folder or out of the root (if "
+            f"{', '.join(split_dirs)} are classes, not splits, use a CSV manifest)"
+        )
 
 
 class CsvSource(ImageSource):
     """A CSV manifest with columns ``path,label[,split]``; relative paths are taken from the
-    CSV's folder, an empty label means unlabelled."""
+    CSV's folder, an empty label means unlabelled.
+
+    Paths are normalised; two rows naming one file (``img/a.jpg`` and ``./img/a.jpg``, or two
+    links to it) are one input when they agree on label and split (a warning), an error naming
+    both lines when they do not. A malformed CSV is a one-line error naming file and line.
+    """
 
     def __init__(self, manifest: str | os.PathLike[str]) -> None:
         manifest = os.path.abspath(manifest)
         self.description = manifest
+        self.walk_failures = {}
         base = os.path.dirname(manifest)
-        with open(manifest, newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh)
-            columns = [c.strip() for c in reader.fieldnames or []]
-            if "path" not in columns or "label" not in columns:
-                raise SourceError(
-                    f"--data: {manifest} must have a header with columns path,label[,split]; "
-                    f"found {columns}"
-                )
-            rows = []
-            for line, row in enumerate(reader, start=2):
-                row = {k.strip(): (v or "").strip() for k, v in row.items() if k}
-                split = row.get("split", "")
-                if split not in (*SPLITS, ""):
-                    raise SourceError(
-                        f"--data: {manifest} line {line}: split {split!r} is not one of {SPLITS}"
-                    )
-                if not row["path"]:
-                    raise SourceError(f"--data: {manifest} line {line}: empty path")
-                rows.append((os.path.join(base, row["path"]), row["label"], split))
+        text = _read_manifest_text(manifest)
+        reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)
+        try:
+            rows = self._read_rows(manifest, base, reader)
+        except csv.Error as exc:
+            raise SourceError(
+                f"--data: {manifest} line {reader.line_num}: malformed CSV ({exc})"
+            ) from None
         self.class_names = sorted({label for _, label, _ in rows if label})
         index = {name: i for i, name in enumerate(self.class_names)}
         self.records = [Record(p, index.get(label, -1), split) for p, label, split in rows]
+
+    @staticmethod
+    def _read_rows(manifest: str, base: str, reader: csv.DictReader) -> list[tuple[str, str, str]]:
+        columns = [c.strip() for c in reader.fieldnames or []]
+        if "path" not in columns or "label" not in columns:
+            raise SourceError(
+                f"--data: {manifest} must have a header with columns path,label[,split]; "
+                f"found {columns}"
+            )
+        rows: list[tuple[str, str, str]] = []
+        first: dict[Any, tuple[int, str, str, str]] = {}  # identity -> (line, path, label, split)
+        for row in reader:
+            line = reader.line_num
+            row = {k.strip(): (v or "").strip() for k, v in row.items() if isinstance(k, str)}
+            split = row.get("split", "")
+            if split not in (*SPLITS, ""):
+                raise SourceError(
+                    f"--data: {manifest} line {line}: split {split!r} is not one of {SPLITS}"
+                )
+            if not row.get("path"):
+                raise SourceError(f"--data: {manifest} line {line}: empty path")
+            path = os.path.normpath(os.path.join(base, row["path"]))
+            label = row.get("label", "")
+            identity = _identity(path)
+            earlier = first.get(identity)
+            if earlier is None:
+                first[identity] = (line, row["path"], label, split)
+                rows.append((path, label, split))
+                continue
+            if (earlier[2], earlier[3]) != (label, split):
+                raise SourceError(
+                    f"--data: {manifest} lines {earlier[0]} and {line} name the same file "
+                    f"({earlier[1]!r}, {row['path']!r}) with different labels or splits "
+                    f"({earlier[2]!r}/{earlier[3]!r} vs {label!r}/{split!r})"
+                )
+            logger.warning(
+                "--data: %s line %d names the same file as line %d (%s); taken once",
+                manifest,
+                line,
+                earlier[0],
+                earlier[1],
+            )
+        return rows
+
+
+def _identity(path: str) -> Any:
+    """The file's (device, inode) when it exists, else its normalised path."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return path
+    return (info.st_dev, info.st_ino)
+
+
+def _read_manifest_text(manifest: str) -> str:
+    try:
+        with open(manifest, "rb") as fh:
+            data = fh.read()
+    except OSError as exc:
+        raise SourceError(f"--data: cannot read {manifest}: {_os_reason(exc)}") from exc
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise SourceError(
+            f"--data: {manifest} line {line}: not UTF-8 text (byte {data[exc.start]:#04x}); "
+            "save the manifest as UTF-8"
+        ) from None
 
 
 class DigitsSource(ImageSource):
