@@ -537,15 +537,21 @@ def finish_store(plan: ExtractionPlan) -> tuple[int, int]:
     from .store import FailedInputs, list_parts, merge_store, parts_dir, read_rows_file
 
     failed_seen = dict(plan.prev.failed)
+    embedded: set[tuple[str, str]] = set()  # a retried transient failure may have succeeded
     for part in list_parts(plan.out):
         table = read_rows_file(part, with_features=False)
+        embedded.update(zip(table.paths, table.keys, strict=True))
         for p, k, e in zip(table.failed.paths, table.failed.keys, table.failed.errors, strict=True):
             failed_seen[p] = (k, e)
     key_of = dict(zip((r.path for r in plan.records), plan.keys, strict=True))
     failed, good, order = FailedInputs(), [], {}
     for r in plan.records:
         entry = failed_seen.get(r.path)
-        if entry is not None and entry[0] == key_of[r.path]:
+        if (
+            entry is not None
+            and entry[0] == key_of[r.path]
+            and (r.path, entry[0]) not in embedded
+        ):
             failed.add(r.path, entry[1], entry[0])
         else:
             order[r.path] = len(good)

@@ -7,6 +7,7 @@ and decodes a record into an RGB PIL image, raising :class:`ImageDecodeError` wi
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import errno
 import hashlib
@@ -199,15 +200,19 @@ def _open_regular(path: str | os.PathLike[str]) -> Any:
     mode = os.stat(path).st_mode
     if not stat.S_ISREG(mode):
         raise _not_regular(path, mode)
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    fh = open(path, "rb", opener=_open_non_blocking)  # noqa: SIM115 (returned open)
     try:
-        mode = os.fstat(fd).st_mode
+        mode = os.fstat(fh.fileno()).st_mode
         if not stat.S_ISREG(mode):
             raise _not_regular(path, mode)
-        return os.fdopen(fd, "rb")
     except BaseException:
-        os.close(fd)
+        fh.close()
         raise
+    return fh
+
+
+def _open_non_blocking(path: str, flags: int) -> int:
+    return os.open(path, flags | os.O_NONBLOCK)
 
 
 def _draft_box(size: tuple[int, int], short_side: int) -> tuple[int, int]:
@@ -241,31 +246,51 @@ class WalkResult:
     failed: dict[str, str] = field(default_factory=dict)
 
 
-def walk_images(root: str | os.PathLike[str]) -> WalkResult:
+@dataclass
+class _Visited:
+    """Folders and files already walked, by (device, inode); files map to their first path."""
+
+    dirs: set[tuple[int, int]] = field(default_factory=set)
+    files: dict[tuple[int, int], str] = field(default_factory=dict)
+
+    def first_visit(self, path: str, info: os.stat_result) -> bool:
+        """Register a regular file; False (and a warning) when another path reached it."""
+        identity = (info.st_dev, info.st_ino)
+        first = self.files.setdefault(identity, path)
+        if first != path:
+            logger.warning("%s is the same file as %s: taken once, as the latter", path, first)
+        return first == path
+
+
+def walk_images(
+    root: str | os.PathLike[str],
+    visited: _Visited | None = None,
+    ancestors: frozenset[tuple[int, int]] = frozenset(),
+) -> WalkResult:
     """Image files under ``root``: recursive, each folder's files (sorted) before its
     sub-folders (sorted); hidden names skipped; symbolic links followed.
 
-    Every real file and folder is visited once, whatever links lead to it: a link to a folder
-    already walked (an ancestor: a loop) is not followed, and a file reached by several paths
-    (links, hard links) is listed once, under the first path in walk order; both are logged.
-    Entries with an image extension that are not regular files (FIFO, socket, device), and
-    folders or paths that cannot be read (permission denied, name too long) go to
-    ``failed`` with the reason, so they can be recorded; nothing is opened here.
+    Every real file and folder is visited once, whatever links lead to it: a link to an
+    ancestor folder (a loop) or to a folder already walked is not followed, and a file reached
+    by several paths (links, hard links) is listed once, under the first path in walk order;
+    each is logged. Entries with an image extension that are not regular files (FIFO, socket,
+    device), and folders or paths that cannot be read (permission denied, name too long) go to
+    ``failed`` with the reason, so they can be recorded; nothing is opened here. ``visited``
+    and ``ancestors`` share that bookkeeping between several walks (the class folders of one
+    source).
     """
     result = WalkResult()
     root = os.fspath(root)
+    visited = visited if visited is not None else _Visited()
     try:
         top = os.stat(root)
     except OSError as exc:
         result.failed[root] = _walk_reason(root, exc)
         return result
-    seen_dirs = {(top.st_dev, top.st_ino)}
-    seen_files: dict[tuple[int, int], str] = {}
-    stack: list[tuple[str, frozenset[tuple[int, int]]]] = [
-        (root, frozenset({(top.st_dev, top.st_ino)}))
-    ]
+    visited.dirs.add((top.st_dev, top.st_ino))
+    stack = [(root, ancestors | {(top.st_dev, top.st_ino)})]
     while stack:
-        folder, ancestors = stack.pop()
+        folder, above = stack.pop()
         try:
             with os.scandir(folder) as listing:
                 entries = sorted((e for e in listing if not e.name.startswith(".")), key=_name)
@@ -284,26 +309,18 @@ def walk_images(root: str | os.PathLike[str]) -> WalkResult:
                 continue
             identity = (info.st_dev, info.st_ino)
             if stat.S_ISDIR(info.st_mode):
-                if identity in ancestors:
-                    logger.warning("%s links to its own ancestor folder: not followed", path)
-                elif identity in seen_dirs:
-                    logger.warning("%s is a folder already listed: not listed again", path)
+                if identity in above:
+                    logger.warning("%s links to an ancestor folder (a loop): not followed", path)
+                elif identity in visited.dirs:
+                    logger.warning("%s is a folder listed elsewhere: not listed again", path)
                 else:
-                    seen_dirs.add(identity)
-                    subdirs.append((path, ancestors | {identity}))
+                    visited.dirs.add(identity)
+                    subdirs.append((path, above | {identity}))
             elif not is_image:
                 continue
             elif not stat.S_ISREG(info.st_mode):
                 result.failed[path] = str(_not_regular(path, info.st_mode))
-            elif identity in seen_files:
-                logger.warning(
-                    "%s is the same file as %s: taken once, as %s",
-                    path,
-                    seen_files[identity],
-                    seen_files[identity],
-                )
-            else:
-                seen_files[identity] = path
+            elif visited.first_visit(path, info):
                 result.images.append(path)
         stack.extend(reversed(subdirs))
     return result
@@ -379,11 +396,27 @@ class FolderSource(ImageSource):
             per_split.append((folder, split, classes, loose))
         self.class_names = sorted(class_names)
         index = {name: i for i, name in enumerate(self.class_names)}
+        # One bookkeeping for the whole tree: a link from one class folder to another (or to
+        # the root, or a split) is not followed; the folder is listed under its own name.
+        visited = _Visited()
+        tops = [root] + [f for f, s in layout if s]
+        tops += [os.path.join(f, name) for f, _, classes, _ in per_split for name in classes]
+        for folder in tops:
+            with contextlib.suppress(OSError):
+                info = os.stat(folder)
+                visited.dirs.add((info.st_dev, info.st_ino))
         self.records = []
         for folder, split, classes, loose in per_split:
-            self.records += [Record(p, -1, split) for p in loose]
+            above = frozenset(_identity(f) for f in {root, folder})
+            for path in loose:
+                try:
+                    keep = path in self.walk_failures or visited.first_visit(path, os.stat(path))
+                except OSError:
+                    keep = True  # decoding names the reason
+                if keep:
+                    self.records.append(Record(path, -1, split))
             for name in classes:
-                found = walk_images(os.path.join(folder, name))
+                found = walk_images(os.path.join(folder, name), visited, above)
                 self.records += [Record(p, index[name], split) for p in found.images]
                 self.walk_failures.update(found.failed)
         listed = {r.path for r in self.records}
