@@ -547,11 +547,7 @@ def finish_store(plan: ExtractionPlan) -> tuple[int, int]:
     failed, good, order = FailedInputs(), [], {}
     for r in plan.records:
         entry = failed_seen.get(r.path)
-        if (
-            entry is not None
-            and entry[0] == key_of[r.path]
-            and (r.path, entry[0]) not in embedded
-        ):
+        if entry is not None and entry[0] == key_of[r.path] and (r.path, entry[0]) not in embedded:
             failed.add(r.path, entry[1], entry[0])
         else:
             order[r.path] = len(good)
