@@ -481,19 +481,23 @@ class CsvSource(ImageSource):
         base = os.path.dirname(manifest)
         text = _read_manifest_text(manifest)
         reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)
+        done = [0]  # the last line of the last row read: a malformed row starts after it
         try:
-            rows = self._read_rows(manifest, base, reader)
+            rows = self._read_rows(manifest, base, reader, done)
         except csv.Error as exc:
             raise SourceError(
-                f"--data: {manifest} line {reader.line_num}: malformed CSV ({exc})"
+                f"--data: {manifest} line {done[0] + 1}: malformed CSV ({exc})"
             ) from None
         self.class_names = sorted({label for _, label, _ in rows if label})
         index = {name: i for i, name in enumerate(self.class_names)}
         self.records = [Record(p, index.get(label, -1), split) for p, label, split in rows]
 
     @staticmethod
-    def _read_rows(manifest: str, base: str, reader: csv.DictReader) -> list[tuple[str, str, str]]:
+    def _read_rows(
+        manifest: str, base: str, reader: csv.DictReader, done: list[int]
+    ) -> list[tuple[str, str, str]]:
         columns = [c.strip() for c in reader.fieldnames or []]
+        done[0] = reader.line_num
         if "path" not in columns or "label" not in columns:
             raise SourceError(
                 f"--data: {manifest} must have a header with columns path,label[,split]; "
@@ -502,7 +506,7 @@ class CsvSource(ImageSource):
         rows: list[tuple[str, str, str]] = []
         first: dict[Any, tuple[int, str, str, str]] = {}  # identity -> (line, path, label, split)
         for row in reader:
-            line = reader.line_num
+            line, done[0] = done[0] + 1, reader.line_num
             row = {k.strip(): (v or "").strip() for k, v in row.items() if isinstance(k, str)}
             split = row.get("split", "")
             if split not in (*SPLITS, ""):
