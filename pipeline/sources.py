@@ -14,6 +14,7 @@ import hashlib
 import io
 import logging
 import os
+import re
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,7 +102,8 @@ def _grey_to_uint8(array: np.ndarray, mode: str) -> np.ndarray:
     - ``I`` within 0..255: kept;
     - float (``F``) within 0..1: times 255;
     - anything else (negative values, 32-bit integers past 65535, floats past 1): stretched
-      linearly from the image's own minimum..maximum to 0..255 (a constant image becomes 0).
+      linearly from the image's own minimum..maximum to 0..255; such an image with one value
+      only has no scale to read, and becomes mid-grey (128).
       NaN counts as the minimum, infinities as the finite extremes.
     """
     values = array.astype(np.float64)
@@ -119,7 +121,7 @@ def _grey_to_uint8(array: np.ndarray, mode: str) -> np.ndarray:
     elif high > low:
         scaled = (values - low) * (255.0 / (high - low))
     else:
-        scaled = np.zeros_like(values)
+        scaled = np.full_like(values, 128.0)
     return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
 
 
@@ -157,13 +159,19 @@ def decode_image(path: str | os.PathLike[str], draft_size: int | None = None) ->
     except OSError as exc:
         if exc.errno in _TRANSIENT_ERRNOS:
             raise ImageDecodeError(f"{TRANSIENT_PREFIX}{path}: {_os_reason(exc)}") from exc
-        reason = "empty file" if _is_empty(path) else str(exc) or type(exc).__name__
-        raise ImageDecodeError(f"{path}: {reason}") from exc
+        raise ImageDecodeError(f"{path}: {_content_reason(path, exc)}") from exc
     except (ValueError, SyntaxError, EOFError) as exc:
-        reason = "empty file" if _is_empty(path) else str(exc) or type(exc).__name__
-        raise ImageDecodeError(f"{path}: {reason}") from exc
+        raise ImageDecodeError(f"{path}: {_content_reason(path, exc)}") from exc
     except Exception as exc:  # a decoder bug on one file (ZeroDivisionError, ...) is its content
         raise ImageDecodeError(f"{path}: {type(exc).__name__}: {exc}") from exc
+
+
+def _content_reason(path: str | os.PathLike[str], exc: BaseException) -> str:
+    if _is_empty(path):
+        return "empty file"
+    # PIL names the open file object it was given; name the path instead
+    reason = re.sub(r"<_io\.BufferedReader name=[^>]*>", repr(os.fspath(path)), str(exc))
+    return reason or type(exc).__name__
 
 
 def is_transient(error: str) -> bool:

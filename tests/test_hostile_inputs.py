@@ -250,6 +250,8 @@ def test_float_and_32bit_images_are_scaled_not_black_or_white(tmp_path):
     Image.fromarray(big, "I").save(tmp_path / "i32.tif")
     decoded = np.asarray(decode_image(tmp_path / "i32.tif"))[..., 0]
     assert decoded.min() == 0 and decoded.max() == 255 and len(np.unique(decoded)) > 50
+    Image.fromarray(np.full((8, 8), 1_500_000_000, np.int32), "I").save(tmp_path / "flat.tif")
+    assert decode_image(tmp_path / "flat.tif").getpixel((0, 0)) == (128,) * 3  # no scale: grey
     Image.fromarray((ramp * 60000).astype(np.int32), "I").save(tmp_path / "i16.tif")
     decoded = np.asarray(decode_image(tmp_path / "i16.tif"))[..., 0]
     assert np.array_equal(decoded, np.rint(np.rint(ramp * 60000) / 257).astype(np.uint8))
@@ -313,6 +315,7 @@ def test_a_run_where_every_image_fails_exits_2_and_keeps_the_records(tmp_path, c
     assert line.startswith("error:") and "every input failed (2)" in line
     paths, failed = stored(out)
     assert paths == [] and len(failed) == 2
+    assert all(f"cannot identify image file {p!r}" in e for p, e in failed.items())
 
 
 def test_predict_out_that_is_a_folder_fails_before_embedding(tmp_path, capsys):
