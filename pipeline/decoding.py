@@ -200,10 +200,12 @@ class _EncodedItem:
     def __call__(self, i: int) -> tuple[np.ndarray | None, np.ndarray | None, str]:
         path = self.paths[i]
         if path is not None:
+            from .sources import open_regular_file
+
             try:
-                with open(path, "rb") as fh:
+                with open_regular_file(path) as fh:  # never a FIFO or device
                     data = fh.read()
-            except OSError:
+            except (OSError, ImageDecodeError):
                 data = b""  # the PIL path names the file and the reason
             if data[:3] == _JPEG_MAGIC:
                 return np.frombuffer(bytearray(data), dtype=np.uint8), None, ""

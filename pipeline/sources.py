@@ -41,6 +41,7 @@ __all__ = [
     "decode_image",
     "find_images",
     "is_transient",
+    "open_regular_file",
     "open_source",
     "to_rgb",
     "walk_images",
@@ -142,7 +143,7 @@ def decode_image(path: str | os.PathLike[str], draft_size: int | None = None) ->
     from PIL import Image, ImageOps
 
     try:
-        with _open_regular(path) as fh, Image.open(fh) as image:
+        with open_regular_file(path) as fh, Image.open(fh) as image:
             if draft_size and image.format == "JPEG":
                 image.draft("RGB", _draft_box(image.size, draft_size))
             image.load()
@@ -199,7 +200,7 @@ def _not_regular(path: str | os.PathLike[str], mode: int) -> ImageDecodeError:
     return ImageDecodeError(f"{path}: not a regular file ({_file_kind(mode)})")
 
 
-def _open_regular(path: str | os.PathLike[str]) -> Any:
+def open_regular_file(path: str | os.PathLike[str]) -> Any:
     """Open ``path`` for reading only if it is a regular file (after following links).
 
     Checked before opening (a device is never opened) and again on the open descriptor,

@@ -111,10 +111,10 @@ def test_a_file_swapped_for_a_fifo_after_listing_does_not_hang(tmp_path):
     path = tmp_path / "late.png"
     os.mkfifo(path)
     from pipeline.exceptions import ImageDecodeError
-    from pipeline.sources import _open_regular
+    from pipeline.sources import open_regular_file
 
     with pytest.raises(ImageDecodeError, match="FIFO"):
-        _open_regular(path)
+        open_regular_file(path)
     with pytest.raises(ImageDecodeError, match="FIFO"):
         decode_image(path)
 
@@ -263,20 +263,20 @@ def test_transient_failures_are_retried_content_failures_are_not(
     from pipeline import sources
 
     victim = str(image_dir / "dog" / "dog_000.png")
-    real_open = sources._open_regular
+    real_open = sources.open_regular_file
 
     def flaky_open(path):
         if os.fspath(path) == victim:
             raise PermissionError(13, "Permission denied", victim)
         return real_open(path)
 
-    monkeypatch.setattr(sources, "_open_regular", flaky_open)
+    monkeypatch.setattr(sources, "open_regular_file", flaky_open)
     out = tmp_path / "f.h5"
     assert extract(image_dir, out) == 0
     paths, failed = stored(out)
     assert len(paths) == 7 and failed[victim].startswith("transient: ")
     assert "corrupt.jpg" in "".join(failed)
-    monkeypatch.setattr(sources, "_open_regular", real_open)
+    monkeypatch.setattr(sources, "open_regular_file", real_open)
     capsys.readouterr()
     assert extract(image_dir, out) == 0
     assert "embedded 1 new" in capsys.readouterr().out  # the corrupt file was not retried
@@ -339,3 +339,16 @@ def test_walk_reports_what_it_cannot_use(tmp_path):
     found = walk_images(root)
     assert len(found.images) == 1
     assert set(found.failed) == {str(root / "cat" / "p.png"), str(root / "cat" / "dangling.jpg")}
+
+
+def test_gpu_decode_reader_never_opens_a_fifo(tmp_path):
+    from pipeline.decoding import _CropItem, _EncodedItem
+    from pipeline.preprocess import Preprocessing
+
+    fifo = str(tmp_path / "x.jpg")
+    os.mkfifo(fifo)
+    pre = Preprocessing(crop_size=8, resize_size=8, mean=(0.0,) * 3, std=(1.0,) * 3)
+    item = _EncodedItem([fifo], _CropItem(lambda i: decode_image(fifo), pre))
+    encoded, pixels, error = item(0)
+    assert encoded is None and pixels.shape == (8, 8, 3)
+    assert error == f"{fifo}: not a regular file (FIFO)"
