@@ -240,10 +240,14 @@ def _is_empty(path: str | os.PathLike[str]) -> bool:
 def _file_key(path: str) -> str:
     """Size and modification time: a changed file gets a new key without being read."""
     try:
-        stat = os.stat(path)
+        info = os.stat(path)
     except OSError:
         return "missing"
-    return f"{stat.st_size}:{stat.st_mtime_ns}"
+    return _stat_key(info)
+
+
+def _stat_key(info: os.stat_result) -> str:
+    return f"{info.st_size}:{info.st_mtime_ns}"
 
 
 @dataclass
@@ -253,6 +257,7 @@ class WalkResult:
 
     images: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+    keys: dict[str, str] = field(default_factory=dict)  # image -> content key, from its stat
 
 
 @dataclass
@@ -331,6 +336,7 @@ def walk_images(
                 result.failed[path] = str(_not_regular(path, info.st_mode))
             elif visited.first_visit(path, info):
                 result.images.append(path)
+                result.keys[path] = _stat_key(info)
         stack.extend(reversed(subdirs))
     return result
 
@@ -357,9 +363,12 @@ class ImageSource:
     description: str
     # Inputs known to fail before decoding (from the folder walk): path -> reason.
     walk_failures: dict[str, str] = {}
+    # Content keys taken from the walk's own stat calls (no second stat per file).
+    walk_keys: dict[str, str] = {}
 
     def key(self, record: Record) -> str:
-        return _file_key(record.path)
+        known = self.walk_keys.get(record.path)
+        return known if known is not None else _file_key(record.path)
 
     def keys(self) -> list[str]:
         return [self.key(r) for r in self.records]
@@ -383,7 +392,7 @@ class FolderSource(ImageSource):
     def __init__(self, root: str | os.PathLike[str]) -> None:
         root = os.path.abspath(root)
         self.description = root
-        self.walk_failures = {}
+        self.walk_failures, self.walk_keys = {}, {}
         subdirs, loose = self._list_top(root, root)
         split_dirs = [d for d in subdirs if d in SPLITS]
         if split_dirs:
@@ -426,6 +435,7 @@ class FolderSource(ImageSource):
                     self.records.append(Record(path, -1, split))
             for name in classes:
                 found = walk_images(os.path.join(folder, name), visited, above)
+                self.walk_keys.update(found.keys)
                 self.records += [Record(p, index[name], split) for p in found.images]
                 self.walk_failures.update(found.failed)
         listed = {r.path for r in self.records}
