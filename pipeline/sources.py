@@ -412,7 +412,7 @@ class FolderSource(ImageSource):
                 )
             class_names.update(classes)
             per_split.append((folder, split, classes, loose))
-        self.class_names = sorted(class_names)
+        self.class_names = sorted({_class_name(c) for c in class_names})
         index = {name: i for i, name in enumerate(self.class_names)}
         # One bookkeeping for the whole tree: a link from one class folder to another (or to
         # the root, or a split) is not followed; the folder is listed under its own name.
@@ -436,7 +436,8 @@ class FolderSource(ImageSource):
             for name in classes:
                 found = walk_images(os.path.join(folder, name), visited, above)
                 self.walk_keys.update(found.keys)
-                self.records += [Record(p, index[name], split) for p in found.images]
+                label = index[_class_name(name)]
+                self.records += [Record(p, label, split) for p in found.images]
                 self.walk_failures.update(found.failed)
         listed = {r.path for r in self.records}
         self.records += [Record(p, -1, "") for p in self.walk_failures if p not in listed]
@@ -468,6 +469,12 @@ class FolderSource(ImageSource):
                 if not stat.S_ISREG(mode):
                     self.walk_failures[entry.path] = str(_not_regular(entry.path, mode))
         return subdirs, images
+
+
+def _class_name(folder_name: str) -> str:
+    """A class folder's name as a class name: one that is not valid UTF-8 is shown with
+    backslash escapes (``caf\\xe9``), printable in reports and plots."""
+    return folder_name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _check_split_layout(

@@ -181,6 +181,19 @@ def test_non_utf8_file_name_round_trips(tmp_path):
     assert stored(out)[0] == paths
 
 
+def test_non_utf8_class_folder_gets_a_printable_class_name(tmp_path):
+    root = tmp_path / "images"
+    write_images(root, {"dog": 2})
+    folder = os.fsencode(root) + b"/caf\xe9"
+    os.mkdir(folder)
+    Image.new("RGB", (16, 16)).save(folder + b"/a.png")
+    out = tmp_path / "f.h5"
+    assert extract(root, out) == 0
+    table = read_store(out)
+    assert table.class_names == ["caf\\xe9", "dog"] and sorted(table.labels) == [0, 1, 1]
+    assert os.fsencode(table.paths[0]) == folder + b"/a.png"
+
+
 def test_split_folders_next_to_other_folders_or_images_are_an_error(tmp_path, capsys):
     root = tmp_path / "images"
     write_images(root / "train", {"cat": 1, "dog": 1})
