@@ -24,6 +24,7 @@ from pipeline.store import read_store
 
 from .conftest import TINY_MODEL, write_images
 from .test_extract import extract
+from .test_predict import trained  # noqa: F401 (a fixture)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -365,3 +366,20 @@ def test_gpu_decode_reader_never_opens_a_fifo(tmp_path):
     encoded, pixels, error = item(0)
     assert encoded is None and pixels.shape == (8, 8, 3)
     assert error == f"{fifo}: not a regular file (FIFO)"
+
+
+def test_predict_walks_folders_safely_and_keeps_odd_names(trained, tmp_path):  # noqa: F811
+    model, _ = trained
+    new = tmp_path / "new"
+    write_images(new, {"red": 2}, size=(40, 40), seed=7)
+    (new / "red" / "loop").symlink_to("..")
+    os.mkfifo(new / "red" / "pipe.png")
+    raw = os.fsencode(new / "red") + b"/\xff.png"
+    Image.new("RGB", (40, 40), (220, 20, 20)).save(raw)
+    out_csv = tmp_path / "pred.csv"
+    assert predict.main(["--model", str(model), str(new), "--out", str(out_csv), "-q"]) == 0
+    lines = out_csv.read_bytes().splitlines()[1:]
+    by_path = {line.rsplit(b",", 3)[0]: line.rsplit(b",", 3)[1:] for line in lines}
+    assert len(lines) == 4 and len(by_path) == 4  # 3 images once each, and the FIFO
+    assert raw in by_path and by_path[raw][2] == b""  # the original bytes, predicted
+    assert b"not a regular file (FIFO)" in by_path[os.fsencode(new / "red" / "pipe.png")][2]
