@@ -241,7 +241,7 @@ def _file_key(path: str) -> str:
     """Size and modification time: a changed file gets a new key without being read."""
     try:
         info = os.stat(path)
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a NUL byte in a manifest's path
         return "missing"
     return _stat_key(info)
 
@@ -541,6 +541,8 @@ class CsvSource(ImageSource):
                 )
             if not row.get("path"):
                 raise SourceError(f"--data: {manifest} line {line}: empty path")
+            if "\0" in row["path"]:
+                raise SourceError(f"--data: {manifest} line {line}: path contains a NUL byte")
             path = os.path.normpath(os.path.join(base, row["path"]))
             label = row.get("label", "")
             identity = _identity(path)
@@ -569,7 +571,7 @@ def _identity(path: str) -> Any:
     """The file's (device, inode) when it exists, else its normalised path."""
     try:
         info = os.stat(path)
-    except OSError:
+    except (OSError, ValueError):
         return path
     return (info.st_dev, info.st_ino)
 

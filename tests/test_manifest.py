@@ -69,3 +69,19 @@ def test_aliases_with_conflicting_labels_are_an_error_naming_both_rows(folder, c
     assert extract(manifest, folder / "f.h5") == 2
     line = one_error_line(capsys)
     assert "lines 2 and 4" in line and "img/a.png" in line and alias in line
+
+
+def test_unusable_paths_in_a_manifest(folder, capsys):
+    manifest = folder / "m.csv"
+    long_path = "/".join(["d" * 200] * 25) + "/a.png"
+    manifest.write_text(f"path,label\nimg/a.png,x\nimg/b.png,y\n{long_path},x\n")
+    out = folder / "f.h5"
+    assert extract(manifest, out) == 0  # an over-long path is recorded, the run goes on
+    table = read_store(out)
+    assert len(table.paths) == 2
+    (reason,) = table.failed.errors
+    assert "File name too long" in reason
+    capsys.readouterr()
+    manifest.write_text("path,label\nimg/a.png,x\nimg/b\0.png,y\n")
+    assert extract(manifest, out) == 2
+    assert "line 3: path contains a NUL byte" in one_error_line(capsys)
