@@ -299,7 +299,7 @@ def walk_images(
     try:
         top = os.stat(root)
     except OSError as exc:
-        result.failed[root] = _walk_reason(root, exc)
+        result.failed[root] = _walk_reason(root, exc, "cannot list folder")
         return result
     visited.dirs.add((top.st_dev, top.st_ino))
     stack = [(root, ancestors | {(top.st_dev, top.st_ino)})]
@@ -309,7 +309,7 @@ def walk_images(
             with os.scandir(folder) as listing:
                 entries = sorted((e for e in listing if not e.name.startswith(".")), key=_name)
         except OSError as exc:
-            result.failed[folder] = _walk_reason(folder, exc)
+            result.failed[folder] = _walk_reason(folder, exc, "cannot list folder")
             continue
         subdirs = []
         for entry in entries:
@@ -345,9 +345,9 @@ def _name(entry: os.DirEntry[str]) -> str:
     return entry.name
 
 
-def _walk_reason(path: str, exc: OSError) -> str:
+def _walk_reason(path: str, exc: OSError, what: str = "cannot be read") -> str:
     prefix = TRANSIENT_PREFIX if exc.errno in _TRANSIENT_ERRNOS else ""
-    return f"{prefix}{path}: cannot be listed: {_os_reason(exc)}"
+    return f"{prefix}{path}: {what}: {_os_reason(exc)}"
 
 
 def find_images(root: str | os.PathLike[str]) -> list[str]:
@@ -451,7 +451,7 @@ class FolderSource(ImageSource):
         except OSError as exc:
             if folder == root:
                 raise SourceError(f"--data: cannot list {folder}: {_os_reason(exc)}") from exc
-            self.walk_failures[folder] = _walk_reason(folder, exc)
+            self.walk_failures[folder] = _walk_reason(folder, exc, "cannot list folder")
             return [], []
         subdirs, images = [], []
         for entry in entries:
