@@ -20,7 +20,13 @@ __all__ = [
     "PipelineError",
     "SourceError",
     "StoreError",
+    "TRANSIENT_PREFIX",
 ]
+
+# A recorded input failure whose cause is outside the file (permission denied, I/O error, out
+# of memory) starts with this: it is retried on the next run, while content failures are
+# remembered until the file changes.
+TRANSIENT_PREFIX = "transient: "
 
 
 class PipelineError(Exception):

@@ -27,8 +27,8 @@ from ._cli import add_verbosity, run_cli, setup_logging
 from ._io import atomic_path
 from ._runtime import resolve_runtime
 from .engine.runners import embed_images, make_runner
-from .engine.sources import decode_image, find_images
-from .exceptions import BackboneMismatchError, ConfigError, PipelineError
+from .engine.sources import decode_image, walk_images
+from .exceptions import BackboneMismatchError, ConfigError, ImageDecodeError, PipelineError
 from .fit.model_file import load_model_file
 from .recipe import EmbeddingRecipe
 
@@ -48,17 +48,41 @@ class Prediction:
 
 
 def collect_images(inputs: Sequence[str | os.PathLike[str]]) -> list[str]:
-    """Expand folders into their image files (recursive, sorted); keep files as given."""
-    paths: list[str] = []
+    """Expand folders into their image files (recursive, each real file once; see
+    :func:`pipeline.engine.sources.walk_images`); keep files as given. What a folder walk cannot
+    use (not a regular file, unreadable folder) is listed too, and fails with its reason."""
+    return list(_collect_with_failures(inputs))
+
+
+def _collect_with_failures(inputs: Sequence[str | os.PathLike[str]]) -> dict[str, str]:
+    """Path -> "" for each image to decode, or -> the reason it cannot be used."""
+    paths: dict[str, str] = {}
     for item in inputs:
         if os.path.isdir(item):
-            found = find_images(item)
-            if not found:
+            found = walk_images(item)
+            if not found.images and not found.failed:
                 raise ConfigError(f"no images found in {item}", param="inputs")
-            paths += found
+            paths.update(dict.fromkeys(found.images, ""))
+            paths.update(found.failed)
         else:
-            paths.append(os.fspath(item))
+            paths.setdefault(os.fspath(item), "")
     return paths
+
+
+def _check_out(out: str | None) -> None:
+    """``out`` must be a file path in an existing, writable folder: checked before any
+    embedding is done."""
+    if out is None:
+        return
+    folder = os.path.dirname(os.path.abspath(out))
+    if os.path.isdir(out):
+        raise ConfigError(
+            f"{out} is a directory; give a file path such as {out}/predictions.csv", param="out"
+        )
+    if not os.path.isdir(folder):
+        raise ConfigError(f"folder {folder} does not exist", param="out")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(f"cannot write to {folder} (permission denied)", param="out")
 
 
 def _load_recipe(payload: dict[str, Any], model_path: Path) -> EmbeddingRecipe:
@@ -95,7 +119,8 @@ def run_predict(
     recipe = _load_recipe(payload, model_path)
     spec, precision, draft_size = recipe.spec, recipe.precision, recipe.draft_size
     gpu_decode = recipe.decode.gpu_decode
-    paths = collect_images(inputs)
+    walked = _collect_with_failures(inputs)
+    paths = list(walked)
     if not paths:
         raise ConfigError("give at least one image or folder", param="inputs")
     runtime = resolve_runtime(device, precision, batch_size, workers, backend)
@@ -121,8 +146,14 @@ def run_predict(
             f"{runner.feature_dim}",
             param="model_path",
         )
+
+    def load(i: int) -> Any:
+        if walked[paths[i]]:
+            raise ImageDecodeError(walked[paths[i]])
+        return decode_image(paths[i], draft_size)
+
     features, errors = embed_images(
-        lambda i: decode_image(paths[i], draft_size),
+        load,
         len(paths),
         spec,
         runner,
@@ -160,11 +191,15 @@ def _write_csv(predictions: Sequence[Prediction], out: str | None) -> None:
     for p in predictions:
         prob = "" if p.probability is None else f"{p.probability:.6f}"
         writer.writerow([p.path, p.label, prob, p.error])
+    # A file name that is not valid UTF-8 is written as its original bytes.
+    data = buffer.getvalue().encode("utf-8", "surrogateescape")
     if out is None:
-        sys.stdout.write(buffer.getvalue())
+        sys.stdout.flush()
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
         return
     with atomic_path(out) as tmp:
-        tmp.write_text(buffer.getvalue(), encoding="utf-8")
+        tmp.write_bytes(data)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -196,6 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args)
 
     def body() -> int:
+        _check_out(args.out)
         predictions = run_predict(
             args.model,
             args.inputs,

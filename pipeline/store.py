@@ -152,7 +152,12 @@ def decode_attrs(raw: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _str_array(values: Sequence[str]) -> np.ndarray:
-    return np.asarray(list(values), dtype=object)
+    """UTF-8 bytes; a file name that is not valid UTF-8 (held as ``surrogateescape`` str, as
+    ``os.listdir`` gives it) is stored as its original bytes, losslessly."""
+    return np.asarray(
+        [v.encode("utf-8", "surrogateescape") if isinstance(v, str) else v for v in values],
+        dtype=object,
+    )
 
 
 def _write_failed(fh: h5py.File, failed: FailedInputs) -> None:
@@ -205,7 +210,9 @@ def read_attrs(path: str | Path) -> dict[str, Any]:
 
 
 def _read_strings(ds: h5py.Dataset) -> np.ndarray:
-    return ds.asstr()[...] if ds.shape[0] else np.array([], dtype=object)
+    if not ds.shape[0]:
+        return np.array([], dtype=object)
+    return ds.asstr(errors="surrogateescape")[...]
 
 
 def read_rows_file(path: str | Path, with_features: bool = True) -> FeatureTable:
@@ -347,7 +354,7 @@ def merge_store(
             raise StoreError(f"{out}: internal error, rows never computed for {missing}")
         if n:
             dsets["labels"][...] = np.array([labels[p] for p in out_paths], dtype=np.int64)
-            dsets["paths"][...] = out_paths
+            dsets["paths"][...] = _str_array(out_paths)
             dsets["split"][...] = np.array([splits[p] for p in out_paths], dtype=object)
             dsets["keys"][...] = out_keys
         _write_failed(fh, failed)

@@ -30,7 +30,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
 from pipeline import ImageEmbedder
-from pipeline.sources import FolderSource
+from pipeline.engine.sources import FolderSource
 
 logger = logging.getLogger("grid_search")
 

@@ -26,8 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from ..exceptions import ImageDecodeError
+from ..exceptions import TRANSIENT_PREFIX, ImageDecodeError
 from .preprocess import Preprocessing
+from .sources import open_regular_file
 
 __all__ = ["Batch", "decode_batches", "iter_batches", "iter_device_batches"]
 
@@ -59,8 +60,10 @@ class _CropItem:
             return self.preprocessing.crop(self.load(i)), ""
         except ImageDecodeError as exc:
             return self.blank, str(exc)
+        except MemoryError:  # not the file's fault: retried on the next run
+            return self.blank, f"{TRANSIENT_PREFIX}MemoryError: out of memory"
         except Exception as exc:  # a decoder bug on one file must not end the run
-            return self.blank, f"{type(exc).__name__}: {exc}"
+            return self.blank, f"{type(exc).__name__}: {exc or 'no message'}"
 
 
 def iter_batches(
@@ -199,9 +202,9 @@ class _EncodedItem:
         path = self.paths[i]
         if path is not None:
             try:
-                with open(path, "rb") as fh:
+                with open_regular_file(path) as fh:  # never a FIFO or device
                     data = fh.read()
-            except OSError:
+            except (OSError, ImageDecodeError):
                 data = b""  # the PIL path names the file and the reason
             if data[:3] == _JPEG_MAGIC:
                 return np.frombuffer(bytearray(data), dtype=np.uint8), None, ""
@@ -281,7 +284,10 @@ def _decode_on_device(
                 pixels, errors[j] = crop(start + j)
                 crops[j] = np.ascontiguousarray(pixels)
             else:
-                images[j] = pre.crop_tensor(image)
+                try:
+                    images[j] = pre.crop_tensor(image)
+                except ImageDecodeError as exc:
+                    errors[j] = str(exc)
     for j in range(n):
         if crops[j] is not None and not errors[j]:
             images[j] = torch.from_numpy(crops[j]).to(device)

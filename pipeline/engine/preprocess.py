@@ -22,7 +22,14 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Preprocessing", "transform_fields"]
+from ..exceptions import ImageDecodeError
+
+__all__ = ["MAX_ASPECT_RATIO", "Preprocessing", "transform_fields"]
+
+# Resizing the short side to S makes the long side S x aspect ratio: a 1 x 8,000 strip would
+# become 256 x 2,048,000 (1.5 GB of pixels). Images more elongated than this are refused (and
+# recorded as failed) before anything that large is allocated.
+MAX_ASPECT_RATIO = 64
 
 # torchvision's InterpolationMode values -> PIL resampling filters (as torchvision maps them).
 _PIL_FILTERS = {
@@ -86,9 +93,24 @@ class Preprocessing:
         new_short, new_long = self.resize_size, int(self.resize_size * long / short)
         return (new_short, new_long) if width <= height else (new_long, new_short)
 
+    def check_size(self, width: int, height: int) -> None:
+        """Refuse an image without pixels, or more elongated than ``MAX_ASPECT_RATIO``: 1
+        (resizing its short side would make it enormous), with :class:`ImageDecodeError`."""
+        short, long = min(width, height), max(width, height)
+        if short < 1:
+            raise ImageDecodeError(f"image has no pixels ({width} x {height})")
+        if self.resize_size is not None and long > MAX_ASPECT_RATIO * short:
+            new_w, new_h = self.resized_size(width, height)
+            raise ImageDecodeError(
+                f"image too elongated: {width} x {height} would be resized to "
+                f"{new_w} x {new_h}; the limit is an aspect ratio of {MAX_ASPECT_RATIO}:1"
+            )
+
     def crop(self, image: Any) -> np.ndarray:
         """Resize and centre-crop an RGB PIL image; (crop, crop, 3) uint8, zero-padded when
-        the image is smaller than the crop (as torchvision pads)."""
+        the image is smaller than the crop (as torchvision pads). Raises
+        :class:`ImageDecodeError` for an image :meth:`check_size` refuses."""
+        self.check_size(*image.size)
         size = self.resized_size(*image.size)
         if size != image.size:
             image = image.resize(size, _PIL_FILTERS[self.interpolation])
@@ -113,6 +135,7 @@ class Preprocessing:
         from torchvision.transforms import InterpolationMode
         from torchvision.transforms.v2 import functional as F
 
+        self.check_size(int(image.shape[-1]), int(image.shape[-2]))
         if self.resize_size is not None:
             image = F.resize(
                 image,

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from .._cli import add_verbosity, run_cli, setup_logging
 from ..config import ExtractConfig
+from ..exceptions import ConfigError
 from .executors import run_extraction
 
 __all__ = ["build_parser", "main"]
@@ -73,7 +74,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def body() -> int:
         config = ExtractConfig.from_file(args.config, **overrides)
-        print(run_extraction(config).line())
+        summary = run_extraction(config)
+        print(summary.line())
+        if summary.n_rows == 0 and summary.n_failed > 0:
+            # The store, with its /failed records, is written all the same.
+            raise ConfigError(
+                f"every input failed ({summary.n_failed}); the reasons are in /failed of "
+                f"{summary.out}",
+                param="data",
+            )
         return 0
 
     return run_cli(

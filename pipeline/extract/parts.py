@@ -157,9 +157,10 @@ def embed_into_parts(
             ok = [j for j, e in enumerate(batch.errors) if not e]
             for j, error in enumerate(batch.errors):
                 if error:
-                    writer.fail(indices[batch.indices[j]], error)
+                    i = indices[batch.indices[j]]
+                    writer.fail(i, error)
                     n_failed += 1
-                    logger.warning("skipped %s", error)
+                    _log_skipped(plan.records[i].path, error)
             if ok:
                 images = batch.images if len(ok) == len(batch.errors) else batch.images[ok]
                 writer.add(runner(images), [indices[batch.indices[j]] for j in ok])
@@ -171,19 +172,26 @@ def embed_into_parts(
     return n_embedded, n_failed
 
 
+def _log_skipped(path: str, error: str) -> None:
+    """Warn about a failed input, always naming its path."""
+    logger.warning("skipped %s", error if path in error else f"{path}: {error}")
+
+
 def finish_store(plan: ExtractionPlan) -> tuple[int, int]:
     """Merge base and parts into one complete store in source order; returns (rows, failed)."""
 
     failed_seen = dict(plan.prev.failed)
+    embedded: set[tuple[str, str]] = set()  # a retried transient failure may have succeeded
     for part in list_parts(plan.out):
         table = read_rows_file(part, with_features=False)
+        embedded.update(zip(table.paths, table.keys, strict=True))
         for p, k, e in zip(table.failed.paths, table.failed.keys, table.failed.errors, strict=True):
             failed_seen[p] = (k, e)
     key_of = dict(zip((r.path for r in plan.records), plan.keys, strict=True))
     failed, good, order = FailedInputs(), [], {}
     for r in plan.records:
         entry = failed_seen.get(r.path)
-        if entry is not None and entry[0] == key_of[r.path]:
+        if entry is not None and entry[0] == key_of[r.path] and (r.path, entry[0]) not in embedded:
             failed.add(r.path, entry[1], entry[0])
         else:
             order[r.path] = len(good)

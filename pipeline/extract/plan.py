@@ -29,7 +29,7 @@ from .._runtime import (
 from ..config import ExtractConfig
 from ..engine.backbones import BackboneSpec, resolve_backbone
 from ..engine.onnx import load_verified, no_gpu_present, request_key
-from ..engine.sources import open_source
+from ..engine.sources import is_transient, open_source
 from ..exceptions import CacheMismatchError, ConfigError, StoreError
 from ..recipe import DecodeOptions, EmbeddingRecipe
 from ..store import FORMAT_VERSION, list_parts, parts_dir, read_attrs, read_rows_file
@@ -227,11 +227,17 @@ def _unique_records(source: Any) -> list[Any]:
 
 
 def _todo(records: list[Any], keys: list[str], prev: Previous) -> list[int]:
-    """Indices of inputs neither embedded nor failed with their current content."""
+    """Indices of inputs neither embedded nor failed with their current content; a failure
+    whose cause was outside the file (``TRANSIENT_PREFIX``) is retried."""
+
+    def settled_failure(path: str, key: str) -> bool:
+        entry = prev.failed.get(path)
+        return entry is not None and entry[0] == key and not is_transient(entry[1])
+
     return [
         i
         for i, (r, k) in enumerate(zip(records, keys, strict=True))
-        if prev.done.get(r.path) != k and prev.failed.get(r.path, ("",))[0] != k
+        if prev.done.get(r.path) != k and not settled_failure(r.path, k)
     ]
 
 
