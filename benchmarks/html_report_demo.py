@@ -15,6 +15,7 @@ rows with the saved models, runs the data-quality checks and writes ``<out>/repo
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
 import shutil
@@ -63,27 +64,34 @@ def predictions_for(report: dict, out: Path, features: Path):
     return pd.concat(frames, ignore_index=True), table
 
 
-def screenshot(html: Path, png: Path, width: int = 1280, height: int = 2200) -> None:
-    """Full-width screenshot of the report in headless Chromium, saved as a PNG."""
+def screenshot(html: Path, png: Path, width: int = 1280) -> None:
+    """Headless Chromium views of the report's top, its gallery and its label issues, stacked
+    into one PNG (256-colour palette, to stay small)."""
+    from PIL import Image
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
     options.binary_location = shutil.which("chromium") or "chromium"
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        f"--window-size={width},{height}",
-    ):
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", f"--window-size={width},900"):
         options.add_argument(arg)
     driver = webdriver.Chrome(options=options, service=Service(shutil.which("chromedriver")))
+    views = []
     try:
-        driver.get(html.resolve().as_uri())
-        time.sleep(0.5)
-        driver.save_screenshot(str(png))
+        for fragment, height in (("", 820), ("errors", 560), ("label-issues", 560)):
+            driver.get(html.resolve().as_uri() + (f"#{fragment}" if fragment else ""))
+            time.sleep(0.5)
+            image = Image.open(io.BytesIO(driver.get_screenshot_as_png())).convert("RGB")
+            views.append(image.crop((0, 0, image.width, min(height, image.height))))
     finally:
         driver.quit()
+    sheet = Image.new("RGB", (views[0].width, sum(v.height for v in views) + 8 * 2), "#888")
+    top = 0
+    for view in views:
+        sheet.paste(view, (0, top))
+        top += view.height + 8
+    sheet = sheet.resize((sheet.width * 3 // 4, sheet.height * 3 // 4), Image.Resampling.LANCZOS)
+    sheet.convert("P", palette=Image.Palette.ADAPTIVE, colors=256).save(png, optimize=True)
 
 
 def real_run(args: argparse.Namespace) -> None:

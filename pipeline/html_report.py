@@ -323,7 +323,7 @@ def _confusion_chart(
         keep = np.sort(np.argsort(-errors, kind="stable")[:top_k])
     shown = [str(class_names[i]) for i in keep]
     n = len(keep)
-    side = min(12.0, 2.6 + 0.32 * n)
+    side = min(9.0, 2.6 + 0.3 * n)
     fig = _figure(side + 1.2, side)
     ax = fig.add_subplot()
     display = ConfusionMatrixDisplay(norm[np.ix_(keep, keep)], display_labels=shown)
@@ -414,6 +414,18 @@ def _warnings(
     if failed:
         notes.append(f"{len(failed)} input(s) could not be read and were left out.")
     return notes
+
+
+def _common_folder(paths: Sequence[str]) -> str:
+    """The folder all ``paths`` share (with its trailing separator), or ``""``."""
+    files = [p for p in paths if not p.startswith(DIGITS_PREFIX)]
+    if len(files) < 2:
+        return ""
+    try:
+        common = os.path.commonpath(files)
+    except ValueError:  # a mix of absolute and relative paths
+        return ""
+    return common.rstrip(os.sep) + os.sep if common not in ("", os.sep) else ""
 
 
 def write_html_report(
@@ -514,6 +526,7 @@ def write_html_report(
     wanted += [item["path"] for item in issue_items]
     wanted += [p for item in duplicate_items for p in (item["path"], item["train_path"])]
     thumbs = make_thumbnails(wanted, out_dir, size=thumbnail_size)
+    prefix = _common_folder(wanted)
 
     backbone = dict(report.get("backbone") or {})
     html = (
@@ -539,6 +552,7 @@ def write_html_report(
             failed=sorted(failed.items())[:200],
             n_failed=len(failed),
             thumbs=thumbs,
+            prefix=prefix,
             has_predictions=predictions is not None,
             has_issues=label_issues is not None,
             has_duplicates=duplicates is not None,
