@@ -273,20 +273,27 @@ def _planted_folder(root: Path) -> dict[str, str]:
     return {k: str(v) for k, v in planted.items()}
 
 
-def _chrome():
-    """A headless Chromium driven by selenium, or a skip (a failure in CI)."""
+def _browser_paths() -> tuple[str, str]:
+    """Chromium and chromedriver, or a skip (a failure when CI sets PIPELINE_REQUIRE_BROWSER)."""
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     driver = shutil.which("chromedriver")
     try:
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
+        import selenium  # noqa: F401
     except ImportError:
-        webdriver = None
-    if not (chromium and driver and webdriver):
+        driver = None
+    if not (chromium and driver):
         reason = "chromium, chromedriver and selenium are needed (.ci/setup.sh installs them)"
         if os.environ.get("PIPELINE_REQUIRE_BROWSER") == "1":
             pytest.fail(reason)
         pytest.skip(reason)
+    return chromium, driver
+
+
+def _chrome(chromium: str, driver: str):
+    """A headless Chromium driven by selenium, keeping the console log."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1200,900"):
@@ -298,6 +305,7 @@ def _chrome():
 def test_report_in_a_real_browser_shows_the_planted_cases(tmp_path):
     from pipeline.extract import main as extract
 
+    chromium, driver = _browser_paths()
     planted = _planted_folder(tmp_path / "data")
     store = tmp_path / "features.h5"
     argv = ["--data", str(tmp_path / "data"), "--out", str(store), "--no-progress", "-q"]
@@ -327,7 +335,7 @@ def test_report_in_a_real_browser_shows_the_planted_cases(tmp_path):
     errors = predictions[~predictions["correct"]]
     assert planted["mislabelled_test"] in set(errors["path"])
 
-    browser = _chrome()
+    browser = _chrome(chromium, driver)
     try:
         browser.get(html.as_uri())
         images = browser.execute_script(
