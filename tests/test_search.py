@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import logging
-import tomllib
 from collections import defaultdict
 
 import numpy as np
 import pytest
+import tomllib
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.pipeline import Pipeline
