@@ -187,6 +187,7 @@ def run_search(
     cv: int = 3,
     seed: int = 0,
     method: str = "grid",
+    max_rows: int | None = None,
     n_jobs: int | None = None,
     verbose: int = 0,
 ) -> tuple[Any, dict[str, Any]]:
@@ -209,6 +210,11 @@ def run_search(
         Seeds the inner folds (and the halving search's subsampling).
     method : {"grid", "halving"}, default="grid"
         ``GridSearchCV`` or ``HalvingGridSearchCV`` (successive halving over rows).
+    max_rows : int or None
+        Score candidates on at most this many training rows (halving: its
+        ``max_resources``; grid: a stratified, seeded subsample of the training rows); the
+        chosen parameters are still refitted on all of ``X_train``. For classifiers whose
+        fits are too slow to score every candidate on every row (xgboost).
     n_jobs : int or None
         Parallel fits of the search; per-fit progress lines are logged only in-process
         (``n_jobs`` None or 1); otherwise use ``verbose``.
@@ -223,7 +229,7 @@ def run_search(
         ``{"space": {param: [values]}, "best_params": {param: value}, "cv_score": float
         (mean inner-CV accuracy of the chosen candidate), "seconds": float (search and
         refit), "search_class": str, "cv": int, "n_candidates": int, "calibrated_after":
-        bool}``.
+        bool, "max_rows": int | None}``.
     """
     from sklearn.base import clone
     from sklearn.model_selection import GridSearchCV, ParameterGrid
@@ -234,41 +240,60 @@ def run_search(
     searched = _plain(estimator) if calibrated else clone(estimator)
     checked = check_space(name, space, searched)
     y_train = np.asarray(y_train)
-    splitter = _inner_cv(y_train, cv, seed, name)
+    X_search, y_search = X_train, y_train
+    if max_rows is not None:
+        if isinstance(max_rows, bool) or not isinstance(max_rows, numbers.Integral):
+            raise ValueError(f"search max_rows must be an int or None, got {max_rows!r}")
+        if method == "grid" and max_rows < len(y_train):
+            from sklearn.model_selection import train_test_split
+
+            X_search, _, y_search, _ = train_test_split(
+                X_train, y_train, train_size=int(max_rows), stratify=y_train, random_state=seed
+            )
+    splitter = _inner_cv(y_search, cv, seed, name)
     n_candidates = len(ParameterGrid(checked))
     n_fits = n_candidates * splitter.get_n_splits()
     in_process = n_jobs in (None, 1)
     scoring = _progress_scorer(name, list(checked), n_fits) if in_process else "accuracy"
+    # The search class refits its best candidate unless the pipeline to ship differs from the
+    # one searched (calibration) or the candidates saw only some rows (max_rows).
+    search_refits = not calibrated and max_rows is None
     common = dict(
         scoring=scoring,
         cv=splitter,
         n_jobs=n_jobs,
         verbose=verbose,
-        refit=not calibrated,
+        refit=search_refits,
         error_score="raise",
     )
     if method == "halving":
         from sklearn.experimental import enable_halving_search_cv  # noqa: F401
         from sklearn.model_selection import HalvingGridSearchCV
 
-        search = HalvingGridSearchCV(searched, checked, factor=2, random_state=seed, **common)
+        limit = len(y_train) if max_rows is None else min(int(max_rows), len(y_train))
+        search = HalvingGridSearchCV(
+            searched, checked, factor=2, max_resources=limit, random_state=seed, **common
+        )
         label = "HalvingGridSearchCV"
     else:
         search = GridSearchCV(searched, checked, **common)
         label = "GridSearchCV"
     logger.info(
-        "search %s: %d candidate(s) x %d folds on %d training rows (%s%s)",
+        "search %s: %d candidate(s) x %d folds on %d of %d training rows (%s%s)",
         name,
         n_candidates,
         splitter.get_n_splits(),
+        len(y_search) if method == "grid" else min(len(y_train), max_rows or len(y_train)),
         len(y_train),
         label,
         ", calibration after the search" if calibrated else "",
     )
     started = time.perf_counter()
-    search.fit(X_train, y_train)
-    if calibrated:
-        fitted = clone(estimator).set_params(**_calibrated_params(search.best_params_))
+    search.fit(X_search, y_search)
+    if not search_refits:
+        fitted = clone(estimator).set_params(
+            **(_calibrated_params(search.best_params_) if calibrated else search.best_params_)
+        )
         fitted.fit(X_train, y_train)
     else:
         fitted = search.best_estimator_
@@ -282,6 +307,7 @@ def run_search(
         "cv": splitter.get_n_splits(),
         "n_candidates": n_candidates,
         "calibrated_after": calibrated,
+        "max_rows": max_rows,
     }
     logger.info(
         "search %s: chose %s, inner-CV accuracy %.4f (%.1f s)",

@@ -169,3 +169,18 @@ def test_bad_spaces_and_tiny_classes(data):
     y_one[0] = "bat"
     with pytest.raises(ValueError, match="only 1 training row"):
         run_search("logreg", make_classifier("logreg"), {"clf__C": [1.0]}, X, y_one)
+
+
+@pytest.mark.parametrize("method", ["grid", "halving"])
+def test_max_rows_scores_on_a_subsample_and_refits_on_all(data, method):
+    X, y = data
+    tag = f"rows-{method}"
+    pipe = Pipeline([("clf", RowRecorder(tag=tag))])
+    fitted, info = run_search(
+        "canary", pipe, {"clf__mode": ["means", "constant"]}, X, y, method=method, max_rows=60
+    )
+    fits = SEEN[tag]["fit"]
+    assert max(len(ids) for ids in fits[:-1]) <= 60 * 2 // 3 + 1  # inner-CV training parts
+    assert sorted(fits[-1].tolist()) == list(range(len(y)))  # the refit: every train row
+    assert info["max_rows"] == 60 and info["best_params"] == {"clf__mode": "means"}
+    assert fitted.named_steps["clf"].mode == "means"
