@@ -27,7 +27,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 __all__ = [
-    "SEARCH_CLASSES",
+    "SEARCH_OPTIONS",
     "SEARCH_SPACES",
     "as_classifier_params",
     "check_space",
@@ -42,15 +42,19 @@ logger = logging.getLogger(__name__)
 #: (see benchmarks/search_budget.py). ``knn`` chooses k itself by leave-one-out; ``xgboost``
 #: its number of rounds by early stopping; ``nn`` its epochs by early stopping.
 SEARCH_SPACES: dict[str, dict[str, list[Any]]] = {
-    "logreg": {"clf__C": [0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0]},
+    "logreg": {"clf__C": [0.001, 0.01, 0.1, 1.0]},
     "svc": {"clf__C": [1.0, 3.0, 10.0]},
     "svc_approx": {"clf__C": [0.01, 0.1, 1.0]},
     "nn": {"clf__alpha": [1e-4, 1e-2], "clf__dropout": [0.2, 0.5]},
     "xgboost": {"clf__max_depth": [2, 4]},
     "knn": {"clf__weights": ["uniform", "distance"]},
 }
-#: Search class per classifier (``"grid"`` or ``"halving"``); absent means grid.
-SEARCH_CLASSES: dict[str, str] = {}
+#: How each classifier is searched: ``run_search`` keyword arguments (``method``: ``"grid"``
+#: or ``"halving"``; ``max_rows``: score candidates on a stratified subsample of at most this
+#: many training rows, then refit on all). Absent means a full grid.
+SEARCH_OPTIONS: dict[str, dict[str, Any]] = {
+    "xgboost": {"method": "grid", "max_rows": 1500},
+}
 
 
 def _to_python(value: Any) -> Any:
@@ -152,7 +156,7 @@ def _inner_cv(y: np.ndarray, cv: int, seed: int, name: str) -> Any:
     return StratifiedKFold(n_splits=int(cv), shuffle=True, random_state=seed)
 
 
-def _progress_scorer(name: str, params: Sequence[str], n_fits: int):
+def _progress_scorer(name: str, params: Sequence[str], n_fits: int | None):
     """An accuracy scorer that logs one line per scored fit (in-process searches)."""
     from sklearn.metrics import accuracy_score
 
@@ -164,10 +168,10 @@ def _progress_scorer(name: str, params: Sequence[str], n_fits: int):
         values = estimator.get_params()
         shown = ", ".join(f"{p.split('__', 1)[-1]}={values[p]!r}" for p in params)
         logger.info(
-            "search %s: fit %d/%d (%s, %d rows): accuracy %.4f",
+            "search %s: fit %d/%s (%s, scored on %d rows): accuracy %.4f",
             name,
             done[0],
-            n_fits,
+            "?" if n_fits is None else n_fits,
             shown,
             len(y) if hasattr(y, "__len__") else -1,
             value,
@@ -175,6 +179,24 @@ def _progress_scorer(name: str, params: Sequence[str], n_fits: int):
         return value
 
     return score
+
+
+def _at_edge(space: Mapping[str, Sequence[Any]], best: Mapping[str, Any]) -> list[str]:
+    """Numeric parameters whose chosen value is the smallest or largest of >= 3 candidates."""
+    edge = []
+    for param, values in space.items():
+        numeric = [v for v in values if isinstance(v, numbers.Real) and not isinstance(v, bool)]
+        if (
+            len(numeric) >= 3
+            and len(numeric) == len(values)
+            and best[param]
+            in (
+                min(numeric),
+                max(numeric),
+            )
+        ):
+            edge.append(param)
+    return edge
 
 
 def run_search(
@@ -229,7 +251,8 @@ def run_search(
         ``{"space": {param: [values]}, "best_params": {param: value}, "cv_score": float
         (mean inner-CV accuracy of the chosen candidate), "seconds": float (search and
         refit), "search_class": str, "cv": int, "n_candidates": int, "calibrated_after":
-        bool, "max_rows": int | None}``.
+        bool, "max_rows": int | None, "at_edge": [param]}`` (``at_edge``: numeric
+        parameters whose choice is the smallest or largest of 3 or more candidates; warned).
     """
     from sklearn.base import clone
     from sklearn.model_selection import GridSearchCV, ParameterGrid
@@ -244,6 +267,8 @@ def run_search(
     if max_rows is not None:
         if isinstance(max_rows, bool) or not isinstance(max_rows, numbers.Integral):
             raise ValueError(f"search max_rows must be an int or None, got {max_rows!r}")
+        if max_rows < 2 * cv:
+            raise ValueError(f"search max_rows must be at least 2 x cv = {2 * cv}, got {max_rows}")
         if method == "grid" and max_rows < len(y_train):
             from sklearn.model_selection import train_test_split
 
@@ -252,7 +277,8 @@ def run_search(
             )
     splitter = _inner_cv(y_search, cv, seed, name)
     n_candidates = len(ParameterGrid(checked))
-    n_fits = n_candidates * splitter.get_n_splits()
+    # successive halving decides its number of fits as it goes
+    n_fits = n_candidates * splitter.get_n_splits() if method == "grid" else None
     in_process = n_jobs in (None, 1)
     scoring = _progress_scorer(name, list(checked), n_fits) if in_process else "accuracy"
     # The search class refits its best candidate unless the pipeline to ship differs from the
@@ -308,7 +334,16 @@ def run_search(
         "n_candidates": n_candidates,
         "calibrated_after": calibrated,
         "max_rows": max_rows,
+        "at_edge": _at_edge(checked, search.best_params_),
     }
+    if info["at_edge"]:
+        logger.warning(
+            "search %s: the chosen %s lie at the edge of the searched values; the best may lie "
+            "beyond: widen [fit.search.%s]",
+            name,
+            ", ".join(f"{p}={search.best_params_[p]!r}" for p in info["at_edge"]),
+            name,
+        )
     logger.info(
         "search %s: chose %s, inner-CV accuracy %.4f (%.1f s)",
         name,

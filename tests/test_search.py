@@ -121,7 +121,7 @@ def test_calibration_is_not_multiplied_by_the_search(data, caplog):
 
 
 @pytest.mark.parametrize("method", ["grid", "halving"])
-def test_real_svc_and_logreg_search(data, method):
+def test_real_svc_and_logreg_search(data, method, caplog):
     X, y = data
     X = X[:, 1:]
     svc, info = run_search(
@@ -142,6 +142,13 @@ def test_real_svc_and_logreg_search(data, method):
         "logreg", make_classifier("logreg"), {"clf__C": [1e-5, 1.0]}, X, y, method=method
     )
     assert logreg.named_steps["clf"].C == 1.0 and info["cv_score"] > 0.9
+    assert info["at_edge"] == []  # two candidates: no edge to speak of
+    with caplog.at_level(logging.WARNING, logger="pipeline.search"):
+        _, info = run_search(
+            "logreg", make_classifier("logreg"), {"clf__C": [1e-6, 1e-5, 1.0]}, X, y
+        )
+    assert info["at_edge"] == ["clf__C"]
+    assert "edge of the searched values" in caplog.text and "[fit.search.logreg]" in caplog.text
 
 
 def test_default_spaces_are_valid_and_round_trip_through_toml():
