@@ -53,7 +53,8 @@ SEARCH_SPACES: dict[str, dict[str, list[Any]]] = {
 #: or ``"halving"``; ``max_rows``: score candidates on a stratified subsample of at most this
 #: many training rows, then refit on all). Absent means a full grid.
 SEARCH_OPTIONS: dict[str, dict[str, Any]] = {
-    "xgboost": {"method": "grid", "max_rows": 1500},
+    "nn": {"method": "halving", "max_rows": 2000},
+    "xgboost": {"method": "grid", "max_rows": 1000},
 }
 
 
