@@ -292,6 +292,7 @@ def run_search(
         verbose=verbose,
         refit=search_refits,
         error_score="raise",
+        return_train_score=False,  # halving's default is True: twice the scoring, no use here
     )
     if method == "halving":
         from sklearn.experimental import enable_halving_search_cv  # noqa: F401
