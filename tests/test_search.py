@@ -160,6 +160,9 @@ def test_default_spaces_are_valid_and_round_trip_through_toml():
         if name in ("svc", "svc_approx"):  # searched without calibration
             est = est.set_params(clf=est.named_steps["clf"].estimator)
         check_space(name, space, est)
+        defaults = est.get_params()
+        for param, values in space.items():  # the default is always a candidate
+            assert defaults[param] in values, (name, param)
     nn = check_space("nn", {"clf__hidden_layer_sizes": [[256], [64, 32]]})
     assert nn == {"clf__hidden_layer_sizes": [(256,), (64, 32)]}
 
