@@ -57,8 +57,8 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
 
     from pipeline._knn import make_knn
-    from pipeline.estimators import make_classifier
-    from pipeline.search import SEARCH_OPTIONS, SEARCH_SPACES, run_search
+    from pipeline.classifiers import make_classifier
+    from pipeline.fit.search import SEARCH_OPTIONS, SEARCH_SPACES, run_search
 
     X, y = synthetic_embeddings(args.rows + args.test_rows, args.dim, sep=args.sep)
     X_train, y_train = X[: args.rows], y[: args.rows]

@@ -7,7 +7,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from .store import atomic_path
+from ._io import atomic_path
 
 __all__ = ["atomic_output", "current_umask"]
 

@@ -8,7 +8,7 @@ import stat
 import pytest
 from PIL import Image
 
-from pipeline.decision_chart import score_axis_limits, write_decision_png
+from pipeline.fit.decision_chart import score_axis_limits, write_decision_png
 
 RESULTS = [
     {

@@ -9,7 +9,7 @@ import pytest
 from scipy.stats import binom
 from sklearn import metrics
 
-from pipeline.evidence import (
+from pipeline.fit.evidence import (
     bootstrap_intervals,
     compare_to_best,
     corrected_ttest,

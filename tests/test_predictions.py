@@ -12,7 +12,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score
 
 from pipeline._knn import CosineKNNClassifier
-from pipeline.predictions import (
+from pipeline.fit.predictions import (
     CSV_COLUMNS,
     accuracy_from_csv,
     align_proba,

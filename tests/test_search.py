@@ -13,8 +13,8 @@ from sklearn.calibration import CalibratedClassifierCV
 from sklearn.pipeline import Pipeline
 
 from pipeline._knn import make_knn
-from pipeline.estimators import make_classifier
-from pipeline.search import (
+from pipeline.classifiers import make_classifier
+from pipeline.fit.search import (
     SEARCH_SPACES,
     as_classifier_params,
     check_space,
@@ -106,7 +106,7 @@ def test_calibration_is_not_multiplied_by_the_search(data, caplog):
     pipe = Pipeline(
         [("clf", CalibratedClassifierCV(RowRecorder(tag="calib"), cv=3, ensemble=False))]
     )
-    with caplog.at_level(logging.INFO, logger="pipeline.search"):
+    with caplog.at_level(logging.INFO, logger="pipeline.fit.search"):
         fitted, info = run_search(
             "calib", pipe, {"clf__mode": ["constant", "means"]}, X, y, cv=3, seed=0
         )
@@ -143,7 +143,7 @@ def test_real_svc_and_logreg_search(data, method, caplog):
     )
     assert logreg.named_steps["clf"].C == 1.0 and info["cv_score"] > 0.9
     assert info["at_edge"] == []  # two candidates: no edge to speak of
-    with caplog.at_level(logging.WARNING, logger="pipeline.search"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.fit.search"):
         _, info = run_search(
             "logreg", make_classifier("logreg"), {"clf__C": [1e-6, 1e-5, 1.0]}, X, y
         )

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ._files import atomic_output
+from .._files import atomic_output
 
 __all__ = ["score_axis_limits", "write_decision_png"]
 

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-from ._files import atomic_output
+from .._files import atomic_output
 
 __all__ = [
     "CSV_COLUMNS",
