@@ -56,7 +56,11 @@ def build_parser(prog: str = "python -m pipeline.extract") -> argparse.ArgumentP
     )
     add("--overwrite", action="store_true", default=None, help="replace an existing store at --out")
     add(
-        "--no-progress", dest="progress", action="store_false", default=None, help="no progress bar"
+        "--no-progress",
+        dest="progress",
+        action="store_false",
+        default=None,
+        help="no progress bar (terminal) or progress lines (redirected)",
     )
     add_verbosity(parser)
     return parser
