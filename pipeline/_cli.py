@@ -1,5 +1,6 @@
-"""Shared CLI plumbing: verbosity flags, logging set-up (only CLIs configure logging), and
-:func:`run_cli`, the one place where library errors become a one-line message and exit code 2."""
+"""Shared CLI plumbing: the argument parser (one-line usage errors, ``--version``), verbosity
+flags, logging set-up (only CLIs configure logging), and :func:`run_cli`, the one place where
+library errors become a one-line message and exit code 2."""
 
 from __future__ import annotations
 
@@ -7,10 +8,57 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable, Mapping
+from typing import Any, NoReturn
 
+from . import __version__
 from .exceptions import PipelineError
 
-__all__ = ["add_verbosity", "error_line", "run_cli", "setup_logging"]
+__all__ = [
+    "ArgumentParser",
+    "UsageError",
+    "add_verbosity",
+    "error_line",
+    "run_cli",
+    "setup_logging",
+    "validated",
+]
+
+#: Every log line: time, level, logger name, message.
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class UsageError(ValueError):
+    """Bad command-line usage (an unknown flag, a value outside a flag's choices)."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """``argparse`` with ``--version``, whose errors are :class:`UsageError` (so that
+    :func:`run_cli` prints them as one line, exit code 2) instead of usage text and an exit."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.add_argument("--version", action="version", version=f"pipeline {__version__}")
+
+    def error(self, message: str) -> NoReturn:
+        # argparse says "argument --precision: invalid choice: ..."; the CLIs say "--precision: ..."
+        if message.startswith("argument "):
+            message = message[len("argument ") :]
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+def validated(check: Callable[[str], Any], metavar: str | None = None) -> Callable[[str], str]:
+    """An argparse ``type=`` that runs a library validator on the value (a
+    :class:`PipelineError` becomes argparse's error naming the flag) and keeps the string."""
+
+    def convert(value: str) -> str:
+        try:
+            check(value)
+        except PipelineError as exc:
+            raise argparse.ArgumentTypeError(exc.message) from exc
+        return value
+
+    convert.__name__ = metavar or check.__name__
+    return convert
 
 
 def add_verbosity(parser: argparse.ArgumentParser) -> None:
@@ -19,10 +67,20 @@ def add_verbosity(parser: argparse.ArgumentParser) -> None:
 
 
 def setup_logging(args: argparse.Namespace) -> None:
+    """Log to stderr, each line with time and logger name; ``-v``/``-q`` set the level of the
+    ``pipeline`` loggers only (INFO by default), third-party libraries stay at WARNING (or
+    quieter with ``-q``). Nothing is changed when logging is already configured (the CLI called
+    from an application, or from pytest)."""
+    root = logging.getLogger()
+    if root.handlers:
+        return
     level = logging.INFO - 10 * args.verbose + 10 * args.quiet
-    logging.basicConfig(
-        level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    root.addHandler(handler)
+    root.setLevel(max(level, logging.WARNING))
+    logging.getLogger("pipeline").setLevel(level)
+    logging.captureWarnings(True)  # warnings.warn from libraries: same format, on the log
 
 
 def error_line(exc: BaseException, flags: Mapping[str, str] | None = None) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from typing import Any
 
 from .exceptions import ConfigError
@@ -22,6 +23,7 @@ __all__ = [
     "auto_device",
     "auto_workers",
     "check_backend",
+    "check_device",
     "cpu_cores",
     "inference_threads",
     "resolve_device",
@@ -33,6 +35,15 @@ BACKENDS = ("auto", "torch", "onnxruntime")
 
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+_DEVICE_NAME = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
+
+
+def check_device(device: str) -> str:
+    """``device`` must be ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (checked without torch)."""
+    if not isinstance(device, str) or not _DEVICE_NAME.fullmatch(device):
+        raise ConfigError(f"{device!r} is not auto, cpu, cuda or cuda:N", param="device")
+    return device
 
 
 def resolve_device(device: str = "auto") -> Any:

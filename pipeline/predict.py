@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from ._cli import add_verbosity, run_cli, setup_logging
+from ._cli import ArgumentParser, add_verbosity, run_cli, setup_logging, validated
 from ._io import atomic_path
-from ._runtime import resolve_runtime
+from ._runtime import BACKENDS, check_device, resolve_runtime
 from .engine.runners import embed_images, make_runner
 from .engine.sources import decode_image, walk_images
 from .exceptions import BackboneMismatchError, ConfigError, ImageDecodeError, PipelineError
@@ -65,6 +65,12 @@ def _collect_with_failures(inputs: Sequence[str | os.PathLike[str]]) -> dict[str
             paths.update(dict.fromkeys(found.images, ""))
             paths.update(found.failed)
         else:
+            try:
+                os.lstat(item)
+            except (FileNotFoundError, NotADirectoryError):
+                raise ConfigError(f"{os.fspath(item)} does not exist", param="inputs") from None
+            except OSError:
+                pass  # unreadable, name too long...: the image's row says why
             paths.setdefault(os.fspath(item), "")
     return paths
 
@@ -114,15 +120,15 @@ def run_predict(
     backend: str = "auto",
 ) -> list[Prediction]:
     """Classify every image in ``inputs`` (files or folders) with the model file."""
+    walked = _collect_with_failures(inputs)  # a path that does not exist: error, before the model
+    paths = list(walked)
+    if not paths:
+        raise ConfigError("give at least one image or folder", param="inputs")
     model_path = Path(model_path)
     payload = load_model_file(model_path)
     recipe = _load_recipe(payload, model_path)
     spec, precision, draft_size = recipe.spec, recipe.precision, recipe.draft_size
     gpu_decode = recipe.decode.gpu_decode
-    walked = _collect_with_failures(inputs)
-    paths = list(walked)
-    if not paths:
-        raise ConfigError("give at least one image or folder", param="inputs")
     runtime = resolve_runtime(device, precision, batch_size, workers, backend)
     torch_device = runtime.device
     if gpu_decode and torch_device.type != "cuda":
@@ -202,9 +208,9 @@ def _write_csv(predictions: Sequence[Prediction], out: str | None) -> None:
         tmp.write_bytes(data)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m pipeline.predict",
+def build_parser(prog: str = "python -m pipeline.predict") -> argparse.ArgumentParser:
+    parser = ArgumentParser(
+        prog=prog,
         description="Classify images with a model file from `python -m pipeline.fit`. "
         "Model files are pickles: only load ones you trust.",
     )
@@ -219,18 +225,24 @@ def build_parser() -> argparse.ArgumentParser:
         default=-1,
         help="decoding threads on CPU, processes with a GPU (-1: automatic)",
     )
-    add("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    add("--backend", default="auto", help="auto | torch | onnxruntime")
+    add(
+        "--device",
+        default="auto",
+        type=validated(check_device, "device"),
+        help="auto | cpu | cuda | cuda:N",
+    )
+    add("--backend", default="auto", choices=BACKENDS, help="auto: ONNX Runtime on CPU, else torch")
     add_verbosity(parser)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, prog: str = "python -m pipeline.predict") -> int:
     """CLI entry point; returns the exit code (0 ok, 2 bad usage or input)."""
-    args = build_parser().parse_args(argv)
-    setup_logging(args)
+    parser = build_parser(prog)
 
     def body() -> int:
+        args = parser.parse_args(argv)
+        setup_logging(args)
         _check_out(args.out)
         predictions = run_predict(
             args.model,

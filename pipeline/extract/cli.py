@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from .._cli import add_verbosity, run_cli, setup_logging
+from .._cli import ArgumentParser, add_verbosity, run_cli, setup_logging, validated
+from .._runtime import BACKENDS, PRECISIONS, check_device
 from ..config import ExtractConfig
 from ..exceptions import ConfigError
 from .executors import run_extraction
@@ -13,9 +14,9 @@ from .executors import run_extraction
 __all__ = ["build_parser", "main"]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m pipeline.extract",
+def build_parser(prog: str = "python -m pipeline.extract") -> argparse.ArgumentParser:
+    parser = ArgumentParser(
+        prog=prog,
         description="Embed images with a pretrained torchvision CNN into an HDF5 feature store. "
         "Defaults come from the shipped pipeline/default.toml ([extract]; configs/default.toml "
         "in a checkout).",
@@ -35,9 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="decoding threads on CPU, processes with a GPU (-1: automatic, 0: main thread)",
     )
-    add("--device", help="auto | cpu | cuda | cuda:N")
-    add("--precision", help="auto | fp32 | bf16 | fp16")
-    add("--backend", help="auto | torch | onnxruntime")
+    add("--device", type=validated(check_device, "device"), help="auto | cpu | cuda | cuda:N")
+    add("--precision", choices=PRECISIONS, help="auto: bf16/fp16 on GPU, fp32 on CPU")
+    add("--backend", choices=BACKENDS, help="auto: ONNX Runtime for fp32 on CPU, else torch")
     add("--dask", help="run on Dask: local[:N] or tcp://HOST:PORT")
     add("--checkpoint-seconds", type=float, help="how often finished rows are made durable")
     add(
@@ -55,24 +56,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add("--overwrite", action="store_true", default=None, help="replace an existing store at --out")
     add(
-        "--no-progress", dest="progress", action="store_false", default=None, help="no progress bar"
+        "--no-progress",
+        dest="progress",
+        action="store_false",
+        default=None,
+        help="no progress bar (terminal) or progress lines (redirected)",
     )
     add_verbosity(parser)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, prog: str = "python -m pipeline.extract") -> int:
     """CLI entry point; returns the exit code (0 ok, 2 bad usage or input)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    setup_logging(args)
-    overrides = {
-        k: v
-        for k, v in vars(args).items()
-        if k not in ("config", "verbose", "quiet") and v is not None
-    }
+    parser = build_parser(prog)
 
     def body() -> int:
+        args = parser.parse_args(argv)
+        setup_logging(args)
+        overrides = {
+            k: v
+            for k, v in vars(args).items()
+            if k not in ("config", "verbose", "quiet") and v is not None
+        }
         config = ExtractConfig.from_file(args.config, **overrides)
         summary = run_extraction(config)
         print(summary.line())

@@ -23,17 +23,14 @@ import logging
 import math
 import multiprocessing
 import secrets
-import sys
 import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from tqdm.auto import tqdm
-from tqdm.contrib.logging import logging_redirect_tqdm
-
 from .._cluster import count_workers, dask_client
+from .._progress import Progress
 from ..config import ExtractConfig
 from ..engine.runners import inference_threads, make_runner
 from ..engine.sources import open_source
@@ -385,16 +382,13 @@ def _collect_shards(futures: list[Any], plan: ExtractionPlan) -> tuple[int, int]
     from distributed import as_completed
 
     n_embedded = n_failed = 0
-    with (
-        logging_redirect_tqdm(),
-        tqdm(
-            total=len(futures),
-            unit="shard",
-            desc="extract (dask)",
-            disable=not plan.config.progress,
-            file=sys.stderr,
-        ) as bar,
-    ):
+    with Progress(
+        len(futures),
+        unit="shards",
+        desc="extract (dask)",
+        enabled=plan.config.progress,
+        logger=logger,
+    ) as bar:
         for future in as_completed(futures):
             try:
                 result: ShardResult = future.result()

@@ -11,15 +11,13 @@ import functools
 import logging
 import os
 import shutil
-import sys
 import time
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
-from tqdm.contrib.logging import logging_redirect_tqdm
 
+from .._progress import Progress
 from ..engine.decoding import decode_batches
 from ..store import (
     FailedInputs,
@@ -147,12 +145,9 @@ def embed_into_parts(
     )
     writer = PartWriter(plan, runner.feature_dim, prefix, update_index)
     n_embedded = n_failed = 0
-    with (
-        logging_redirect_tqdm(),
-        tqdm(
-            total=len(chosen), unit="img", disable=not progress, desc="extract", file=sys.stderr
-        ) as bar,
-    ):
+    with Progress(
+        len(chosen), unit="images", desc="extract", enabled=progress, logger=logger
+    ) as bar:
         for batch in batches:
             ok = [j for j, e in enumerate(batch.errors) if not e]
             for j, error in enumerate(batch.errors):

@@ -6,25 +6,29 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from .._cli import add_verbosity, run_cli, setup_logging
+from .._cli import ArgumentParser, add_verbosity, run_cli, setup_logging, validated
 from ..classifiers import ALL_CLASSIFIERS, CLASSIFIER_NAMES
 from ..config import FitConfig, parse_set_overrides
-from .evaluation import run_fit
+from .evaluation import parse_clf, run_fit
 from .report import format_table
 
 __all__ = ["build_parser", "main"]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m pipeline.fit",
+def build_parser(prog: str = "python -m pipeline.fit") -> argparse.ArgumentParser:
+    parser = ArgumentParser(
+        prog=prog,
         description=f"Fit and compare classifiers ({', '.join(ALL_CLASSIFIERS)}) on a feature store "
         "from `python -m pipeline.extract`. Defaults come from the shipped pipeline/default.toml ([fit]; configs/default.toml in a checkout).",
     )
     add = parser.add_argument
     add("--config", help="TOML config file; keys it lacks keep the shipped defaults")
     add("--features", help="HDF5 feature store (default artifacts/features.h5)")
-    add("--clf", help=f"{' | '.join(CLASSIFIER_NAMES)} | all, or a comma list such as svc,xgboost")
+    add(
+        "--clf",
+        type=validated(parse_clf, "clf"),
+        help=f"{' | '.join(CLASSIFIER_NAMES)} | all, or a comma list such as svc,xgboost",
+    )
     add("--cv", type=int, help="K >= 2: stratified K-fold cross-validation; 0: split or holdout")
     add("--test-size", type=float, help="holdout fraction when the store has no split (0.2)")
     add("--out", help="output folder for report.json, report.md, plots and models/ (artifacts)")
@@ -41,17 +45,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, prog: str = "python -m pipeline.fit") -> int:
     """CLI entry point; returns the exit code (0 ok, 2 bad usage or input)."""
-    args = build_parser().parse_args(argv)
-    setup_logging(args)
-    overrides = {
-        k: v
-        for k, v in vars(args).items()
-        if k not in ("config", "verbose", "quiet", "sets") and v is not None
-    }
+    parser = build_parser(prog)
 
     def body() -> int:
+        args = parser.parse_args(argv)
+        setup_logging(args)
+        overrides = {
+            k: v
+            for k, v in vars(args).items()
+            if k not in ("config", "verbose", "quiet", "sets") and v is not None
+        }
         config = FitConfig.from_file(args.config, sets=parse_set_overrides(args.sets), **overrides)
         report = run_fit(config)
         print(format_table(report["results"]))

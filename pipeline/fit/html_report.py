@@ -23,13 +23,13 @@ import io
 import logging
 import math
 import os
-import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .._io import atomic_path
 from .data_quality import DIGITS_PREFIX, DUPLICATE_COLUMNS, LABEL_ISSUE_COLUMNS, digits_image
 
 if TYPE_CHECKING:
@@ -58,26 +58,11 @@ _SMALL_EVALUATION = 100
 
 
 def write_atomic(path: str | Path, data: bytes | str) -> Path:
-    """Write ``data`` to ``path`` via a temporary file and ``os.replace``.
-
-    The temporary file is created with mode 0o666, so the kernel applies the user's umask
-    exactly as for a plain ``open(path, "w")`` (``mkstemp`` would leave it 0o600).
-    """
+    """Write ``data`` to ``path`` atomically, with the user's umask
+    (:func:`pipeline._io.atomic_path`)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if isinstance(data, str):
-        data = data.encode("utf-8")
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
     return path
 
 
