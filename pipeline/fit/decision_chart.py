@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .._files import atomic_output
+from .._io import atomic_path
 
 __all__ = ["score_axis_limits", "write_decision_png"]
 
@@ -143,6 +143,6 @@ def write_decision_png(
         fontsize=10,
     )
     path = Path(path)
-    with atomic_output(path) as tmp:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
     return path

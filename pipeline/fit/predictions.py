@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-from .._files import atomic_output
+from .._io import atomic_path
 
 __all__ = [
     "CSV_COLUMNS",
@@ -145,7 +145,7 @@ def write_predictions(
         all_proba[c] = p
 
     csv_path = out_dir / PREDICTIONS_CSV
-    with atomic_output(csv_path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
+    with atomic_path(csv_path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         writer.writerow(CSV_COLUMNS)
         for c, clf in enumerate(clfs):
@@ -169,7 +169,7 @@ def write_predictions(
     row_index = np.full(n, -1, dtype=np.int64) if rows is None else np.asarray(rows, np.int64)
     if row_index.shape != (n,):
         raise ValueError(f"rows must hold one store row index per row ({n}), got {row_index.shape}")
-    with atomic_output(npz_path) as tmp, open(tmp, "wb") as fh:
+    with atomic_path(npz_path) as tmp, open(tmp, "wb") as fh:
         np.savez_compressed(
             fh,
             clf=np.asarray(clfs, dtype=str),
