@@ -23,10 +23,10 @@ import h5py
 import numpy as np
 from numpy.typing import NDArray
 
-from ._io import atomic_path, locked
+from ._io import locked
 from .exceptions import CacheMismatchError, StoreError
 from .recipe import EmbeddingRecipe
-from .store import STRING_DTYPE, decode_attrs, encode_attrs
+from .store import STRING_DTYPE, decode_attrs, encode_attrs, h5_atomic
 
 __all__ = ["CACHE_FORMAT", "CACHE_FORMAT_VERSION", "EmbeddingCache"]
 
@@ -123,7 +123,8 @@ class EmbeddingCache:
             all_keys = np.concatenate([old_keys, np.asarray([keys[i] for i in new], dtype=object)])
             parts = [features[new]] if old_features is None else [old_features, features[new]]
             all_features = np.concatenate(parts)
-            with atomic_path(self.path) as tmp, h5py.File(tmp, "w") as fh:
+            size = all_features.nbytes + 1024 * len(all_keys) + (64 << 10)
+            with h5_atomic(self.path, size) as fh:
                 fh.create_dataset("keys", data=all_keys, dtype=STRING_DTYPE)
                 fh.create_dataset("features", data=all_features, dtype=np.float32)
                 fh.attrs.update(
