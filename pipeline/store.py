@@ -256,14 +256,17 @@ def write_rows_file(
 
 
 def check_format_version(
-    path: str | Path, attrs: Mapping[str, Any], known: int = FORMAT_VERSION
+    path: str | Path,
+    attrs: Mapping[str, Any],
+    known: int = FORMAT_VERSION,
+    remedy: str = "or re-extract with --overwrite",
 ) -> None:
     """Refuse a file written by a newer pipeline (its ``format_version`` above ``known``)."""
     found = attrs.get("format_version", 1)
     if isinstance(found, int | float) and found > known:
         raise StoreError(
             f"{path}: made by a newer pipeline (format {found} > {known}); upgrade pipeline, "
-            "or re-extract with --overwrite"
+            + remedy
         )
 
 
