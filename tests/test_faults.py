@@ -121,19 +121,22 @@ def _tmpfs(folder: Path, size: str):
         subprocess.run(["umount", "-l", str(folder)], check=False)
 
 
-def test_disk_full_is_one_line_exit_2_and_a_rerun_keeps_finished_rows(tmp_path):
+# 1 MiB fills up while part files are written; 2 MiB during the final merge (parts of 50 rows
+# take ~1.3 MB, the merged store ~1.2 MB; there h5py used to crash with SIGSEGV).
+@pytest.mark.parametrize(("size", "batch"), [("1m", "8"), ("2m", "50")])
+def test_disk_full_is_one_line_exit_2_and_a_rerun_keeps_finished_rows(size, batch, tmp_path):
     data = tmp_path / "images"
     write_images(data, {"a": 250, "b": 250}, size=(8, 8))
-    with _tmpfs(tmp_path / "small", "1m") as small:
+    with _tmpfs(tmp_path / "small", size) as small:
         out = small / "f.h5"
-        argv = _extract_argv(data, out, "--batch-size", "8", "--checkpoint-seconds", "0")
+        argv = _extract_argv(data, out, "--batch-size", batch, "--checkpoint-seconds", "0")
         done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=300)
         assert done.returncode == 2, done.stderr  # never 139 (SIGSEGV) or 1 (a traceback)
         line = _one_error_line(done.stderr)
         assert f"{small}/" in line and "No space left" in line and "(disk full)" in line
         assert not list(small.glob(".*.tmp")) and not list(parts_dir(out).glob(".*.tmp"))
         kept = sum(len(read_rows_file(p, with_features=False).paths) for p in list_parts(out))
-        assert kept > 0
+        assert kept == 500 if size == "2m" else 0 < kept < 500
         subprocess.run(["mount", "-o", "remount,size=16m", str(small)], check=True)
         done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr
@@ -160,6 +163,47 @@ def test_a_run_removes_temporary_files_a_killed_run_left(image_dir, tmp_path):
     assert not merge_copy.exists() and not part_tmp.exists() and not parts_dir(out).exists()
     assert unrelated.exists()  # another target's temporary file is left alone
     assert len(read_store(out).paths) == 10
+
+
+_SLOW_MERGE = """
+import contextlib, sys, time
+import pipeline.extract.parts as parts, pipeline.store as store
+from pipeline.extract.cli import main
+merging, plain_atomic, plain_merge = [], store.atomic_path, parts.merge_store
+
+@contextlib.contextmanager
+def slow_atomic(target):
+    with plain_atomic(target) as tmp:
+        yield tmp
+        if merging:  # the merged copy is complete on disk: hold it there to be killed
+            time.sleep(120)
+
+def flagged_merge(*args, **kwargs):
+    merging.append(True)
+    return plain_merge(*args, **kwargs)
+
+store.atomic_path, parts.merge_store = slow_atomic, flagged_merge
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_kill_9_during_the_final_merge_leaves_a_copy_the_next_run_removes(tmp_path):
+    data = tmp_path / "images"
+    write_images(data, {"a": 30, "b": 30}, size=(8, 8))
+    out = tmp_path / "f.h5"
+    argv = [sys.executable, "-c", _SLOW_MERGE, *_extract_argv(data, out)[3:]]
+    proc = subprocess.Popen(argv, cwd=REPO, stderr=subprocess.PIPE, text=True)
+    deadline, copies = time.monotonic() + 120, []
+    while not copies and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+        copies = [p for p in tmp_path.glob(".f.h5.*.tmp") if p.stat().st_size > 60 * 512 * 4]
+    assert copies, proc.stderr.read() if proc.poll() is not None else "no merge seen"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert copies[0].exists() and parts_dir(out).exists()  # what kill -9 leaves
+    assert extract(data, out) == 0
+    assert not list(tmp_path.glob(".f.h5.*")) and not parts_dir(out).exists()
+    assert len(read_store(out).paths) == 60
 
 
 # -- formats and damage -----------------------------------------------------------------------------
