@@ -5,7 +5,9 @@ library errors become a one-line message and exit code 2."""
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import re
 import sys
 from collections.abc import Callable, Mapping
 from typing import Any, NoReturn
@@ -108,6 +110,23 @@ def run_cli(
     except (PipelineError, ValueError, NotImplementedError) as exc:
         print(f"error: {error_line(exc, flags)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(interrupted, file=sys.stderr)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(f"error: {_disk_full_line(exc)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as exc:  # a library may say what it saved before it stopped
+        print(exc.args[0] if exc.args else interrupted, file=sys.stderr)
         return 130
+
+
+def _disk_full_line(exc: OSError) -> str:
+    """``<file>: no space left on device ...`` for an ENOSPC from Python or from h5py (whose
+    message carries the file as ``filename = '...'``)."""
+    found = re.search(r"filename = '([^']*)'", str(exc))
+    path = exc.filename or (found.group(1) if found else "a file")
+    reason = exc.strerror if exc.strerror and "\n" not in exc.strerror else "No space left"
+    return " ".join(
+        f"{path}: {reason} (disk full); free some space and run the same command again: "
+        "finished work is kept".split()
+    )

@@ -1,15 +1,21 @@
-"""Atomic file writes (every artifact is written beside its target and renamed over it) and an
-advisory lock for files that several processes update."""
+"""Atomic file writes (every artifact is written beside its target and renamed over it), locks
+for files that several processes update (:mod:`filelock`), and removal of the temporary files
+a killed run left behind."""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_path", "locked"]
+import filelock
+
+__all__ = ["atomic_path", "exclusive_run", "is_locked", "lock_path", "locked", "remove_stale_temps"]
+
+logger = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
@@ -31,22 +37,87 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
             os.fsync(fh.fileno())
         os.replace(tmp_path, target)
     finally:
-        if tmp_path.exists():
+        with contextlib.suppress(OSError):
             tmp_path.unlink()
 
 
+def lock_path(path: str | Path) -> Path:
+    """The lock file of ``path``: ``<path>.lock`` beside it."""
+    path = Path(path)
+    return path.with_name(path.name + ".lock")
+
+
 @contextlib.contextmanager
-def locked(path: Path) -> Iterator[None]:
-    """An advisory exclusive lock on ``<path>.lock`` (a no-op where ``fcntl`` is missing)."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows: atomic replace alone still never tears
+def locked(path: str | Path) -> Iterator[None]:
+    """Hold the exclusive lock ``<path>.lock``, waiting for another holder to let go."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with filelock.FileLock(lock_path(path)):
         yield
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "a") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+class LockedError(OSError):
+    """Another process holds the lock; ``holder`` is its recorded process id (or "")."""
+
+    def __init__(self, path: Path, holder: str) -> None:
+        super().__init__(f"{path} is locked by process {holder or '?'}")
+        self.path, self.holder = path, holder
+
+
+@contextlib.contextmanager
+def exclusive_run(path: str | Path) -> Iterator[None]:
+    """Hold ``<path>.lock`` for a whole run without waiting; raise :class:`LockedError` at once
+    when another process holds it. The holder's process id is written into the lock file."""
+    lock_file = lock_path(path)
+    lock = filelock.FileLock(lock_file, timeout=0)
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        raise LockedError(lock_file, _holder(lock_file)) from None
+    try:
+        with contextlib.suppress(OSError):  # flock is per open file: this write keeps it
+            lock_file.write_text(f"{os.getpid()}\n")
+        yield
+    finally:
+        lock.release()
+
+
+def _holder(lock_file: Path) -> str:
+    try:
+        return lock_file.read_text().strip()
+    except OSError:
+        return ""
+
+
+def is_locked(path: str | Path) -> bool:
+    """Whether a live process holds ``<path>.lock`` (False when there is none, or it is free)."""
+    lock_file = lock_path(path)
+    if not lock_file.exists():
+        return False
+    lock = filelock.FileLock(lock_file, timeout=0)
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        return True
+    except OSError:  # e.g. a read-only folder: nobody can be writing there either
+        return False
+    lock.release()
+    return False
+
+
+def remove_stale_temps(target: str | Path, folder: str | Path | None = None) -> int:
+    """Remove temporary files of ``target`` (``.<name>.*.tmp`` beside it) and every ``.*.tmp``
+    in ``folder``, left by a killed run. Call it only while holding the target's lock."""
+    target = Path(target)
+    stale = list(target.parent.glob(f".{target.name}.*.tmp"))
+    if folder is not None and Path(folder).is_dir():
+        stale += Path(folder).glob(".*.tmp")
+    removed = 0
+    for tmp in stale:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+            removed += 1
+    if removed:
+        logger.info(
+            "removed %d temporary file(s) left by an interrupted run of %s", removed, target
+        )
+    return removed

@@ -15,6 +15,7 @@ concurrent writer leaves either the old file or the new one, never a torn one.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,10 +24,10 @@ import h5py
 import numpy as np
 from numpy.typing import NDArray
 
-from ._io import atomic_path, locked
+from ._io import locked
 from .exceptions import CacheMismatchError, StoreError
 from .recipe import EmbeddingRecipe
-from .store import STRING_DTYPE, decode_attrs, encode_attrs
+from .store import STRING_DTYPE, check_format_version, decode_attrs, encode_attrs, h5_atomic
 
 __all__ = ["CACHE_FORMAT", "CACHE_FORMAT_VERSION", "EmbeddingCache"]
 
@@ -49,8 +50,17 @@ class EmbeddingCache:
     def __init__(self, path: str | os.PathLike[str], recipe: EmbeddingRecipe | None = None) -> None:
         self.path = Path(path)
         self.recipe = recipe
+        self._warned = False
+
+    def _warn(self, what: str, exc: BaseException) -> None:
+        """One warning line per cache object: the embeddings computed are returned all the same."""
+        if not self._warned:
+            self._warned = True
+            detail = " ".join(f"{type(exc).__name__}: {exc}".split())
+            warnings.warn(f"cache {self.path}: {what} ({detail})", RuntimeWarning, stacklevel=3)
 
     def _check(self, found: dict[str, Any]) -> None:
+        check_format_version(self.path, found, CACHE_FORMAT_VERSION, "or pass another cache= file")
         if found.get("format") != CACHE_FORMAT:
             raise StoreError(
                 f"{self.path} is not an ImageEmbedder cache (no format={CACHE_FORMAT!r} "
@@ -67,14 +77,23 @@ class EmbeddingCache:
 
         self._check(decode_attrs(fh.attrs))
         keys = fh["keys"].asstr()[...] if fh["keys"].shape[0] else np.array([], dtype=object)
-        return keys, fh["features"]
+        features = fh["features"]
+        if features.ndim != 2 or features.shape[0] != len(keys):
+            raise OSError(f"inconsistent lengths: {len(keys)} keys, features {features.shape}")
+        return keys, features
 
     def check(self) -> None:
-        """Raise if the file exists and was made by another backbone (or is no cache)."""
+        """Raise if the file exists and was made by another backbone, by a newer pipeline, or
+        is no cache; warn if it cannot be read."""
 
         if self.path.exists():
-            with h5py.File(self.path, "r") as fh:
-                self._check(decode_attrs(fh.attrs))
+            try:
+                with h5py.File(self.path, "r") as fh:
+                    attrs = decode_attrs(fh.attrs)
+            except OSError as exc:
+                self._warn("unreadable; embeddings will be computed and not cached", exc)
+                return
+            self._check(attrs)
 
     def __len__(self) -> int:
 
@@ -99,16 +118,31 @@ class EmbeddingCache:
                     block = features[...][wanted]
                 else:  # h5py reads increasing fancy indices
                     block = features[np.asarray(wanted)]
-        except OSError as exc:
-            raise StoreError(f"cache {self.path} cannot be read ({exc}); delete it") from exc
+        except (OSError, KeyError, ValueError) as exc:
+            if isinstance(exc, StoreError):  # another backbone, a newer format, not a cache
+                raise
+            self._warn("unreadable, so nothing is taken from it; delete it to rebuild it", exc)
+            return {}
         return {
             stored[r]: np.asarray(row, dtype=np.float32)
             for r, row in zip(wanted, block, strict=True)
         }
 
     def add(self, keys: Sequence[str], features: NDArray[np.float32]) -> int:
-        """Merge new rows into the file atomically; returns how many rows were new."""
+        """Merge new rows into the file atomically; returns how many rows were new.
 
+        A cache that cannot be read or written (damaged, a read-only folder, a full disk) is
+        left as it is, with one warning; 0 is returned."""
+
+        try:
+            return self._add(keys, features)
+        except (OSError, KeyError, ValueError) as exc:
+            if isinstance(exc, StoreError):
+                raise
+            self._warn("not updated; the embeddings are returned uncached", exc)
+            return 0
+
+    def _add(self, keys: Sequence[str], features: NDArray[np.float32]) -> int:
         features = np.ascontiguousarray(features, dtype=np.float32)
         with locked(self.path):  # re-read under the lock: another writer may have added rows
             old_keys, old_features = np.array([], dtype=object), None
@@ -123,7 +157,8 @@ class EmbeddingCache:
             all_keys = np.concatenate([old_keys, np.asarray([keys[i] for i in new], dtype=object)])
             parts = [features[new]] if old_features is None else [old_features, features[new]]
             all_features = np.concatenate(parts)
-            with atomic_path(self.path) as tmp, h5py.File(tmp, "w") as fh:
+            size = all_features.nbytes + 1024 * len(all_keys) + (64 << 10)
+            with h5_atomic(self.path, size) as fh:
                 fh.create_dataset("keys", data=all_keys, dtype=STRING_DTYPE)
                 fh.create_dataset("features", data=all_features, dtype=np.float32)
                 fh.attrs.update(

@@ -21,9 +21,13 @@ everything into one self-contained file with ``complete = True`` and removes the
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import io
 import json
 import logging
 import os
+import shutil
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +36,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from ._io import atomic_path
+from ._io import atomic_path, is_locked
 from .exceptions import StoreError
 
 __all__ = [
@@ -43,8 +47,11 @@ __all__ = [
     "Rows",
     "atomic_path",
     "check_finite",
+    "check_format_version",
+    "check_not_being_written",
     "decode_attrs",
     "encode_attrs",
+    "h5_atomic",
     "list_parts",
     "load_features",
     "merge_store",
@@ -62,6 +69,10 @@ logger = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 STRING_DTYPE = h5py.string_dtype(encoding="utf-8")
 _JSON_ATTRS = ("class_names", "versions", "preprocessing_fields", "request")
+# HDF5 files up to this size are built in memory and written with plain Python I/O: a full disk
+# is then an ordinary OSError. (h5py failing to flush a file on disk leaves objects whose
+# release crashes the process with SIGSEGV.) Larger files get a free-space check first.
+IN_MEMORY_BYTES = 64 << 20
 
 
 @dataclass
@@ -107,6 +118,48 @@ class FeatureTable:
     class_names: list[str]
     attrs: dict[str, Any]
     failed: FailedInputs
+
+
+def _check_free_space(target: Path, needed: int) -> None:
+    free = shutil.disk_usage(target.parent).free
+    if free < needed:
+        raise OSError(
+            errno.ENOSPC,
+            f"No space left on device (about {needed >> 20} MiB needed, {free >> 20} MiB free)",
+            str(target),
+        )
+
+
+@contextlib.contextmanager
+def h5_atomic(target: str | Path, size_hint: int) -> Iterator[h5py.File]:
+    """An HDF5 file opened for writing that replaces ``target`` atomically when the block ends.
+
+    ``size_hint`` (bytes, an upper estimate): a file up to :data:`IN_MEMORY_BYTES` is built in
+    memory and then written out; a larger one is written in place after checking that the disk
+    has room for it. A full disk raises ``OSError(ENOSPC)`` naming ``target``.
+    """
+    target = Path(target)
+    if size_hint > IN_MEMORY_BYTES:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _check_free_space(target, size_hint + (1 << 20))
+        with atomic_path(target) as tmp, h5py.File(tmp, "w") as fh:
+            yield fh
+        return
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as fh:
+        yield fh
+    try:
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(buffer.getbuffer())
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise OSError(exc.errno, exc.strerror, str(target)) from exc
+
+
+def _rows_size(n: int, dim: int, n_failed: int) -> int:
+    """A generous estimate of the bytes a store of ``n`` rows takes (strings ~ 1 KiB each)."""
+    return n * dim * 4 + (n + n_failed) * 1024 + (64 << 10)
 
 
 def parts_dir(out: str | Path) -> Path:
@@ -171,7 +224,11 @@ def _create_row_datasets(fh: h5py.File, n: int, dim: int, dtype: np.dtype) -> di
     chunk_rows = max(1, min(n, max(1, (1 << 20) // max(1, dim * dtype.itemsize))))
     return {
         "features": fh.create_dataset(
-            "features", shape=(n, dim), dtype=dtype, chunks=(chunk_rows, dim) if n else None
+            "features",
+            shape=(n, dim),
+            dtype=dtype,
+            chunks=(chunk_rows, dim) if n else None,
+            fletcher32=bool(n),  # a checksum per chunk: bit rot is an error, not a wrong row
         ),
         "labels": fh.create_dataset("labels", shape=(n,), dtype=np.int64),
         "paths": fh.create_dataset("paths", shape=(n,), dtype=STRING_DTYPE),
@@ -185,7 +242,8 @@ def write_rows_file(
 ) -> None:
     """Write ``rows`` and ``failed`` as one HDF5 file, atomically."""
     features = np.ascontiguousarray(rows.features, dtype=np.float32)
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as fh:
+    size = _rows_size(len(rows), features.shape[1], len(failed))
+    with h5_atomic(path, size) as fh:
         dsets = _create_row_datasets(fh, len(rows), features.shape[1], features.dtype)
         if len(rows):
             dsets["features"][...] = features
@@ -197,16 +255,44 @@ def write_rows_file(
         fh.attrs.update(encode_attrs({**attrs, "n_rows": len(rows)}))
 
 
+def check_format_version(
+    path: str | Path,
+    attrs: Mapping[str, Any],
+    known: int = FORMAT_VERSION,
+    remedy: str = "or re-extract with --overwrite",
+) -> None:
+    """Refuse a file written by a newer pipeline (its ``format_version`` above ``known``)."""
+    found = attrs.get("format_version", 1)
+    if isinstance(found, int | float) and found > known:
+        raise StoreError(
+            f"{path}: made by a newer pipeline (format {found} > {known}); upgrade pipeline, "
+            + remedy
+        )
+
+
+def _unreadable(path: Path, exc: Exception) -> StoreError:
+    """The one-line error for a store h5py cannot read; a failed checksum says so."""
+    text = " ".join(str(exc).split())
+    if "checksum" in text.lower() or "filter returned failure" in text.lower():
+        return StoreError(
+            f"{path}: checksum mismatch in its data (the file is damaged: {text}); re-extract "
+            "with --overwrite"
+        )
+    return StoreError(f"{path}: not a readable HDF5 feature store ({text})")
+
+
 def read_attrs(path: str | Path) -> dict[str, Any]:
-    """Read only a store's attributes (cheap)."""
+    """Read only a store's attributes (cheap); a newer format is refused."""
     path = Path(path)
     try:
         with h5py.File(path, "r") as fh:
-            return decode_attrs(fh.attrs)
+            attrs = decode_attrs(fh.attrs)
     except FileNotFoundError:
         raise StoreError(f"{path}: no such feature store") from None
     except OSError as exc:
-        raise StoreError(f"{path}: not a readable HDF5 feature store ({exc})") from exc
+        raise _unreadable(path, exc) from exc
+    check_format_version(path, attrs)
+    return attrs
 
 
 def _read_strings(ds: h5py.Dataset) -> np.ndarray:
@@ -221,6 +307,7 @@ def read_rows_file(path: str | Path, with_features: bool = True) -> FeatureTable
     try:
         with h5py.File(path, "r") as fh:
             attrs = decode_attrs(fh.attrs)
+            check_format_version(path, attrs)
             if "features" not in fh:
                 raise StoreError(f"{path}: not a pipeline feature store (no /features)")
             feats = fh["features"][...] if with_features else np.empty((0, 0), np.float32)
@@ -247,18 +334,26 @@ def read_rows_file(path: str | Path, with_features: bool = True) -> FeatureTable
     except FileNotFoundError:
         raise StoreError(f"{path}: no such feature store") from None
     except (OSError, KeyError) as exc:
-        raise StoreError(f"{path}: not a readable HDF5 feature store ({exc})") from exc
+        raise _unreadable(path, exc) from exc
 
 
 def read_store(path: str | Path, *, require_complete: bool = True) -> FeatureTable:
     """Read a whole feature store; an unfinished one is an error unless allowed."""
+    path = Path(path)
     table = read_rows_file(path)
     if require_complete and not table.attrs.get("complete", False):
+        check_not_being_written(path)
         raise StoreError(
             f"{path}: the store is incomplete (extraction was interrupted); run the same "
             "`python -m pipeline.extract` command again to finish it"
         )
     return table
+
+
+def check_not_being_written(path: str | Path) -> None:
+    """Raise when a running extract holds the store's lock (its contents are changing)."""
+    if is_locked(path):
+        raise StoreError(f"{path} is being written by a running extract; wait for it to finish")
 
 
 def write_index(out: str | Path, attrs: Mapping[str, Any]) -> None:
@@ -289,7 +384,7 @@ def write_index(out: str | Path, attrs: Mapping[str, Any]) -> None:
                 shape = (n, dim) if name == "features" else (n,)
                 layout[start : start + n] = h5py.VirtualSource(rel, name, shape=shape)
         start += n
-    with atomic_path(out) as tmp, h5py.File(tmp, "w") as fh:
+    with h5_atomic(out, _rows_size(0, dim, len(failed))) as fh:
         for name, layout in layouts.items():
             fh.create_virtual_dataset(name, layout, fillvalue=None)
         _write_failed(fh, failed)
@@ -330,7 +425,7 @@ def merge_store(
         out_paths[i] = path
     written = np.zeros(n, dtype=bool)
     out_keys = np.empty(n, dtype=object)
-    with atomic_path(out) as tmp, h5py.File(tmp, "w") as fh:
+    with h5_atomic(out, _rows_size(n, dim, len(failed))) as fh:
         dsets = _create_row_datasets(fh, n, dim, np.dtype(np.float32))
         for src in sources:
             with h5py.File(src, "r") as part:

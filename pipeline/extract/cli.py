@@ -91,5 +91,6 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "python -m pipeline.e
         return 0
 
     return run_cli(
-        body, interrupted="interrupted: finished rows are saved; run the same command to resume"
+        body,
+        interrupted="interrupted; run the same command to resume (part files already written are kept)",
     )

@@ -17,6 +17,7 @@ cluster).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import logging
@@ -25,16 +26,17 @@ import multiprocessing
 import secrets
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 from .._cluster import count_workers, dask_client
+from .._io import LockedError, exclusive_run, remove_stale_temps
 from .._progress import Progress
 from ..config import ExtractConfig
 from ..engine.runners import inference_threads, make_runner
 from ..engine.sources import open_source
-from ..exceptions import ConfigError, PipelineError
+from ..exceptions import ConfigError, PipelineError, StoreError
 from ..store import parts_dir, read_rows_file, write_index
 from .parts import begin_parts, embed_into_parts, finish_store
 from .plan import (
@@ -417,12 +419,41 @@ def _collect_shards(futures: list[Any], plan: ExtractionPlan) -> tuple[int, int]
 # -- choosing one -------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _writing(out: Path) -> Iterator[None]:
+    """Hold ``<out>.lock`` for the whole run (the client process, on Dask too), and remove the
+    temporary files a killed run left; another run holding it is a one-line error at once."""
+    hold = contextlib.ExitStack()
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        hold.enter_context(exclusive_run(out))
+    except LockedError as exc:
+        raise StoreError(
+            f"another extract (process {exc.holder or '?'}) is writing {out}; wait for it to "
+            "finish, or choose another --out",
+            param="out",
+        ) from None
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot write to {out.parent} ({exc.strerror or exc})", param="out"
+        ) from exc
+    with hold:
+        remove_stale_temps(out, parts_dir(out))
+        yield
+
+
 def run_extraction(config: ExtractConfig, executor: Executor | None = None) -> ExtractSummary:
     """Embed ``config.data`` into the store ``config.out``; resume or update it if it exists.
 
     ``executor`` defaults to :class:`DaskExecutor` when ``config.dask`` is set, else
-    :class:`InProcessExecutor`.
+    :class:`InProcessExecutor`. The run holds ``<out>.lock``: a second run on the same
+    ``--out`` raises :class:`~pipeline.exceptions.StoreError` at once.
     """
+    with _writing(Path(config.out)):
+        return _run_extraction(config, executor)
+
+
+def _run_extraction(config: ExtractConfig, executor: Executor | None) -> ExtractSummary:
     started = time.perf_counter()
     source = open_source(config.data)
     unchanged = unchanged_store(config, source)

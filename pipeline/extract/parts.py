@@ -144,9 +144,32 @@ def embed_into_parts(
         paths=[r.path for r in chosen] if plan.recipe.decode.gpu_decode else None,
     )
     writer = PartWriter(plan, runner.feature_dim, prefix, update_index)
-    n_embedded = n_failed = 0
+    counts = [0, 0]  # embedded, failed
+    try:
+        _embed_batches(batches, indices, runner, writer, counts, len(chosen) if progress else 0)
+    except KeyboardInterrupt:
+        writer.flush()  # rows embedded before Ctrl-C are kept
+        raise KeyboardInterrupt(
+            f"interrupted: {counts[0]} rows embedded by this run are saved "
+            f"({len(plan.prev.done) + counts[0]} in all); run the same command to resume"
+        ) from None
+    writer.flush()
+    return counts[0], counts[1]
+
+
+def _embed_batches(
+    batches: Any,
+    indices: Sequence[int],
+    runner: Any,
+    writer: PartWriter,
+    counts: list[int],
+    progress: int,
+) -> None:
+    """Embed each batch into ``writer``, flushing when due; ``counts`` tallies as it goes.
+    ``progress``: the number of images for the progress bar (0: no bar)."""
+    plan = writer.plan
     with Progress(
-        len(chosen), unit="images", desc="extract", enabled=progress, logger=logger
+        progress, unit="images", desc="extract", enabled=progress > 0, logger=logger
     ) as bar:
         for batch in batches:
             ok = [j for j, e in enumerate(batch.errors) if not e]
@@ -154,17 +177,15 @@ def embed_into_parts(
                 if error:
                     i = indices[batch.indices[j]]
                     writer.fail(i, error)
-                    n_failed += 1
+                    counts[1] += 1
                     _log_skipped(plan.records[i].path, error)
             if ok:
                 images = batch.images if len(ok) == len(batch.errors) else batch.images[ok]
                 writer.add(runner(images), [indices[batch.indices[j]] for j in ok])
-                n_embedded += len(ok)
+                counts[0] += len(ok)
             bar.update(len(batch.indices))
             if writer.due():
                 writer.flush()
-    writer.flush()
-    return n_embedded, n_failed
 
 
 def _log_skipped(path: str, error: str) -> None:

@@ -6,7 +6,9 @@ metadata copied from the feature store, so predictions rebuild the same embeddin
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +22,54 @@ from ..recipe import DECODE_FIELDS, RECIPE_ATTRS
 __all__ = [
     "BACKBONE_KEYS",
     "MODEL_FORMAT_VERSION",
+    "RECORDED_DISTRIBUTIONS",
     "ModelFileError",
+    "library_versions",
     "load_model_file",
     "save_model",
 ]
 
 
 MODEL_FORMAT_VERSION = 1
+
+logger = logging.getLogger(__name__)
+
+#: Distributions whose versions a model file records: unpickling under other versions may fail
+#: or, worse, silently behave differently.
+RECORDED_DISTRIBUTIONS = ("scikit-learn", "xgboost", "torch", "numpy", "joblib")
+_warned_about: set[tuple[str, str]] = set()
+
+
+def library_versions() -> dict[str, str]:
+    """Installed versions of :data:`RECORDED_DISTRIBUTIONS` and pipeline (from metadata)."""
+    found = {"pipeline": __version__}
+    for name in RECORDED_DISTRIBUTIONS:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = "absent"
+    return found
+
+
+def _warn_other_versions(path: Path, recorded: Any) -> None:
+    """One warning line (once per file and difference) when libraries changed since fitting."""
+    if not isinstance(recorded, dict):
+        return
+    now = library_versions()
+    changed = [
+        f"{name} {recorded[name]} -> {now.get(name, 'absent')}"
+        for name in sorted(recorded)
+        if recorded[name] != now.get(name, "absent")
+    ]
+    key = (str(path), ", ".join(changed))
+    if changed and key not in _warned_about:
+        _warned_about.add(key)
+        logger.warning(
+            "%s was made with other library versions (%s); predictions may differ, retrain "
+            "with `python -m pipeline.fit` if in doubt",
+            path,
+            key[1],
+        )
 
 
 #: Store attributes copied into every model file, so predictions can rebuild the same embedding.
@@ -35,9 +78,9 @@ _MODEL_KEYS = ("clf", "estimator", "class_names", "backbone")
 
 
 def save_model(path: Path, payload: Mapping[str, Any]) -> None:
-
+    """Write a model file atomically, recording the library versions it was made with."""
     with atomic_path(path) as tmp:
-        joblib.dump(dict(payload), tmp)
+        joblib.dump({**payload, "versions": library_versions()}, tmp)
 
 
 # long: a numpydoc docstring; the code is one check per way a model file can be unusable.
@@ -58,7 +101,9 @@ def load_model_file(path: str | Path) -> dict[str, Any]:
         ``format_version``, ``pipeline_version``, ``clf``, ``estimator`` (a fitted sklearn
         Pipeline predicting class names), ``class_names``, ``backbone`` (``model``,
         ``weights``, ``preprocessing``, ``preprocessing_fields``, ``precision``,
-        ``fingerprint``, ``feature_dim``) and ``store``.
+        ``fingerprint``, ``feature_dim``), ``store`` and ``versions`` (scikit-learn, xgboost,
+        torch, numpy, joblib and pipeline when it was written; other versions now give one
+        warning line).
 
     Raises
     ------
@@ -104,4 +149,5 @@ def load_model_file(path: str | Path) -> dict[str, Any]:
         )
     if not hasattr(payload["estimator"], "predict"):
         raise ModelFileError(f"{path}: model file's estimator has no predict(); retrain it")
+    _warn_other_versions(path, payload.get("versions"))
     return payload
