@@ -67,9 +67,14 @@ class DecodeOptions:
 
     @classmethod
     def from_attrs(cls, attrs: Mapping[str, Any]) -> DecodeOptions:
-        """The options ``attrs`` name; absent ones take their default."""
+        """The options ``attrs`` name; absent ones (or None: a model file's copy of a store
+        attribute the store lacked) take their default."""
         default = DecodeOptions()
-        return cls(**{k: attrs.get(k, getattr(default, k)) for k in DECODE_FIELDS})
+        return cls(**{k: _or_default(attrs.get(k), getattr(default, k)) for k in DECODE_FIELDS})
+
+
+def _or_default(value: Any, default: Any) -> Any:
+    return default if value is None else value
 
 
 def parse_views(views: Any) -> tuple[str, ...]:
@@ -170,7 +175,7 @@ class EmbeddingRecipe:
         defaults = DecodeOptions().as_attrs()
 
         def found(k: str) -> Any:
-            value = attrs.get(k, defaults.get(k))
+            value = _or_default(attrs.get(k), defaults.get(k))
             return list(parse_views(value)) if k == "views" else value
 
         return [

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import h5py
 import numpy as np
 import pytest
 
@@ -12,6 +13,7 @@ from pipeline.fit import load_model_file, main, run_fit
 from pipeline.fit import views as fit_views
 from pipeline.fit.views import ViewsClassifier, expand_views, predict_proba_views, split_views
 from pipeline.predict import main as predict_main
+from pipeline.recipe import EmbeddingRecipe
 from pipeline.store import FailedInputs, Rows, read_store, write_rows_file
 
 from ._fit_helpers import blobs, store_attrs, write_store
@@ -89,11 +91,17 @@ def test_tta_off_and_old_stores_use_the_plain_view(tmp_path, capsys):
     report = json.loads((tmp_path / "off" / "report.json").read_text())
     assert report["views"] == {"available": ["flip"], "tta": False, "augment": False}
     assert load_model_file(tmp_path / "off" / "models" / "logreg.joblib")["views"] == []
-    old = write_store(tmp_path / "old.h5")  # no views attribute: written before views existed
+    old = write_store(tmp_path / "old.h5")
+    with h5py.File(old, "a") as fh:  # as written before crop modes and views existed
+        del fh.attrs["crop_mode"], fh.attrs["views"]
     from pipeline.config import FitConfig
 
     report = run_fit(FitConfig(features=str(old), clf="logreg", out=str(tmp_path / "old")))
     assert report["views"] == {"available": [], "tta": False, "augment": False}
+    backbone = load_model_file(tmp_path / "old" / "models" / "logreg.joblib")["backbone"]
+    assert backbone["crop_mode"] is None and backbone["views"] is None  # the store lacked them
+    recipe = EmbeddingRecipe.from_attrs({**backbone, "model": "squeezenet1_1", "weights": "none"})
+    assert recipe.decode.crop_mode == "center" and recipe.views == ()
     with pytest.raises(SystemExit, match="2"):  # argparse's usage error
         main(["--features", str(store), "--clf", "logreg", "--tta", "maybe"])
 
