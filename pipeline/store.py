@@ -7,6 +7,8 @@ Layout of a store (the contract in ``docs/design.md`` / the README)::
     /paths      utf-8 (N,)  source path, or a stable id for built-in data
     /split      utf-8 (N,)  "train" | "val" | "test" | ""
     /keys       utf-8 (N,)  what identified the input's content when it was embedded
+    /views/<name>/features   float32 (N, D), like /features: row i is view <name> of image i
+                             (attrs["views"] lists the names; none in stores without views)
     /failed/paths, /failed/errors, /failed/keys   inputs that could not be read, and why
     attrs: class_names, model, weights, feature_dim, preprocessing, precision, fingerprint,
            versions, complete, n_rows, format_version, ...
@@ -60,6 +62,7 @@ __all__ = [
     "read_rows_file",
     "read_store",
     "split_table",
+    "view_dataset",
     "write_index",
     "write_rows_file",
 ]
@@ -68,7 +71,7 @@ logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 STRING_DTYPE = h5py.string_dtype(encoding="utf-8")
-_JSON_ATTRS = ("class_names", "versions", "preprocessing_fields", "request")
+_JSON_ATTRS = ("class_names", "versions", "preprocessing_fields", "request", "views")
 # HDF5 files up to this size are built in memory and written with plain Python I/O: a full disk
 # is then an ordinary OSError. (h5py failing to flush a file on disk leaves objects whose
 # release crashes the process with SIGSEGV.) Larger files get a free-space check first.
@@ -92,15 +95,27 @@ class FailedInputs:
         return len(self.paths)
 
 
+def view_dataset(name: str) -> str:
+    """Where view ``name``'s embeddings live in a store: ``views/<name>/features``."""
+    return f"views/{name}/features"
+
+
+def _feature_datasets(attrs: Mapping[str, Any]) -> list[str]:
+    """``features`` and each view's dataset (``attrs["views"]``): the float row datasets."""
+    return ["features", *(view_dataset(v) for v in attrs.get("views") or [])]
+
+
 @dataclass
 class Rows:
-    """A block of embedded rows, aligned: ``features[i]`` belongs to ``paths[i]``."""
+    """A block of embedded rows, aligned: ``features[i]`` (and ``views[name][i]``) belong to
+    ``paths[i]``."""
 
     features: np.ndarray
     labels: np.ndarray
     paths: list[str]
     split: list[str]
     keys: list[str]
+    views: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -118,6 +133,7 @@ class FeatureTable:
     class_names: list[str]
     attrs: dict[str, Any]
     failed: FailedInputs
+    views: dict[str, np.ndarray] = field(default_factory=dict)  # name -> (N, D), row-aligned
 
 
 def _check_free_space(target: Path, needed: int) -> None:
@@ -220,16 +236,21 @@ def _write_failed(fh: h5py.File, failed: FailedInputs) -> None:
     grp.create_dataset("keys", data=_str_array(failed.keys), dtype=STRING_DTYPE)
 
 
-def _create_row_datasets(fh: h5py.File, n: int, dim: int, dtype: np.dtype) -> dict[str, Any]:
+def _create_row_datasets(
+    fh: h5py.File, n: int, dim: int, dtype: np.dtype, views: Sequence[str] = ()
+) -> dict[str, Any]:
     chunk_rows = max(1, min(n, max(1, (1 << 20) // max(1, dim * dtype.itemsize))))
     return {
-        "features": fh.create_dataset(
-            "features",
-            shape=(n, dim),
-            dtype=dtype,
-            chunks=(chunk_rows, dim) if n else None,
-            fletcher32=bool(n),  # a checksum per chunk: bit rot is an error, not a wrong row
-        ),
+        **{
+            name: fh.create_dataset(
+                name,
+                shape=(n, dim),
+                dtype=dtype,
+                chunks=(chunk_rows, dim) if n else None,
+                fletcher32=bool(n),  # a checksum per chunk: bit rot is an error, not a wrong row
+            )
+            for name in _feature_datasets({"views": views})
+        },
         "labels": fh.create_dataset("labels", shape=(n,), dtype=np.int64),
         "paths": fh.create_dataset("paths", shape=(n,), dtype=STRING_DTYPE),
         "split": fh.create_dataset("split", shape=(n,), dtype=STRING_DTYPE),
@@ -242,11 +263,14 @@ def write_rows_file(
 ) -> None:
     """Write ``rows`` and ``failed`` as one HDF5 file, atomically."""
     features = np.ascontiguousarray(rows.features, dtype=np.float32)
-    size = _rows_size(len(rows), features.shape[1], len(failed))
+    views = list(attrs.get("views") or [])
+    size = _rows_size(len(rows), features.shape[1] * (1 + len(views)), len(failed))
     with h5_atomic(path, size) as fh:
-        dsets = _create_row_datasets(fh, len(rows), features.shape[1], features.dtype)
+        dsets = _create_row_datasets(fh, len(rows), features.shape[1], features.dtype, views)
         if len(rows):
             dsets["features"][...] = features
+            for name in views:
+                dsets[view_dataset(name)][...] = rows.views[name]
             dsets["labels"][...] = np.asarray(rows.labels, dtype=np.int64)
             dsets["paths"][...] = _str_array(rows.paths)
             dsets["split"][...] = _str_array(rows.split)
@@ -320,6 +344,9 @@ def read_rows_file(path: str | Path, with_features: bool = True) -> FeatureTable
                     list(_read_strings(grp["keys"])) if "keys" in grp else [],
                 )
             n = fh["paths"].shape[0]
+            views = {
+                v: fh[view_dataset(v)][...] for v in (attrs.get("views") or []) if with_features
+            }
             keys = _read_strings(fh["keys"]) if "keys" in fh else np.array([""] * n, dtype=object)
             return FeatureTable(
                 features=feats,
@@ -330,6 +357,7 @@ def read_rows_file(path: str | Path, with_features: bool = True) -> FeatureTable
                 class_names=list(attrs.get("class_names", [])),
                 attrs=attrs,
                 failed=failed,
+                views=views,
             )
     except FileNotFoundError:
         raise StoreError(f"{path}: no such feature store") from None
@@ -369,8 +397,9 @@ def write_index(out: str | Path, attrs: Mapping[str, Any]) -> None:
             failed.errors += list(_read_strings(grp["errors"]))
             failed.keys += list(_read_strings(grp["keys"]))
     total, dim = sum(lengths), int(attrs["feature_dim"])
+    floats = _feature_datasets(attrs)
     layouts = {
-        "features": h5py.VirtualLayout((total, dim), np.float32),
+        **{name: h5py.VirtualLayout((total, dim), np.float32) for name in floats},
         "labels": h5py.VirtualLayout((total,), np.int64),
         "paths": h5py.VirtualLayout((total,), STRING_DTYPE),
         "split": h5py.VirtualLayout((total,), STRING_DTYPE),
@@ -381,7 +410,7 @@ def write_index(out: str | Path, attrs: Mapping[str, Any]) -> None:
         if n:
             rel = os.path.relpath(src, out.parent)
             for name, layout in layouts.items():
-                shape = (n, dim) if name == "features" else (n,)
+                shape = (n, dim) if name in floats else (n,)
                 layout[start : start + n] = h5py.VirtualSource(rel, name, shape=shape)
         start += n
     with h5_atomic(out, _rows_size(0, dim, len(failed))) as fh:
@@ -425,8 +454,10 @@ def merge_store(
         out_paths[i] = path
     written = np.zeros(n, dtype=bool)
     out_keys = np.empty(n, dtype=object)
-    with h5_atomic(out, _rows_size(n, dim, len(failed))) as fh:
-        dsets = _create_row_datasets(fh, n, dim, np.dtype(np.float32))
+    floats = _feature_datasets(attrs)
+    size = _rows_size(n, dim * len(floats), len(failed))
+    with h5_atomic(out, size) as fh:
+        dsets = _create_row_datasets(fh, n, dim, np.dtype(np.float32), attrs.get("views") or [])
         for src in sources:
             with h5py.File(src, "r") as part:
                 part_paths = _read_strings(part["paths"])
@@ -439,9 +470,10 @@ def merge_store(
                 target = np.array([order[part_paths[j]] for j in take], dtype=np.int64)
                 sort = np.argsort(target, kind="stable")
                 take_sorted, target = np.asarray(take)[sort], target[sort]
-                block = part["features"][...]
-                for s, t, length in _contiguous_runs(target):
-                    dsets["features"][t : t + length] = block[take_sorted[s : s + length]]
+                for name in floats:
+                    block = part[name][...]
+                    for s, t, length in _contiguous_runs(target):
+                        dsets[name][t : t + length] = block[take_sorted[s : s + length]]
                 written[target] = True
                 out_keys[target] = part_keys[take_sorted]
         if not written.all():

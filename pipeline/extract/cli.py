@@ -54,6 +54,17 @@ def build_parser(prog: str = "python -m pipeline.extract") -> argparse.ArgumentP
         help="decode JPEG batches on the GPU with torchvision.io.decode_jpeg (nvJPEG), resize "
         "and crop there (CUDA runs; part of the fingerprint)",
     )
+    add(
+        "--crop-mode",
+        choices=("center", "squash", "border"),
+        help="fit images to the crop: center (the weights' preset), squash (whole image, "
+        "aspect ignored), border (aspect kept, padded); part of the fingerprint",
+    )
+    add(
+        "--views",
+        help="augmented views embedded besides the plain one, comma-separated: flip "
+        "(stored under /views/<name>/features; part of the fingerprint)",
+    )
     add("--overwrite", action="store_true", default=None, help="replace an existing store at --out")
     add(
         "--no-progress",
