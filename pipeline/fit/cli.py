@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -79,7 +80,9 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "python -m pipeline.f
         config = FitConfig.from_file(args.config, sets=sets, **overrides)
         report = run_fit(config)
         print(format_table(report["results"]))
-        print(f"report: {Path(config.out) / 'report.json'}")
+        for warning in report.get("warnings", []):
+            print(f"warning: {warning}", file=sys.stderr)
+        print(f"report: {Path(config.out) / 'report.json'}, {Path(config.out) / 'report.html'}")
         return 0
 
     return run_cli(body)
