@@ -212,3 +212,26 @@ def test_report_html_leakage_line_and_compact_many_classes(tmp_path, capsys):
     assert (out / "report.html").stat().st_size > 0 and (out / "label_issues.csv").exists()
     assert (out / "confusion_logreg.png").read_bytes()[:4] == b"\x89PNG"
     assert set(CLASS_NAMES).isdisjoint(names)
+
+
+def test_out_is_checked_before_training_and_a_failed_run_keeps_the_last(
+    tmp_path, capsys, monkeypatch
+):
+    store = write_store(tmp_path / "f.h5")
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    assert main(["--features", str(store), "--out", str(a_file), "--clf", "logreg", "-q"]) == 2
+    assert capsys.readouterr().err.startswith("error: --out: ")
+    out = tmp_path / "out"
+    report, _, _ = _run(capsys, "--features", str(store), "--out", str(out), "--clf", "logreg",
+                        "--no-audit")  # fmt: skip
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr("pipeline.fit.run_outputs.write_decision_png", broken)
+    with pytest.raises(RuntimeError):
+        run_fit(FitConfig.from_file(None, features=str(store), out=str(out), clf="knn"))
+    after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert after == before and report["config"]["out"] == str(out)

@@ -29,6 +29,7 @@ from ..exceptions import ConfigError, StoreError
 from ..store import FeatureTable, check_finite, read_store, split_rows
 from .evidence import bootstrap_intervals, compare_to_best, cv_interval, separability_warning
 from .model_file import BACKBONE_KEYS
+from .outputs import check_out_dir, publish_run
 from .predictions import align_proba
 from .report import classification_metrics, format_table, summarize_folds
 from .run_outputs import write_outputs
@@ -509,6 +510,8 @@ def run_fit(config: FitConfig) -> dict[str, Any]:
     names = parse_clf(config.clf)
     _check_config(config)
     _check_search(names, config)
+    out = Path(config.out)
+    check_out_dir(out)  # before any training: a bad --out costs nothing
     path, table = _open_store(config)
     # Build every estimator first, so a bad hyperparameter (even of a classifier not run this
     # time, such as a typo in --set) fails before any training.
@@ -522,7 +525,8 @@ def run_fit(config: FitConfig) -> dict[str, Any]:
     # best first; stable, so equal accuracies keep the --clf order (as compare_to_best does)
     ranked = sorted(outcomes.values(), key=lambda o: -o.result["accuracy"])
     report = _report(path, table, data, [o.result for o in ranked], config)
-    report = write_outputs(Path(config.out), report, ranked, data, table, config)
+    with publish_run(out) as staging:  # every output, or (on an error) none
+        report = write_outputs(staging, report, ranked, data, table, config)
     logger.debug("results:\n%s", format_table(report["results"]))
-    logger.info("report written to %s", Path(config.out) / "report.json")
+    logger.info("report written to %s", out / "report.json")
     return report
