@@ -54,7 +54,7 @@ SEARCH_SPACES: dict[str, dict[str, list[Any]]] = {
 #: many training rows, then refit on all). Absent means a full grid.
 SEARCH_OPTIONS: dict[str, dict[str, Any]] = {
     "nn": {"method": "halving", "max_rows": 2000},
-    "xgboost": {"method": "grid", "max_rows": 1000},
+    "xgboost": {"method": "grid", "max_rows": 600},
 }
 
 
