@@ -97,6 +97,19 @@ def _logreg_params() -> set[str]:
     return set(LogisticRegression().get_params())
 
 
+def _knn(random_state: Any = None, **params: Any) -> Any:
+    """``random_state`` is accepted for fit's common parameters and ignored (deterministic)."""
+    from ._knn import CosineKNNClassifier  # lazy: sklearn
+
+    return CosineKNNClassifier(**params)
+
+
+def _knn_params() -> set[str]:
+    from ._knn import CosineKNNClassifier  # lazy: sklearn
+
+    return set(CosineKNNClassifier().get_params()) | {"random_state"}
+
+
 def _svc_approx(
     C: float = 1.0,
     gamma: float | None = None,
@@ -138,6 +151,13 @@ REGISTRY: dict[str, ClassifierEntry] = {
         ),
         ClassifierEntry("logreg", "StandardScaler + LogisticRegression", _logreg, _logreg_params),
         ClassifierEntry(
+            "knn",
+            "cosine k-nearest-neighbours, k by leave-one-out",
+            _knn,
+            _knn_params,
+            scaled=False,
+        ),
+        ClassifierEntry(
             "svc_approx",
             "StandardScaler + Nystroem map + calibrated LinearSVC",
             _svc_approx,
@@ -160,7 +180,7 @@ def default_params(name: str) -> dict[str, Any]:
 
 
 def make_classifier(name: str, **params: Any) -> Any:
-    """Return an unfitted classifier for embeddings by name: nn, svc, xgboost or logreg.
+    """Return an unfitted classifier for embeddings by name (a key of :data:`REGISTRY`).
 
     Each is a :class:`~sklearn.pipeline.Pipeline` whose last step is named ``"clf"``:
 
@@ -171,6 +191,8 @@ def make_classifier(name: str, **params: Any) -> Any:
       available);
     - ``logreg``: StandardScaler + :class:`~sklearn.linear_model.LogisticRegression`
       (a linear probe);
+    - ``knn``: :class:`~pipeline._knn.CosineKNNClassifier` (cosine k-nearest-neighbours on the
+      raw embeddings, k chosen by leave-one-out on the training rows);
     - ``svc_approx``: StandardScaler + Nystroem RBF map + calibrated
       :class:`~sklearn.svm.LinearSVC`, for row counts where exact SVC is too slow.
 

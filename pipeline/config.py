@@ -169,8 +169,9 @@ class ExtractConfig:
 class FitConfig:
     """Everything stage two needs; fields map 1:1 to ``[fit]`` keys and CLI flags.
 
-    ``nn``, ``svc``, ``xgboost`` and ``logreg`` hold each classifier's hyperparameters (the
-    ``[fit.<clf>]`` tables; ``--set svc.C=10`` overrides one).
+    ``nn``, ``svc``, ``xgboost``, ``logreg``, ``knn`` and ``svc_approx`` hold each classifier's
+    hyperparameters (the ``[fit.<clf>]`` tables; ``--set svc.C=10`` overrides one); ``search``
+    is the ``[fit.search]`` table (``enabled``, ``cv`` and one search space per classifier).
     """
 
     features: str = _default("fit", "features")
@@ -184,10 +185,28 @@ class FitConfig:
     svc: Mapping[str, Any] = _default("fit", "svc")
     xgboost: Mapping[str, Any] = _default("fit", "xgboost")
     logreg: Mapping[str, Any] = _default("fit", "logreg")
+    knn: Mapping[str, Any] = _default("fit", "knn")
     svc_approx: Mapping[str, Any] = _default("fit", "svc_approx")
     svc_warn_rows: int = _default("fit", "svc_warn_rows")
     tta: bool = _default("fit", "tta")
     augment: bool = _default("fit", "augment")
+    search: Mapping[str, Any] = _default("fit", "search")
+    audit: bool = _default("fit", "audit")
+
+    @property
+    def search_enabled(self) -> bool:
+        """``--search`` (``[fit.search] enabled``): choose hyperparameters by inner CV."""
+        return bool(self.search.get("enabled", False))
+
+    @property
+    def search_cv(self) -> int:
+        """Inner folds of ``--search`` (``[fit.search] cv``)."""
+        return self.search.get("cv", 3)
+
+    @property
+    def search_spaces(self) -> dict[str, Mapping[str, Any]]:
+        """The ``[fit.search.<clf>]`` tables: classifier -> {parameter: candidates}."""
+        return {k: v for k, v in self.search.items() if isinstance(v, Mapping)}
 
     @classmethod
     def from_file(

@@ -61,6 +61,7 @@ __all__ = [
     "read_attrs",
     "read_rows_file",
     "read_store",
+    "split_rows",
     "split_table",
     "view_dataset",
     "write_index",
@@ -513,6 +514,43 @@ def load_features(
     return X_train, y_train, X_test, y_test, table.class_names
 
 
+def split_rows(
+    table: FeatureTable,
+    path: str | Path,
+    *,
+    test_size: float = 0.2,
+    random_state: int | None = 0,
+) -> tuple[np.ndarray, np.ndarray, str]:
+    """Store row indices of the train and test rows, as :func:`split_table` cuts them.
+
+    Returns ``train_rows, test_rows, evaluation``: ``evaluation`` is ``"given split"`` (the
+    store's ``test``, else ``val``, rows are the test rows; every other labelled row trains) or
+    ``"holdout"`` (a stratified, seeded ``test_size`` share of the labelled rows).
+    """
+    labelled = np.flatnonzero(table.labels >= 0)
+    y, split = table.labels[labelled], table.split[labelled]
+    eval_name = "test" if (split == "test").any() else "val" if (split == "val").any() else None
+    if eval_name is not None:
+        test = split == eval_name
+        return labelled[~test], labelled[test], "given split"
+    from sklearn.model_selection import train_test_split
+
+    if len(y) < 2:
+        raise StoreError(f"{path}: needs at least 2 labelled rows, has {len(y)}")
+    _, counts = np.unique(y, return_counts=True)
+    stratify = y if counts.min() >= 2 else None
+    try:
+        train, test = train_test_split(
+            labelled, test_size=test_size, random_state=random_state, stratify=stratify
+        )
+    except ValueError as exc:
+        raise StoreError(
+            f"{path}: cannot draw a test_size={test_size} holdout from {len(y)} labelled rows "
+            f"({exc}); change test_size or extract more images"
+        ) from exc
+    return train, test, "holdout"
+
+
 def split_table(
     table: FeatureTable,
     path: str | Path,
@@ -523,30 +561,14 @@ def split_table(
     """Split a store's labelled rows as :func:`load_features` does.
 
     Returns ``X_train, y_train, X_test, y_test, evaluation`` where ``evaluation`` is
-    ``"given split"`` (the store's ``test``, else ``val``, rows) or ``"holdout"``.
+    ``"given split"`` (the store's ``test``, else ``val``, rows) or ``"holdout"``; the rows
+    are :func:`split_rows`'.
     """
-    labelled = table.labels >= 0
-    X, y, split = table.features[labelled], table.labels[labelled], table.split[labelled]
-    eval_name = "test" if (split == "test").any() else "val" if (split == "val").any() else None
-    if eval_name is not None:
-        test = split == eval_name
-        return X[~test], y[~test], X[test], y[test], "given split"
-    from sklearn.model_selection import train_test_split
-
-    if len(y) < 2:
-        raise StoreError(f"{path}: needs at least 2 labelled rows, has {len(y)}")
-    _, counts = np.unique(y, return_counts=True)
-    stratify = y if counts.min() >= 2 else None
-    try:
-        X_train, X_test, y_train, y_test = train_test_split(
-            X, y, test_size=test_size, random_state=random_state, stratify=stratify
-        )
-    except ValueError as exc:
-        raise StoreError(
-            f"{path}: cannot draw a test_size={test_size} holdout from {len(y)} labelled rows "
-            f"({exc}); change test_size or extract more images"
-        ) from exc
-    return X_train, y_train, X_test, y_test, "holdout"
+    train, test, evaluation = split_rows(
+        table, path, test_size=test_size, random_state=random_state
+    )
+    f, y = table.features, table.labels
+    return f[train], y[train], f[test], y[test], evaluation
 
 
 def check_finite(table: FeatureTable, path: str | Path) -> None:

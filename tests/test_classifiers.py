@@ -20,7 +20,9 @@ from pipeline.fit import build_parser, parse_clf
 
 def test_config_tables_follow_the_registry():
     tables = {k for k, v in default_values("fit").items() if isinstance(v, dict)}
-    assert tables == set(REGISTRY)
+    assert tables == set(REGISTRY) | {"search"}
+    spaces = {k for k, v in default_values("fit.search").items() if isinstance(v, dict)}
+    assert spaces == set(REGISTRY)  # one search space per classifier
     assert {name: getattr(FitConfig(), name) for name in REGISTRY} == {
         name: default_params(name) for name in REGISTRY
     }
@@ -31,8 +33,9 @@ def test_fit_takes_its_names_from_the_registry():
     assert set(ALL_CLASSIFIERS) < set(CLASSIFIER_NAMES)
     help_text = build_parser().format_help()
     assert all(name in help_text for name in CLASSIFIER_NAMES)
+    assert "knn" in ALL_CLASSIFIERS
     with pytest.raises(ValueError, match="svc_approx"):
-        parse_clf("knn")
+        parse_clf("kmeans")
 
 
 @pytest.mark.parametrize("name", CLASSIFIER_NAMES)

@@ -17,7 +17,7 @@ from pipeline.predict import collect_images
 @pytest.mark.parametrize(
     ("call", "param"),
     [
-        (lambda: parse_clf("knn"), "clf"),
+        (lambda: parse_clf("kmeans"), "clf"),
         (lambda: parse_dask_spec("local:0"), "dask"),
         (lambda: parse_set_overrides(["nokey"]), "set"),
         (lambda: FitConfig.from_file("/nonexistent/config.toml"), "config"),

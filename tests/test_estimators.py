@@ -176,6 +176,7 @@ FAST = {
     "svc": {},
     "xgboost": {"n_estimators": 20, "device": "cpu"},
     "logreg": {},
+    "knn": {},
     "svc_approx": {"n_components": 64, "calibration_cv": 3},
 }
 
@@ -201,7 +202,7 @@ def test_make_classifier_params_and_errors():
     assert make_classifier("nn", alpha=0.1).named_steps["clf"].alpha == 0.1
     assert make_classifier("xgboost", max_depth=5).named_steps["clf"].max_depth == 5
     with pytest.raises(ValueError, match="valid options: nn, svc, xgboost, logreg"):
-        make_classifier("knn")
+        make_classifier("kmeans")
     with pytest.raises(ValueError, match="unknown parameter.*'Cx'"):
         make_classifier("svc", Cx=1)
 

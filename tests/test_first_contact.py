@@ -75,7 +75,7 @@ def test_every_output_follows_the_umask(tmp_path, monkeypatch, umask):
     )
     assert any(p.endswith(".png") for p in written) and "out/run/models/logreg.joblib" in written
     for path, mode in {**unfinished, **written}.items():
-        folder = path in ("out", "f.h5.parts", "out/run", "out/run/models")
+        folder = path in ("out", "f.h5.parts", "out/run", "out/run/models", "out/run/thumbs")
         assert mode == (folders if folder else files), f"{path}: {oct(mode)}"
 
 

@@ -9,6 +9,7 @@ import h5py
 import numpy as np
 import pytest
 
+from pipeline.config import FitConfig
 from pipeline.fit import load_model_file, main, run_fit
 from pipeline.fit import views as fit_views
 from pipeline.fit.views import ViewsClassifier, expand_views, predict_proba_views, split_views
@@ -134,3 +135,19 @@ def test_predict_equals_fits_tta_predictions(tmp_path):
         assert got[path][0] == label
         assert float(got[path][1]) == pytest.approx(p, abs=2e-4)
     assert fit_views.saved_views(ViewsClassifier(None, ("flip",), tta=False)) == []
+
+
+def test_search_with_views_chooses_on_the_plain_view_then_uses_the_views(tmp_path):
+    store = _views_store(tmp_path / "f.h5")
+    report = run_fit(
+        FitConfig(
+            features=str(store), clf="logreg", out=str(tmp_path / "run"), augment=True,
+            search={**FitConfig().search, "enabled": True, "cv": 2},
+        )
+    )  # fmt: skip
+    (result,) = report["results"]
+    assert result["search"]["best_params"] and report["views"]["augment"]
+    payload = load_model_file(tmp_path / "run" / "models" / "logreg.joblib")
+    assert payload["views"] == ["flip"]  # TTA over the flip view at predict time
+    # the saved inner model reads one view at a time (predict averages over the views)
+    assert payload["estimator"].n_features_in_ == 8

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -43,6 +44,21 @@ def build_parser(prog: str = "python -m pipeline.fit") -> argparse.ArgumentParse
     add("--tta", type=_on_off, metavar="on|off", help="average over the store's views (on)")
     add("--augment", action="store_true", default=None, help="train on the views too")
     add(
+        "--search",
+        action="store_true",
+        default=None,
+        help="choose each classifier's hyperparameters from its [fit.search.<clf>] space by "
+        "inner stratified CV on the training rows, then refit on all of them",
+    )
+    add("--search-cv", type=int, help="inner folds of --search (3)")
+    add(
+        "--no-audit",
+        dest="audit",
+        action="store_false",
+        default=None,
+        help="skip the label-issue and duplicate audit of report.html (its cost is logged)",
+    )
+    add(
         "--set",
         dest="sets",
         action="append",
@@ -60,15 +76,21 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "python -m pipeline.f
     def body() -> int:
         args = parser.parse_args(argv)
         setup_logging(args)
-        overrides = {
-            k: v
-            for k, v in vars(args).items()
-            if k not in ("config", "verbose", "quiet", "sets") and v is not None
-        }
-        config = FitConfig.from_file(args.config, sets=parse_set_overrides(args.sets), **overrides)
+        skip = ("config", "verbose", "quiet", "sets", "search", "search_cv")
+        overrides = {k: v for k, v in vars(args).items() if k not in skip and v is not None}
+        sets = parse_set_overrides(args.sets)
+        if args.search or args.search_cv is not None:
+            search = sets.setdefault("search", {})
+            if args.search:
+                search["enabled"] = True
+            if args.search_cv is not None:
+                search["cv"] = args.search_cv
+        config = FitConfig.from_file(args.config, sets=sets, **overrides)
         report = run_fit(config)
         print(format_table(report["results"]))
-        print(f"report: {Path(config.out) / 'report.json'}")
+        for warning in report.get("warnings", []):
+            print(f"warning: {warning}", file=sys.stderr)
+        print(f"report: {Path(config.out) / 'report.json'}, {Path(config.out) / 'report.html'}")
         return 0
 
     return run_cli(body)

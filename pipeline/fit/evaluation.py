@@ -1,9 +1,12 @@
 """Stage two: fit and compare classifiers on a feature store (``python -m pipeline.fit``).
 
-For each classifier (nn, svc, xgboost, logreg) a scikit-learn ``Pipeline`` is fitted on the
-train rows of ``artifacts/features.h5`` and evaluated on the store's own test (else val) rows,
-a stratified seeded holdout, or stratified K-fold cross-validation (``--cv K``). The results go
-to ``<out>/report.json``, ``<out>/report.md``, PNG plots, and ``<out>/models/<clf>.joblib``.
+For each classifier of the registry a scikit-learn ``Pipeline`` is fitted (or, with
+``--search``, tuned by inner CV on the training rows) on the train rows of the store and
+evaluated on the store's own test (else val) rows, a stratified seeded holdout, or stratified
+K-fold cross-validation (``--cv K``). Each result carries its confidence intervals and a paired
+test against the best (:mod:`pipeline.fit.evidence`). The outputs (:func:`write_outputs` in
+:mod:`pipeline.fit.run_outputs`) are report.json/md/html, predictions.csv/npz, plots and
+``models/<clf>.joblib``.
 
 This module imports neither torch nor the estimators at import time, so ``--help`` is instant.
 """
@@ -23,18 +26,15 @@ from .. import __version__
 from ..classifiers import ALL_CLASSIFIERS, CLASSIFIER_NAMES, make_classifier
 from ..config import FitConfig
 from ..exceptions import ConfigError, StoreError
-from ..store import check_finite, read_store, split_table
-from .model_file import BACKBONE_KEYS, MODEL_FORMAT_VERSION, save_model
-from .report import (
-    classification_metrics,
-    format_table,
-    summarize_folds,
-    write_comparison_png,
-    write_confusion_png,
-    write_report_json,
-    write_report_md,
-)
-from .views import saved_estimator, saved_views, views_report, views_used, wide_features, with_views
+from ..store import FeatureTable, check_finite, read_store, split_rows
+from .evidence import bootstrap_intervals, compare_to_best, cv_interval, separability_warning
+from .model_file import BACKBONE_KEYS
+from .outputs import check_out_dir, publish_run
+from .predictions import align_proba
+from .report import classification_metrics, format_table, summarize_folds
+from .run_outputs import write_outputs
+from .search import SEARCH_OPTIONS, run_search
+from .views import ViewsClassifier, views_report, views_used, wide_features, with_views
 
 __all__ = ["parse_clf", "run_fit"]
 
@@ -160,7 +160,60 @@ def _fit_one(name: str, estimator: Any, X: np.ndarray, y: np.ndarray, config: Fi
     return estimator.fit(X, y)
 
 
-# -- evaluation ---------------------------------------------------------------------------------
+def _fit_or_search(
+    name: str, estimator: Any, X: np.ndarray, y: np.ndarray, config: FitConfig
+) -> tuple[Any, float, dict[str, Any] | None]:
+    """Fit ``estimator`` on ``(X, y)``, or with ``--search`` choose its hyperparameters by inner
+    CV on these rows only and refit; ``(fitted, seconds, search info or None)``."""
+    if not config.search_enabled:
+        started = time.perf_counter()
+        fitted = _fit_one(name, estimator, X, y, config)
+        return fitted, time.perf_counter() - started, None
+    if config.dask:
+        logger.info("--search: %s is searched in-process (--dask is not used)", name)
+    views = isinstance(estimator, ViewsClassifier)
+    fitted, info = run_search(
+        name,
+        estimator.estimator if views else estimator,
+        config.search_spaces[name],
+        X[:, : X.shape[1] // (1 + len(estimator.views))] if views else X,  # the plain view
+        y,
+        cv=config.search_cv,
+        seed=config.seed,
+        **SEARCH_OPTIONS.get(name, {}),
+    )
+    if views:  # chosen on the plain view; then refit with the views (--augment) for TTA
+        started = time.perf_counter()
+        wrapper = ViewsClassifier(fitted, estimator.views, estimator.tta, estimator.augment)
+        fitted = wrapper.fit(X, y)
+        info["seconds"] += time.perf_counter() - started
+    return fitted, info["seconds"], info
+
+
+def _predict(
+    fitted: Any, X: np.ndarray, labels: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Predicted class names, probabilities in ``labels`` order (one-hot for a classifier
+    without ``predict_proba``) and the prediction time."""
+    started = time.perf_counter()
+    y_pred = np.asarray(fitted.predict(X))
+    seconds = time.perf_counter() - started
+    if hasattr(fitted, "predict_proba"):
+        proba = align_proba(fitted.predict_proba(X), fitted.classes_, labels)
+    else:
+        proba = (y_pred[:, None] == np.asarray(labels)[None, :]).astype(np.float64)
+    return y_pred, proba, seconds
+
+
+@dataclasses.dataclass
+class _Outcome:
+    """One classifier's evaluation: its report entry, fitted model and per-row predictions."""
+
+    result: dict[str, Any]
+    fitted: Any
+    y_pred: np.ndarray  # class names, one per evaluated row (out of fold with --cv)
+    proba: np.ndarray  # (evaluated rows, classes) in class order
+    fold_accuracy: list[float] | None = None  # --cv only
 
 
 def _evaluate(
@@ -172,48 +225,97 @@ def _evaluate(
     y_test: np.ndarray,
     labels: Sequence[str],
     config: FitConfig,
-) -> tuple[Any, dict[str, Any], np.ndarray]:
-
-    started = time.perf_counter()
-    fitted = _fit_one(name, estimator, X_train, y_train, config)
-    fit_seconds = time.perf_counter() - started
-    started = time.perf_counter()
-    y_pred = fitted.predict(X_test)
-    predict_seconds = time.perf_counter() - started
-    proba = fitted.predict_proba(X_test) if hasattr(fitted, "predict_proba") else None
-    scores = classification_metrics(y_test, y_pred, proba, fitted.classes_, labels)
-    scores.update(fit_seconds=fit_seconds, predict_seconds=predict_seconds)
-    return fitted, scores, y_pred
+) -> _Outcome:
+    """Fit (or search) on the train rows, score on the test rows."""
+    fitted, fit_seconds, search = _fit_or_search(name, estimator, X_train, y_train, config)
+    y_pred, proba, predict_seconds = _predict(fitted, X_test, labels)
+    scores = classification_metrics(y_test, y_pred, proba, labels, labels)
+    scores.update(fit_seconds=fit_seconds, predict_seconds=predict_seconds, search=search)
+    return _Outcome(scores, fitted, y_pred, proba)
 
 
-def _cross_validate(
-    name: str,
-    estimator: Any,
-    X: np.ndarray,
-    y: np.ndarray,
-    labels: Sequence[str],
-    config: FitConfig,
-) -> tuple[Any, dict[str, Any]]:
+# -- evaluation ---------------------------------------------------------------------------------
+
+#: Scores that get a confidence interval.
+CI_KEYS = ("accuracy", "balanced_accuracy", "macro_f1")
+
+
+def _search_summary(info: dict[str, Any] | None, folds: Sequence[Any] = ()) -> Any:
+    """The report's ``search`` entry: space, chosen parameters, inner-CV score, seconds."""
+    if info is None:
+        return None
+    keep = ("space", "best_params", "cv_score", "seconds", "search_class", "cv", "max_rows")
+    summary = {key: info[key] for key in keep}
+    if folds:  # --cv: the search ran again inside each outer fold
+        summary["fold_best_params"] = [f["best_params"] for f in folds]
+        summary["fold_seconds"] = [f["seconds"] for f in folds]
+    return summary
+
+
+def _holdout(name: str, estimator: Any, data: _Data, config: FitConfig) -> _Outcome:
+    outcome = _evaluate(
+        name, estimator, data.X_train, data.y_train, data.X_test, data.y_test, data.labels, config
+    )
+    outcome.result["search"] = _search_summary(outcome.result["search"])
+    intervals = bootstrap_intervals(data.y_test, outcome.y_pred, data.labels, seed=config.seed)
+    outcome.result["ci"] = {key: list(intervals[key]) for key in CI_KEYS}
+    return outcome
+
+
+def _cross_validate(name: str, estimator: Any, data: _Data, config: FitConfig) -> _Outcome:
+    """Out-of-fold predictions of every row, fold scores with corrected intervals, and the
+    model refitted (or searched again) on every row."""
     from sklearn.base import clone
-    from sklearn.model_selection import StratifiedKFold
 
-    folds, oof = [], np.empty(len(y), dtype=y.dtype)
-    splitter = StratifiedKFold(n_splits=config.cv, shuffle=True, random_state=config.seed)
-    for k, (train, test) in enumerate(splitter.split(X, y)):
-        _, scores, y_pred = _evaluate(
+    X, y, labels = data.X_train, data.y_train, data.labels
+    y_pred = np.empty(len(y), dtype=y.dtype)
+    proba = np.zeros((len(y), len(labels)))
+    folds = []
+    for k, (train, test) in enumerate(data.folds):
+        fold = _evaluate(
             name, clone(estimator), X[train], y[train], X[test], y[test], labels, config
         )
-        oof[test] = y_pred
-        folds.append(scores)
-        logger.debug("%s fold %d/%d: accuracy %.4f", name, k + 1, config.cv, scores["accuracy"])
+        y_pred[test], proba[test] = fold.y_pred, fold.proba
+        folds.append(fold.result)
+        logger.debug(
+            "%s fold %d/%d: accuracy %.4f", name, k + 1, config.cv, fold.result["accuracy"]
+        )
     result = summarize_folds(folds)
-    pooled = classification_metrics(y, oof, None, labels, labels)
+    pooled = classification_metrics(y, y_pred, None, labels, labels)
+    result["oof_accuracy"] = pooled["accuracy"]
     result["per_class"] = pooled["per_class"]
     result["confusion_matrix"] = pooled["confusion_matrix"]
-    started = time.perf_counter()
-    fitted = _fit_one(name, clone(estimator), X, y, config)
-    result["refit_seconds"] = time.perf_counter() - started
-    return fitted, result
+    fitted, result["refit_seconds"], search = _fit_or_search(name, clone(estimator), X, y, config)
+    result["search"] = _search_summary(search, [f["search"] for f in folds if f["search"]])
+    n_train, n_test = _fold_sizes(data)
+    result["ci"] = {
+        key: list(cv_interval([f[key] for f in folds], n_train, n_test)["interval"])
+        for key in CI_KEYS
+    }
+    return _Outcome(result, fitted, y_pred, proba, [f["accuracy"] for f in folds])
+
+
+def _fold_sizes(data: _Data) -> tuple[float, float]:
+    """Mean training and test rows per fold (Nadeau & Bengio's n_train and n_test)."""
+    return (
+        float(np.mean([len(train) for train, _ in data.folds])),
+        float(np.mean([len(test) for _, test in data.folds])),
+    )
+
+
+def _compare(outcomes: Mapping[str, _Outcome], data: _Data, config: FitConfig) -> None:
+    """Mark each result tied with the best or not (Holm-adjusted paired tests), in place."""
+    if config.cv:
+        n_train, n_test = _fold_sizes(data)
+        fold_scores = {name: o.fold_accuracy for name, o in outcomes.items()}
+        verdict = compare_to_best(fold_scores=fold_scores, n_train=n_train, n_test=n_test)
+    else:
+        correct = {name: o.y_pred == data.y_test for name, o in outcomes.items()}
+        verdict = compare_to_best(correct=correct)
+    for name, outcome in outcomes.items():
+        outcome.result["tied_with_best"] = verdict[name]["tied_with_best"]
+        outcome.result["p_value_vs_best"] = verdict[name]["p_value_vs_best"]
+        outcome.result["p_value_raw"] = verdict[name]["p_value_raw"]
 
 
 # -- the stage ----------------------------------------------------------------------------------
@@ -223,90 +325,197 @@ def _cross_validate(
 class _Data:
     """The labelled rows of a store, ready for holdout (train/test) or cross-validation."""
 
-    evaluation: str  # "cv", or how split_table chose the test rows
+    evaluation: str  # "cv", or how split_rows chose the test rows
     labels: list[str]  # class names present, in class order
     n_train: int
     n_test: int
-    X_train: np.ndarray
+    X_train: np.ndarray  # under cv: every labelled row
     y_train: np.ndarray  # class names
+    train_rows: np.ndarray  # store row of each X_train row
+    eval_rows: np.ndarray  # store row of each evaluated row (predictions.csv order)
+    eval_split: list[str]  # predictions.csv's split column: store split, "holdout", "foldK"
     X_test: np.ndarray | None = None  # None under cv
     y_test: np.ndarray | None = None
+    folds: list[tuple[np.ndarray, np.ndarray]] = dataclasses.field(default_factory=list)
+
+    @property
+    def y_eval(self) -> np.ndarray:
+        """True class names of the evaluated rows."""
+        return self.y_train if self.y_test is None else self.y_test
 
 
-def _load_data(table: Any, path: Path, config: FitConfig) -> _Data:
+def _cv_data(table: FeatureTable, path: Path, config: FitConfig) -> _Data:
+    from sklearn.model_selection import StratifiedKFold
+
+    class_names = [str(c) for c in table.class_names]
+    rows = np.flatnonzero(table.labels >= 0)
+    X, y_idx = table.features[rows], table.labels[rows]
+    _check_labels(path, y_idx, None, class_names)
+    _check_cv(path, y_idx, config.cv, class_names)
+    labels = [class_names[i] for i in sorted(set(y_idx.tolist()))]
+    splitter = StratifiedKFold(n_splits=config.cv, shuffle=True, random_state=config.seed)
+    folds = list(splitter.split(X, y_idx))
+    fold_of = np.empty(len(rows), dtype=object)
+    for k, (_, test) in enumerate(folds):
+        fold_of[test] = f"fold{k + 1}"
+    y = np.asarray(class_names)[y_idx]
+    n = len(rows)
+    return _Data("cv", labels, n, n, X, y, rows, rows, fold_of.tolist(), folds=folds)
+
+
+def _load_data(table: FeatureTable, path: Path, config: FitConfig) -> _Data:
     """Check the labels and cut the store's rows for the evaluation ``config`` asks for."""
+    if config.cv:
+        return _cv_data(table, path, config)
     class_names = [str(c) for c in table.class_names]
     name_of = np.asarray(class_names)
-    if config.cv:
-        labelled = table.labels >= 0
-        X, y_idx = table.features[labelled], table.labels[labelled]
-        _check_labels(path, y_idx, None, class_names)
-        _check_cv(path, y_idx, config.cv, class_names)
-        labels = [class_names[i] for i in sorted(set(y_idx.tolist()))]
-        return _Data("cv", labels, len(y_idx), len(y_idx), X, name_of[y_idx])
-    X_train, y_train_idx, X_test, y_test_idx, evaluation = split_table(
+    train, test, evaluation = split_rows(
         table, path, test_size=config.test_size, random_state=config.seed
     )
+    y_train_idx, y_test_idx = table.labels[train], table.labels[test]
     _check_labels(path, y_train_idx, y_test_idx, class_names)
     used = sorted(set(y_train_idx.tolist()) | set(y_test_idx.tolist()))
+    split = table.split[test].tolist() if evaluation == "given split" else ["holdout"] * len(test)
     return _Data(
         evaluation,
         [class_names[i] for i in used],
-        len(y_train_idx),
-        len(y_test_idx),
-        X_train,
+        len(train),
+        len(test),
+        table.features[train],
         name_of[y_train_idx],
-        X_test,
+        train,
+        test,
+        [str(s) for s in split],
+        table.features[test],
         name_of[y_test_idx],
     )
 
 
-def _run_one(
-    name: str, built: tuple[Any, dict[str, Any]], data: _Data, backbone: dict, config: FitConfig
-) -> dict[str, Any]:
-    """Fit and evaluate one classifier, save its model file and confusion plot; its result."""
+def _run_one(name: str, built: tuple[Any, dict[str, Any]], data: _Data, config: FitConfig):
+    """Fit and evaluate one classifier; its outcome (report entry, model, predictions)."""
     estimator, params = built
-    out, labels = Path(config.out), data.labels
     if config.cv:
-        fitted, result = _cross_validate(
-            name, estimator, data.X_train, data.y_train, labels, config
-        )
+        outcome = _cross_validate(name, estimator, data, config)
     else:
-        fitted, result, _ = _evaluate(
-            name, estimator, data.X_train, data.y_train, data.X_test, data.y_test, labels, config
-        )
-    model_rel = f"models/{name}.joblib"
-    save_model(
-        out / model_rel,
-        {
-            "format_version": MODEL_FORMAT_VERSION,
-            "pipeline_version": __version__,
-            "clf": name,
-            "estimator": saved_estimator(fitted),
-            "views": saved_views(fitted),  # views averaged at test time (fit/views.py)
-            "class_names": list(labels),
-            "backbone": dict(backbone),
-            "store": str(Path(config.features)),
-        },
-    )
-    confusion_rel = f"confusion_{name}.png"
-    write_confusion_png(
-        out / confusion_rel, result["confusion_matrix"], labels, f"{name} ({data.evaluation})"
-    )
+        outcome = _holdout(name, estimator, data, config)
+    result = outcome.result
+    lo, hi = result["ci"]["accuracy"]
     logger.info(
-        "%s: accuracy %.4f, macro F1 %.4f (fit %.2f s, predict %.3f s)",
+        "%s: accuracy %.4f [%.4f, %.4f], macro F1 %.4f (fit %.2f s, predict %.3f s)",
         name,
         result["accuracy"],
+        lo,
+        hi,
         result["macro_f1"],
         result["fit_seconds"],
         result["predict_seconds"],
     )
+    outcome.result = {"clf": name, **result, "params": params}
+    return outcome
+
+
+def _open_store(config: FitConfig) -> tuple[Path, FeatureTable]:
+    path = Path(config.features)
+    if not path.is_file():
+        raise StoreError(
+            f"no such file: {path}; run `python -m pipeline.extract --out {path}` first",
+            param="features",
+        )
+    table = read_store(path)
+    check_finite(table, path)
+    return path, table
+
+
+def _use_views(
+    table: FeatureTable,
+    path: Path,
+    built: dict[str, tuple[Any, dict[str, Any]]],
+    names: Sequence[str],
+    config: FitConfig,
+) -> FeatureTable:
+    """With a store's views in use (TTA, ``--augment``): the table whose ``features`` hold each
+    row's views as extra columns (so every split keeps an image with its views), and the
+    classifiers of ``names`` wrapped in :class:`~pipeline.fit.views.ViewsClassifier`."""
+    views = views_used(table.attrs, config.tta, config.augment)
+    if not views:
+        return table
+    wide = dataclasses.replace(table, features=wide_features(table, views))
+    check_finite(wide, path)
+    for name in names:
+        estimator, params = built[name]
+        built[name] = (
+            with_views(name, estimator, views, config.tta, config.augment, config.dask),
+            params,
+        )
+    return wide
+
+
+def _check_search(names: Sequence[str], config: FitConfig) -> None:
+    if not config.search_enabled:
+        return
+    cv = config.search_cv
+    if isinstance(cv, bool) or not isinstance(cv, int) or cv < 2:
+        raise ConfigError(f"must be an int >= 2, got {cv!r}", param="search-cv")
+    missing = [name for name in names if name not in config.search_spaces]
+    if missing:
+        raise ConfigError(
+            f"no search space for {', '.join(missing)}: add [fit.search.{missing[0]}] to the "
+            "config (parameter = [candidates])",
+            param="search",
+        )
+
+
+def _log_plan(path: Path, data: _Data, names: Sequence[str], config: FitConfig) -> None:
+    if "svc" in names and data.n_train > config.svc_warn_rows:
+        logger.warning(
+            "svc: %d training rows; exact RBF SVC costs grow quadratically or worse with rows "
+            "(see docs/benchmarks.md). --clf svc_approx (Nystroem map + linear SVM) scales "
+            "linearly at similar accuracy",
+            data.n_train,
+        )
+    logger.info(
+        "%s: %d classes, evaluation %s (%d train / %d test rows), classifiers %s%s",
+        path,
+        len(data.labels),
+        data.evaluation if not config.cv else f"{config.cv}-fold cv",
+        data.n_train,
+        data.n_test,
+        ", ".join(names),
+        f", hyperparameters searched by {config.search_cv}-fold inner CV"
+        if config.search_enabled
+        else "",
+    )
+
+
+def _report(
+    path: Path, table: FeatureTable, data: _Data, results: list, config: FitConfig
+) -> dict[str, Any]:
+    """The content of report.json (before per-class data is made compact)."""
+    warnings = []
+    note = separability_warning(data.n_test, results[0]["ci"]["accuracy"])
+    if note:  # the CLI prints report["warnings"]; logged at INFO to print it once
+        logger.info("warning: %s", note)
+        warnings.append(note)
     return {
-        "clf": name,
-        **result,
-        "params": params,
-        "model": model_rel,
-        "confusion_png": confusion_rel,
+        "features": str(path),
+        "fingerprint": table.attrs.get("fingerprint"),
+        "n_train": data.n_train,
+        "n_test": data.n_test,
+        "evaluation": data.evaluation,
+        "cv": config.cv,
+        "test_size": config.test_size if data.evaluation == "holdout" else None,
+        "seed": config.seed,
+        "class_names": data.labels,
+        "backbone": {key: table.attrs.get(key) for key in BACKBONE_KEYS},
+        "pipeline_version": __version__,
+        "comparison_png": "comparison.png",
+        "predictions": "predictions.csv",
+        "html": "report.html",
+        "warnings": warnings,
+        "notes": [],
+        "config": dataclasses.asdict(config),
+        "views": views_report(table.attrs, config.tta, config.augment),
+        "results": results,
     }
 
 
@@ -322,7 +531,8 @@ def run_fit(config: FitConfig) -> dict[str, Any]:
     Returns
     -------
     dict
-        The content of ``report.json``; ``results`` is sorted best first (accuracy).
+        The content of ``report.json``; ``results`` is sorted best first (accuracy), each
+        with its confidence intervals (``ci``), ``tied_with_best`` and ``p_value_vs_best``.
 
     Raises
     ------
@@ -331,66 +541,24 @@ def run_fit(config: FitConfig) -> dict[str, Any]:
     """
     names = parse_clf(config.clf)
     _check_config(config)
-    path = Path(config.features)
-    if not path.is_file():
-        raise StoreError(
-            f"no such file: {path}; run `python -m pipeline.extract --out {path}` first",
-            param="features",
-        )
-    table = read_store(path)
-    views = views_used(table.attrs, config.tta, config.augment)
-    table.features = wide_features(table, views)  # views as columns: splits keep them together
-    check_finite(table, path)
+    _check_search(names, config)
+    out = Path(config.out)
+    check_out_dir(out)  # before any training: a bad --out costs nothing
+    path, table = _open_store(config)
     # Build every estimator first, so a bad hyperparameter (even of a classifier not run this
     # time, such as a typo in --set) fails before any training.
     built = {name: _build(name, config) for name in CLASSIFIER_NAMES}
     if config.dask and "xgboost" not in names:
         logger.warning("--dask only affects xgboost, which is not among --clf %s", config.clf)
-    for n in names:  # views as extra samples and/or test-time augmentation (fit/views.py)
-        built[n] = (
-            with_views(n, built[n][0], views, config.tta, config.augment, config.dask),
-            built[n][1],
-        )
-    data = _load_data(table, path, config)
-    if "svc" in names and data.n_train > config.svc_warn_rows:
-        logger.warning(
-            "svc: %d training rows; exact RBF SVC costs grow quadratically or worse with rows "
-            "(see docs/benchmarks.md). --clf svc_approx (Nystroem map + linear SVM) scales "
-            "linearly at similar accuracy",
-            data.n_train,
-        )
-    logger.info(
-        "%s: %d classes, evaluation %s (%d train / %d test rows), classifiers %s",
-        path,
-        len(data.labels),
-        data.evaluation if not config.cv else f"{config.cv}-fold cv",
-        data.n_train,
-        data.n_test,
-        ", ".join(names),
-    )
-    backbone = {key: table.attrs.get(key) for key in BACKBONE_KEYS}
-    results = [_run_one(name, built[name], data, backbone, config) for name in names]
-    results.sort(key=lambda r: -r["accuracy"])  # stable: ties keep --clf order
-    out = Path(config.out)
-    write_comparison_png(out / "comparison.png", results)
-    report = {
-        "features": str(path),
-        "fingerprint": table.attrs.get("fingerprint"),
-        "n_train": data.n_train,
-        "n_test": data.n_test,
-        "evaluation": data.evaluation,
-        "cv": config.cv,
-        "test_size": config.test_size if data.evaluation == "holdout" else None,
-        "seed": config.seed,
-        "class_names": data.labels,
-        "backbone": backbone,
-        "views": views_report(table.attrs, config.tta, config.augment),
-        "pipeline_version": __version__,
-        "comparison_png": "comparison.png",
-        "results": results,
-    }
-    write_report_json(out / "report.json", report)
-    write_report_md(out / "report.md", report)
-    logger.debug("results:\n%s", format_table(results))
+    data = _load_data(_use_views(table, path, built, names, config), path, config)
+    _log_plan(path, data, names, config)
+    outcomes = {name: _run_one(name, built[name], data, config) for name in names}
+    _compare(outcomes, data, config)
+    # best first; stable, so equal accuracies keep the --clf order (as compare_to_best does)
+    ranked = sorted(outcomes.values(), key=lambda o: -o.result["accuracy"])
+    report = _report(path, table, data, [o.result for o in ranked], config)
+    with publish_run(out) as staging:  # every output, or (on an error) none
+        report = write_outputs(staging, report, ranked, data, table, config)
+    logger.debug("results:\n%s", format_table(report["results"]))
     logger.info("report written to %s", out / "report.json")
     return report

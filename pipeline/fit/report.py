@@ -17,11 +17,13 @@ from typing import Any
 import numpy as np
 
 from .._io import atomic_path
+from .html_report import per_class_rows
 
 __all__ = [
     "SCORE_KEYS",
     "classification_metrics",
     "format_table",
+    "verdict",
     "summarize_folds",
     "write_comparison_png",
     "write_confusion_png",
@@ -221,22 +223,75 @@ def _fmt(value: Any, std: Any = None) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
+def verdict(result: Mapping[str, Any]) -> str:
+    """``best``, ``tied (p=..)`` or ``worse (p=..)``: the result against the best, by its
+    Holm-adjusted paired test (a tie is never shown as a win)."""
+    p = result.get("p_value_vs_best")
+    if result.get("tied_with_best") is None:
+        return "-"
+    if p is None:
+        return "best"
+    return f"{'tied' if result['tied_with_best'] else 'worse'} (p={p:.2g})"
+
+
+def _interval(result: Mapping[str, Any], key: str) -> str:
+    ci = (result.get("ci") or {}).get(key)
+    if not ci or None in ci:
+        return ""
+    return f" [{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
 def _rows(results: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[list[str]]]:
-    header = ["clf", "accuracy", "balanced_acc", "macro_f1", "log_loss", "fit_s", "predict_s"]
+    header = [
+        "clf",
+        "accuracy [95% CI]",
+        "vs best",
+        "balanced_acc",
+        "macro_f1",
+        "log_loss",
+        "fit_s",
+        "predict_s",
+    ]
     rows = []
     for r in results:
         rows.append(
             [
                 str(r["clf"]),
+                _fmt(r.get("accuracy"), r.get("accuracy_std")) + _interval(r, "accuracy"),
+                verdict(r),
                 *(
                     _fmt(r.get(k), r.get(f"{k}_std"))
-                    for k in ("accuracy", "balanced_accuracy", "macro_f1", "log_loss")
+                    for k in ("balanced_accuracy", "macro_f1", "log_loss")
                 ),
                 f"{r['fit_seconds']:.2f}",
                 f"{r['predict_seconds']:.3f}",
             ]
         )
     return header, rows
+
+
+def _search_rows(results: Sequence[Mapping[str, Any]]) -> list[str]:
+    """report.md lines on --search: space, choice, inner-CV score and time per classifier."""
+    searched = [r for r in results if r.get("search")]
+    if not searched:
+        return []
+    rows = [
+        [
+            str(r["clf"]),
+            f"`{r['search']['space']}`",
+            f"`{r['search']['best_params']}`",
+            _fmt(r["search"]["cv_score"]),
+            f"{r['search']['seconds']:.1f}",
+        ]
+        for r in searched
+    ]
+    header = ["clf", "space", "chosen", "inner-CV accuracy", "search_s"]
+    return [
+        "",
+        "## Hyperparameter search (inner CV on training rows only)",
+        "",
+        *_md_table(header, rows),
+    ]
 
 
 def format_table(results: Sequence[Mapping[str, Any]]) -> str:
@@ -279,6 +334,16 @@ def write_report_md(path: str | Path, report: Mapping[str, Any]) -> Path:
     ]
     header, rows = _rows(report["results"])
     lines += _md_table(header, rows)
+    lines += [
+        "",
+        "Intervals: 95 % percentile bootstrap over the test rows (with --cv: corrected t "
+        "interval of the fold scores). *vs best*: paired test against the best (exact McNemar; "
+        "with --cv the Nadeau-Bengio corrected t-test), Holm-adjusted; *tied* = not "
+        "distinguishable at 5 %.",
+    ]
+    lines += ["", *(f"> warning: {w}" for w in report.get("warnings", []))]
+    lines += [f"> note: {note}" for note in report.get("notes", [])]
+    lines += _search_rows(report["results"])
     if report.get("comparison_png"):
         lines += ["", f"![comparison]({report['comparison_png']})"]
     for r in report["results"]:
@@ -286,8 +351,14 @@ def write_report_md(path: str | Path, report: Mapping[str, Any]) -> Path:
         if r.get("roc_auc") is not None:
             lines += [f"ROC AUC: {_fmt(r['roc_auc'], r.get('roc_auc_std'))}", ""]
         per_class = [
-            [name, _fmt(v["precision"]), _fmt(v["recall"]), _fmt(v["f1"]), str(v["support"])]
-            for name, v in r.get("per_class", {}).items()
+            [
+                str(row["class"]),
+                _fmt(row["precision"]),
+                _fmt(row["recall"]),
+                _fmt(row["f1"]),
+                str(row["support"]),
+            ]
+            for row in per_class_rows(r)
         ]
         lines += _md_table(["class", "precision", "recall", "f1", "support"], per_class)
         if r.get("confusion_png"):

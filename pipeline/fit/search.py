@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
+from ..config import default_values
+
 __all__ = [
     "SEARCH_OPTIONS",
     "SEARCH_SPACES",
@@ -37,25 +39,22 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Default spaces per classifier, as ``[fit.search.<clf>]`` would hold them. Sized so that
-#: ``fit --clf all --search`` on 5,000 x 1,280 embeddings stays within budget on 2 cores
-#: (see benchmarks/search_budget.py). ``knn`` chooses k itself by leave-one-out; ``xgboost``
-#: its number of rounds by early stopping; ``nn`` its epochs by early stopping. Every space
-#: holds the classifier's default value, so the search can always keep the default.
+#: Default spaces per classifier: the ``[fit.search.<clf>]`` tables of the shipped
+#: ``pipeline/default.toml`` (their one source). Sized so that ``fit --clf all --search`` on
+#: 5,000 x 1,280 embeddings stays within budget on 2 cores (see benchmarks/search_budget.py).
+#: ``knn`` chooses k itself by leave-one-out; ``xgboost`` its number of rounds by early
+#: stopping; ``nn`` its epochs by early stopping. Every space holds the classifier's default.
 SEARCH_SPACES: dict[str, dict[str, list[Any]]] = {
-    "logreg": {"clf__C": [0.001, 0.01, 0.1, 1.0]},
-    "svc": {"clf__C": [1.0, 3.0, 10.0]},
-    "svc_approx": {"clf__C": [0.01, 0.1, 1.0]},
-    "nn": {"clf__alpha": [1e-4, 1e-2], "clf__dropout": [0.2, 0.5]},
-    "xgboost": {"clf__max_depth": [2, 3]},
-    "knn": {"clf__weights": ["uniform", "distance"]},
+    name: dict(space)
+    for name, space in default_values("fit.search").items()
+    if isinstance(space, Mapping)
 }
 #: How each classifier is searched: ``run_search`` keyword arguments (``method``: ``"grid"``
 #: or ``"halving"``; ``max_rows``: score candidates on a stratified subsample of at most this
 #: many training rows, then refit on all). Absent means a full grid.
 SEARCH_OPTIONS: dict[str, dict[str, Any]] = {
     "nn": {"method": "halving", "max_rows": 2000},
-    "xgboost": {"method": "grid", "max_rows": 1000},
+    "xgboost": {"method": "grid", "max_rows": 600},
 }
 
 

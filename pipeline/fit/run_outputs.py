@@ -1,0 +1,169 @@
+"""Everything one ``fit`` run writes into its output folder, from the evaluated classifiers.
+
+``models/<clf>.joblib``, ``predictions.csv`` / ``.npz``, ``comparison.png`` (the decision chart),
+``confusion_<clf>.png``, ``report.json`` (per-class data compact beyond 30 classes, the full
+matrices in ``confusion_<clf>.csv``), ``report.md`` and ``report.html`` with the data-quality
+audit (``label_issues.csv``, ``duplicates.csv``, ``thumbs/``). Every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .. import __version__
+from .._io import atomic_path
+from .data_quality import audit_table, leakage_warning
+from .decision_chart import write_decision_png
+from .html_report import _confusion_chart, compact_result, write_html_report
+from .model_file import MODEL_FORMAT_VERSION, save_model
+from .predictions import PREDICTIONS_CSV, write_predictions
+from .report import write_report_json, write_report_md
+from .views import saved_estimator, saved_views
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from ..config import FitConfig
+    from ..store import FeatureTable
+
+__all__ = ["write_confusion_png", "write_outputs"]
+
+logger = logging.getLogger(__name__)
+
+#: Beyond this many classes report.json keeps per-class data compact (see compact_result).
+COMPACT_CLASSES = 30
+
+
+def write_confusion_png(
+    path: Path, matrix: Sequence[Sequence[int]], class_names: Sequence[str], title: str
+) -> Path:
+    """The report's confusion chart (row-normalised; the classes with the most errors when
+    there are more than :data:`COMPACT_CLASSES`) as a PNG file."""
+    uri, _ = _confusion_chart(np.asarray(matrix), class_names, COMPACT_CLASSES, title)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(base64.b64decode(uri.split(",", 1)[1]))
+    return path
+
+
+def _save_models(out: Path, report: dict[str, Any], outcomes: Sequence[Any]) -> None:
+    for outcome in outcomes:
+        result = outcome.result
+        result["model"] = f"models/{result['clf']}.joblib"
+        save_model(
+            out / result["model"],
+            {
+                "format_version": MODEL_FORMAT_VERSION,
+                "pipeline_version": __version__,
+                "clf": result["clf"],
+                "estimator": saved_estimator(outcome.fitted),
+                "views": saved_views(outcome.fitted),  # views averaged at test time
+                "class_names": list(report["class_names"]),
+                "backbone": dict(report["backbone"]),
+                "store": report["features"],
+            },
+        )
+
+
+def _audit(
+    table: FeatureTable, data: Any, config: FitConfig
+) -> tuple[pd.DataFrame | None, pd.DataFrame | None, dict[str, str], list[str]]:
+    """Label issues and duplicates across *this run's* split: ``(issues, duplicates,
+    unreadable, notes)``. Holdout: the drawn test rows against the train rows; --cv: every row
+    is tested once, so there is no split to leak across and duplicates are not checked."""
+    if not config.audit:
+        return None, None, {}, ["data-quality audit skipped (--no-audit)"]
+    split = np.full(len(table.labels), "", dtype=object)
+    notes = []
+    if config.cv:
+        notes.append(
+            "--cv: every row is tested once, in its fold; duplicates across splits are not "
+            "checked (use a holdout or given split for the leakage check)"
+        )
+    else:
+        split[data.train_rows] = "train"
+        split[data.eval_rows] = "test"
+    started = time.perf_counter()
+    audited = dataclasses.replace(table, split=split)
+    issues, duplicates, unreadable = audit_table(audited, seed=config.seed)
+    logger.info(
+        "audit: %d likely label issue(s), %d duplicate(s) in %.1f s (--no-audit skips it)",
+        len(issues),
+        len(duplicates),
+        time.perf_counter() - started,
+    )
+    return issues, (None if config.cv else duplicates), unreadable, notes
+
+
+def _write_html(
+    out: Path, report: dict[str, Any], table: FeatureTable, data: Any, config: FitConfig
+) -> None:
+    import pandas as pd
+
+    issues, duplicates, unreadable, notes = _audit(table, data, config)
+    report["notes"] += notes
+    leak = leakage_warning(duplicates) if duplicates is not None else None
+    if leak:  # the CLI prints report["warnings"]
+        logger.info("%s", leak)
+        report["warnings"].append(leak.removeprefix("warning: "))
+    failed = dict(zip(table.failed.paths, table.failed.errors, strict=True))
+    failed.update(unreadable)
+    predictions = pd.read_csv(out / PREDICTIONS_CSV, dtype={"path": str, "label": str, "pred": str})
+    predictions["correct"] = predictions["correct"].astype(bool)
+    write_html_report(
+        out,
+        report=report,
+        predictions=predictions,
+        label_issues=issues,
+        duplicates=duplicates,
+        failed=failed,
+    )
+
+
+def write_outputs(
+    out: Path,
+    report: dict[str, Any],
+    outcomes: Sequence[Any],
+    data: Any,
+    table: FeatureTable,
+    config: FitConfig,
+) -> dict[str, Any]:
+    """Write every output of a run into ``out``; return report.json's content as written.
+
+    ``outcomes`` (best first) carry each classifier's result, fitted model and per-row
+    predictions (``y_pred``, ``proba`` in class order) on ``data``'s evaluated rows.
+    """
+    labels = report["class_names"]
+    _save_models(out, report, outcomes)
+    write_predictions(
+        out,
+        paths=table.paths[data.eval_rows].tolist(),
+        split=data.eval_split,
+        labels=data.y_eval,
+        class_names=labels,
+        proba={o.result["clf"]: o.proba for o in outcomes},
+        preds={o.result["clf"]: o.y_pred for o in outcomes},
+        rows=data.eval_rows,
+    )
+    for r in report["results"]:
+        r["confusion_png"] = f"confusion_{r['clf']}.png"
+        title = f"{r['clf']} ({data.evaluation}, row-normalised)"
+        write_confusion_png(out / r["confusion_png"], r["confusion_matrix"], labels, title)
+    write_decision_png(out / "comparison.png", report["results"])
+    _write_html(out, report, table, data, config)
+    compact = {
+        **report,
+        "results": [
+            compact_result(r, labels, max_classes=COMPACT_CLASSES) for r in report["results"]
+        ],
+    }
+    write_report_json(out / "report.json", compact)
+    write_report_md(out / "report.md", compact)
+    return compact
