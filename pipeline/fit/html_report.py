@@ -381,14 +381,15 @@ def _warnings(
     duplicates: pd.DataFrame | None,
     failed: Mapping[str, str],
 ) -> list[str]:
-    notes = []
+    # fit's own warnings (the separability rule, leakage) and notes come first, as it states them
+    notes = [*report.get("warnings", []), *report.get("notes", [])]
     n_test = report.get("n_test") or 0
-    if report.get("evaluation") != "cv" and n_test < _SMALL_EVALUATION:
+    if "warnings" not in report and report.get("evaluation") != "cv" and n_test < _SMALL_EVALUATION:
         notes.append(
             f"Small evaluation: {n_test} test rows; one image moves accuracy by "
             f"{100 / max(n_test, 1):.1f} points, so differences between classifiers are noisy."
         )
-    if duplicates is not None and len(duplicates):
+    if duplicates is not None and len(duplicates) and "warnings" not in report:
         exact = int((duplicates["kind"] == "exact").sum())
         notes.append(
             f"Leakage: {exact} exact and {len(duplicates) - exact} near duplicate(s) of "
