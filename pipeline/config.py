@@ -148,6 +148,7 @@ class ExtractConfig:
     jpeg_draft: bool = _default("extract", "jpeg_draft")
     gpu_decode: bool = _default("extract", "gpu_decode")
     overwrite: bool = _default("extract", "overwrite")
+    compact: bool = _default("extract", "compact")
     progress: bool = _default("extract", "progress")
     auto_weights: Mapping[str, str] = _default("extract", "auto_weights")
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import io
 import json
 import logging
@@ -52,6 +53,7 @@ __all__ = [
     "decode_attrs",
     "encode_attrs",
     "h5_atomic",
+    "is_appended",
     "list_parts",
     "load_features",
     "merge_store",
@@ -59,9 +61,11 @@ __all__ = [
     "read_attrs",
     "read_rows_file",
     "read_store",
+    "row_datasets",
     "split_table",
     "write_index",
     "write_rows_file",
+    "write_view",
 ]
 
 logger = logging.getLogger(__name__)
@@ -310,6 +314,8 @@ def read_rows_file(path: str | Path, with_features: bool = True) -> FeatureTable
             check_format_version(path, attrs)
             if "features" not in fh:
                 raise StoreError(f"{path}: not a pipeline feature store (no /features)")
+            if is_appended(attrs):
+                _check_sources(path, fh["features"])
             feats = fh["features"][...] if with_features else np.empty((0, 0), np.float32)
             failed = FailedInputs()
             if "failed" in fh:
@@ -337,6 +343,18 @@ def read_rows_file(path: str | Path, with_features: bool = True) -> FeatureTable
         raise _unreadable(path, exc) from exc
 
 
+def _check_sources(path: Path, features: h5py.Dataset) -> None:
+    """An appended store whose part files are missing would read as zeros: refuse it."""
+    names = {vs.file_name for vs in features.virtual_sources()}
+    missing = sorted(n for n in names if not (path.parent / n).is_file())
+    if missing:
+        raise StoreError(
+            f"{path}: its rows live in {parts_dir(path)}/, which lacks {missing[0]}; copy "
+            "that folder along with the store, or make a self-contained store with "
+            "`python -m pipeline.extract ... --compact`"
+        )
+
+
 def read_store(path: str | Path, *, require_complete: bool = True) -> FeatureTable:
     """Read a whole feature store; an unfinished one is an error unless allowed."""
     path = Path(path)
@@ -356,50 +374,162 @@ def check_not_being_written(path: str | Path) -> None:
         raise StoreError(f"{path} is being written by a running extract; wait for it to finish")
 
 
-def write_index(out: str | Path, attrs: Mapping[str, Any]) -> None:
-    """Write ``out`` as an unfinished store: virtual datasets over its part files."""
-    out = Path(out)
-    sources = list_parts(out)
-    lengths, failed = [], FailedInputs()
-    for src in sources:
-        with h5py.File(src, "r") as fh:
-            lengths.append(fh["paths"].shape[0])
-            grp = fh["failed"]
-            failed.paths += list(_read_strings(grp["paths"]))
-            failed.errors += list(_read_strings(grp["errors"]))
-            failed.keys += list(_read_strings(grp["keys"]))
-    total, dim = sum(lengths), int(attrs["feature_dim"])
-    layouts = {
-        "features": h5py.VirtualLayout((total, dim), np.float32),
-        "labels": h5py.VirtualLayout((total,), np.int64),
-        "paths": h5py.VirtualLayout((total,), STRING_DTYPE),
-        "split": h5py.VirtualLayout((total,), STRING_DTYPE),
-        "keys": h5py.VirtualLayout((total,), STRING_DTYPE),
+def row_datasets(dim: int) -> dict[str, tuple[tuple[int, ...], Any]]:
+    """The store's row datasets: name -> (shape of one row, dtype); row i of each belongs to
+    image i. Indexes and appended stores map every one of them over the part files."""
+    return {
+        "features": ((dim,), np.dtype(np.float32)),
+        "labels": ((), np.dtype(np.int64)),
+        "paths": ((), STRING_DTYPE),
+        "split": ((), STRING_DTYPE),
+        "keys": ((), STRING_DTYPE),
     }
-    start = 0
-    for src, n in zip(sources, lengths, strict=True):
-        if n:
-            rel = os.path.relpath(src, out.parent)
-            for name, layout in layouts.items():
-                shape = (n, dim) if name == "features" else (n,)
-                layout[start : start + n] = h5py.VirtualSource(rel, name, shape=shape)
+
+
+@functools.lru_cache(maxsize=4096)
+def _part_info(path: str, stamp: tuple[int, int, int]) -> tuple[int, FailedInputs]:
+    """Rows and failed inputs of one part file. Part files are never modified in place (a
+    rewrite is a new inode), so ``stamp`` (inode, size, mtime) keys a valid cache: rewriting
+    the index after each flush reads only the new part, not all of them again."""
+    with h5py.File(path, "r") as fh:
+        grp = fh["failed"]
+        failed = FailedInputs(
+            list(_read_strings(grp["paths"])),
+            list(_read_strings(grp["errors"])),
+            list(_read_strings(grp["keys"])),
+        )
+        return int(fh["paths"].shape[0]), failed
+
+
+def _cached_part_info(path: Path) -> tuple[int, FailedInputs]:
+    st = path.stat()
+    return _part_info(str(path), (st.st_ino, st.st_size, st.st_mtime_ns))
+
+
+def _write_virtual(
+    out: Path,
+    mapping: Sequence[tuple[Path, int, int]],
+    failed: FailedInputs,
+    attrs: Mapping[str, Any],
+) -> int:
+    """Write ``out`` whose row datasets are virtual over ``mapping``: (source file, first row,
+    rows) runs, concatenated in order. Returns the number of rows."""
+    total, dim = sum(n for _, _, n in mapping), int(attrs["feature_dim"])
+    specs = row_datasets(dim)
+    layouts = {
+        name: h5py.VirtualLayout((total, *shape), dtype) for name, (shape, dtype) in specs.items()
+    }
+    start, sources = 0, {}
+    for src, first, n in mapping:
+        rel = os.path.relpath(src, out.parent)
+        for name, layout in layouts.items():
+            key = (rel, name)
+            if key not in sources:
+                shape = (_cached_part_info(src)[0], *specs[name][0])
+                sources[key] = h5py.VirtualSource(rel, name, shape=shape)
+            layout[start : start + n] = sources[key][first : first + n]
         start += n
-    with h5_atomic(out, _rows_size(0, dim, len(failed))) as fh:
+    size = _rows_size(0, dim, len(failed)) + 256 * len(mapping) * len(specs)
+    with h5_atomic(out, size) as fh:
         for name, layout in layouts.items():
             fh.create_virtual_dataset(name, layout, fillvalue=None)
         _write_failed(fh, failed)
-        fh.attrs.update(encode_attrs({**attrs, "n_rows": total, "complete": False}))
+        fh.attrs.update(encode_attrs({**attrs, "n_rows": total}))
+    return total
 
 
-def _contiguous_runs(positions: np.ndarray) -> Iterator[tuple[int, int, int]]:
-    """Yield (source_start, target_start, length) for runs of consecutive target positions."""
-    if positions.size == 0:
+def write_index(out: str | Path, attrs: Mapping[str, Any]) -> None:
+    """Write ``out`` as an unfinished store: virtual datasets over all its part files."""
+    out = Path(out)
+    mapping, failed = [], FailedInputs()
+    for src in list_parts(out):
+        n, part_failed = _cached_part_info(src)
+        failed.paths += part_failed.paths
+        failed.errors += part_failed.errors
+        failed.keys += part_failed.keys
+        if n:
+            mapping.append((src, 0, n))
+    _write_virtual(out, mapping, failed, {**attrs, "complete": False})
+
+
+def is_appended(attrs: Mapping[str, Any]) -> bool:
+    """True for a complete store whose rows live in its part files (see :func:`write_view`)."""
+    return attrs.get("layout") == "parts"
+
+
+def write_view(
+    out: str | Path,
+    sources: Sequence[Path],
+    keys: Mapping[str, str],
+    labels: Mapping[str, int],
+    splits: Mapping[str, str],
+    failed: FailedInputs,
+    attrs: Mapping[str, Any],
+) -> list[Path] | None:
+    """Write ``out`` as a complete *appended* store: virtual datasets over the rows of
+    ``sources`` computed from each input's current content (``keys``), nothing copied.
+
+    Rows keep the order of the sources (the previous store's rows first, then the new ones);
+    a path's first matching row is taken. Returns the sources no row was taken from, or None
+    (nothing written) when a taken row's stored label or split is not its current one, so the
+    caller must rewrite the store instead.
+    """
+    out, mapping, seen, unused = Path(out), [], set(), []
+    for src in sources:
+        with h5py.File(src, "r") as fh:
+            paths, part_keys = _read_strings(fh["paths"]), _read_strings(fh["keys"])
+            take = np.array(
+                [
+                    j
+                    for j, (p, k) in enumerate(zip(paths, part_keys, strict=True))
+                    if keys.get(p) == k and p not in seen
+                ],
+                dtype=np.int64,
+            )
+            if not take.size:
+                unused.append(src)
+                continue
+            taken = paths[take]
+            if not _labels_current(fh, take, taken, labels, splits):
+                return None
+        seen.update(taken)
+        mapping += [(src, s, n) for s, _, n in _contiguous_runs(take, take)]
+    missing = [p for p in keys if p not in seen]
+    if missing:
+        raise StoreError(f"{out}: internal error, rows never computed for {missing[:3]}")
+    _write_virtual(out, mapping, failed, {**attrs, "complete": True, "layout": "parts"})
+    return unused
+
+
+def _labels_current(
+    fh: h5py.File,
+    take: np.ndarray,
+    paths: np.ndarray,
+    labels: Mapping[str, int],
+    splits: Mapping[str, str],
+) -> bool:
+    stored_labels = fh["labels"][...][take]
+    stored_split = _read_strings(fh["split"])[take]
+    return bool(
+        np.array_equal(stored_labels, [labels[p] for p in paths])
+        and all(s == splits[p] for s, p in zip(stored_split, paths, strict=True))
+    )
+
+
+def _contiguous_runs(
+    sources: np.ndarray, targets: np.ndarray, limit: int = 1 << 62
+) -> Iterator[tuple[int, int, int]]:
+    """Yield (source_start, target_start, length) for runs where both source and target
+    positions are consecutive, each at most ``limit`` long."""
+    if targets.size == 0:
         return
-    breaks = np.flatnonzero(np.diff(positions) != 1) + 1
+    breaks = np.flatnonzero((np.diff(targets) != 1) | (np.diff(sources) != 1)) + 1
     starts = np.concatenate([[0], breaks])
-    ends = np.concatenate([breaks, [positions.size]])
+    ends = np.concatenate([breaks, [targets.size]])
     for s, e in zip(starts, ends, strict=True):
-        yield int(s), int(positions[s]), int(e - s)
+        for a in range(int(s), int(e), limit):
+            b = min(int(e), a + limit)
+            yield int(sources[a]), int(targets[a]), b - a
 
 
 def merge_store(
@@ -416,7 +546,8 @@ def merge_store(
 
     ``order`` maps a path to its row number in the result, so the merged store lists images
     in source order whatever order they were computed in. Only rows computed from the input's
-    current content (``keys``) are taken; ``labels`` and ``splits`` give current values. Features are copied source by source, never all held in memory.
+    current content (``keys``) are taken; ``labels`` and ``splits`` give current values.
+    Features are copied in runs of at most 16 MiB, never a whole source in memory.
     Returns the number of rows written.
     """
     n, dim = len(order), int(attrs["feature_dim"])
@@ -439,9 +570,9 @@ def merge_store(
                 target = np.array([order[part_paths[j]] for j in take], dtype=np.int64)
                 sort = np.argsort(target, kind="stable")
                 take_sorted, target = np.asarray(take)[sort], target[sort]
-                block = part["features"][...]
-                for s, t, length in _contiguous_runs(target):
-                    dsets["features"][t : t + length] = block[take_sorted[s : s + length]]
+                features, limit = part["features"], max(1, (16 << 20) // (4 * max(1, dim)))
+                for s, t, length in _contiguous_runs(take_sorted, target, limit):
+                    dsets["features"][t : t + length] = features[s : s + length]
                 written[target] = True
                 out_keys[target] = part_keys[take_sorted]
         if not written.all():
