@@ -305,8 +305,11 @@ def _read_strings(ds: h5py.Dataset) -> np.ndarray:
     return ds.asstr(errors="surrogateescape")[...]
 
 
-def read_rows_file(path: str | Path, with_features: bool = True) -> FeatureTable:
-    """Read a store or part file (``with_features=False`` skips the big array)."""
+def read_rows_file(
+    path: str | Path, with_features: bool = True, with_rows: bool = True
+) -> FeatureTable:
+    """Read a store or part file (``with_features=False`` skips the big array,
+    ``with_rows=False`` every row dataset: only attributes and ``/failed`` are read)."""
     path = Path(path)
     try:
         with h5py.File(path, "r") as fh:
@@ -325,13 +328,12 @@ def read_rows_file(path: str | Path, with_features: bool = True) -> FeatureTable
                     list(_read_strings(grp["errors"])),
                     list(_read_strings(grp["keys"])) if "keys" in grp else [],
                 )
-            n = fh["paths"].shape[0]
-            keys = _read_strings(fh["keys"]) if "keys" in fh else np.array([""] * n, dtype=object)
+            labels, paths, split, keys = _read_row_columns(fh, with_rows)
             return FeatureTable(
                 features=feats,
-                labels=fh["labels"][...],
-                paths=_read_strings(fh["paths"]),
-                split=_read_strings(fh["split"]),
+                labels=labels,
+                paths=paths,
+                split=split,
                 keys=keys,
                 class_names=list(attrs.get("class_names", [])),
                 attrs=attrs,
@@ -341,6 +343,18 @@ def read_rows_file(path: str | Path, with_features: bool = True) -> FeatureTable
         raise StoreError(f"{path}: no such feature store") from None
     except (OSError, KeyError) as exc:
         raise _unreadable(path, exc) from exc
+
+
+def _read_row_columns(
+    fh: h5py.File, with_rows: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """labels, paths, split, keys (all empty without ``with_rows``)."""
+    if not with_rows:
+        empty = np.array([], dtype=object)
+        return np.array([], dtype=np.int64), empty, empty, empty
+    n = fh["paths"].shape[0]
+    keys = _read_strings(fh["keys"]) if "keys" in fh else np.array([""] * n, dtype=object)
+    return fh["labels"][...], _read_strings(fh["paths"]), _read_strings(fh["split"]), keys
 
 
 def _check_sources(path: Path, features: h5py.Dataset) -> None:

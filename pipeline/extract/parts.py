@@ -220,7 +220,9 @@ def finish_store(plan: ExtractionPlan) -> tuple[int, int]:
     failed_seen = dict(plan.prev.failed)
     embedded: set[tuple[str, str]] = set()  # a retried transient failure may have succeeded
     for part in list_parts(plan.out):
-        table = read_rows_file(part, with_features=False)
+        # A retry succeeds in a part written after base (a complete store, consistent in
+        # itself), so base's rows need not be read here: an update costs O(new rows).
+        table = read_rows_file(part, with_features=False, with_rows=part.name != "base.h5")
         embedded.update(zip(table.paths, table.keys, strict=True))
         for p, k, e in zip(table.failed.paths, table.failed.keys, table.failed.errors, strict=True):
             failed_seen[p] = (k, e)
