@@ -24,6 +24,7 @@ from ..classifiers import ALL_CLASSIFIERS, CLASSIFIER_NAMES, make_classifier
 from ..config import FitConfig
 from ..exceptions import ConfigError, StoreError
 from ..store import check_finite, read_store, split_table
+from .memory import check_fit_memory
 from .model_file import BACKBONE_KEYS, MODEL_FORMAT_VERSION, save_model
 from .report import (
     classification_metrics,
@@ -335,6 +336,7 @@ def run_fit(config: FitConfig) -> dict[str, Any]:
             f"no such file: {path}; run `python -m pipeline.extract --out {path}` first",
             param="features",
         )
+    check_fit_memory(path, names)
     table = read_store(path)
     check_finite(table, path)
     # Build every estimator first, so a bad hyperparameter (even of a classifier not run this
