@@ -77,6 +77,9 @@ _JSON_ATTRS = ("class_names", "versions", "preprocessing_fields", "request")
 # is then an ordinary OSError. (h5py failing to flush a file on disk leaves objects whose
 # release crashes the process with SIGSEGV.) Larger files get a free-space check first.
 IN_MEMORY_BYTES = 64 << 20
+# An appended store maps runs of consecutive rows; past this many (removals scattered all over
+# the store) reading it gets slow and the update rewrites the store instead.
+MAX_VIEW_RUNS = 4096
 
 
 @dataclass
@@ -485,8 +488,9 @@ def write_view(
 
     Rows keep the order of the sources (the previous store's rows first, then the new ones);
     a path's first matching row is taken. Returns the sources no row was taken from, or None
-    (nothing written) when a taken row's stored label or split is not its current one, so the
-    caller must rewrite the store instead.
+    (nothing written) when a taken row's stored label or split is not its current one, or the
+    rows are scattered over more than :data:`MAX_VIEW_RUNS` runs (a slow view), so the caller
+    must rewrite the store instead.
     """
     out, mapping, seen, unused = Path(out), [], set(), []
     for src in sources:
@@ -508,6 +512,8 @@ def write_view(
                 return None
         seen.update(taken)
         mapping += [(src, s, n) for s, _, n in _contiguous_runs(take, take)]
+        if len(mapping) > MAX_VIEW_RUNS:
+            return None
     missing = [p for p in keys if p not in seen]
     if missing:
         raise StoreError(f"{out}: internal error, rows never computed for {missing[:3]}")

@@ -173,3 +173,16 @@ def test_changed_labels_rewrite_and_compact_makes_one_file(image_dir, tmp_path):
     assert not parts_dir(out).exists()
     assert extract(image_dir, tmp_path / "fresh2.h5") == 0
     assert_same_store(out, tmp_path / "fresh2.h5")
+
+
+def test_an_update_scattering_rows_over_too_many_runs_rewrites_the_store(
+    image_dir, tmp_path, monkeypatch
+):
+    out = tmp_path / "f.h5"
+    assert extract(image_dir, out) == 0
+    os.remove(image_dir / "cat" / "cat_001.png")  # base rows now map as 2 runs per dataset
+    monkeypatch.setattr("pipeline.store.MAX_VIEW_RUNS", 1)
+    assert extract(image_dir, out) == 0
+    assert not parts_dir(out).exists()
+    assert extract(image_dir, tmp_path / "fresh.h5") == 0
+    assert_same_store(out, tmp_path / "fresh.h5")

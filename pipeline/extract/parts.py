@@ -245,7 +245,9 @@ def finish_store(plan: ExtractionPlan) -> tuple[int, int]:
             for part in unused:  # no row of theirs is current any more
                 part.unlink()
             return len(order), len(failed)
-        logger.info("labels or splits of kept rows changed: rewriting %s", plan.out)
+        logger.info(
+            "labels or splits of kept rows changed, or rows too scattered: rewriting %s", plan.out
+        )
     n_rows = merge_store(plan.out, sources, order, key_of, labels, splits, failed, attrs=plan.attrs)
     shutil.rmtree(parts_dir(plan.out), ignore_errors=True)
     return n_rows, len(failed)
