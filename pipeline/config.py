@@ -12,7 +12,7 @@ import copy
 import dataclasses
 import importlib.resources
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -147,6 +147,8 @@ class ExtractConfig:
     checkpoint_seconds: float = _default("extract", "checkpoint_seconds")
     jpeg_draft: bool = _default("extract", "jpeg_draft")
     gpu_decode: bool = _default("extract", "gpu_decode")
+    crop_mode: str = _default("extract", "crop_mode")
+    views: str | Sequence[str] = _default("extract", "views")
     overwrite: bool = _default("extract", "overwrite")
     compact: bool = _default("extract", "compact")
     progress: bool = _default("extract", "progress")
@@ -185,6 +187,8 @@ class FitConfig:
     logreg: Mapping[str, Any] = _default("fit", "logreg")
     svc_approx: Mapping[str, Any] = _default("fit", "svc_approx")
     svc_warn_rows: int = _default("fit", "svc_warn_rows")
+    tta: bool = _default("fit", "tta")
+    augment: bool = _default("fit", "augment")
 
     @classmethod
     def from_file(

@@ -26,7 +26,7 @@ from .engine.backbones import resolve_backbone
 from .engine.runners import embed_images, make_runner
 from .engine.sources import decode_image, to_rgb
 from .exceptions import ImageDecodeError, PipelineError
-from .recipe import EmbeddingRecipe
+from .recipe import DecodeOptions, EmbeddingRecipe
 
 __all__ = ["CacheInfo", "ImageEmbedder"]
 
@@ -208,6 +208,16 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
     workers : int, default=0
         Decoding workers: threads when the network runs on the CPU, DataLoader processes
         on a GPU (0: decode in the calling thread).
+    crop_mode : {"center", "squash", "border"}, default="center"
+        How an image is fitted to the crop, as ``pipeline.extract --crop-mode``: ``center``
+        is the weights' preset, ``squash`` resizes the whole image, ``border`` pads it to a
+        square first. A model file's ``backbone["crop_mode"]`` says which one it was fitted on.
+    views : sequence of str or str, default=()
+        Augmented views embedded besides the plain one (``("flip",)`` or ``"flip"``).
+        :meth:`transform` then returns the *mean* embedding over the plain view and these:
+        a transformer cannot average a later classifier's probabilities, and the mean
+        embedding is the test-time augmentation every downstream estimator receives alike,
+        in fit and in predict. The cache keeps those means (its recipe names the views).
 
     Attributes
     ----------
@@ -257,6 +267,8 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
         cache: str | os.PathLike[str] | None = None,
         on_error: str = "raise",
         workers: int = 0,
+        crop_mode: str = "center",
+        views: Sequence[str] | str = (),
     ) -> None:
         self.model = model
         self.weights = weights
@@ -267,6 +279,8 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
         self.cache = cache
         self.on_error = on_error
         self.workers = workers
+        self.crop_mode = crop_mode
+        self.views = views
 
     # ----------------------------------------------------------------- sklearn plumbing
 
@@ -308,6 +322,7 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
             )
         if not isinstance(self.model, str):
             raise TypeError(f"ImageEmbedder: model must be a str, got {type(self.model).__name__}")
+        self._options()
         try:
             check_backend(self.backend)
             spec = resolve_backbone(self.model, self.weights)
@@ -317,10 +332,17 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
             raise type(exc)(f"ImageEmbedder: {exc}") from exc
         return spec, device, precision
 
+    def _options(self) -> DecodeOptions:
+        """``crop_mode`` and ``views`` as recipe options (ValueError naming a bad one)."""
+        try:
+            return DecodeOptions(crop_mode=self.crop_mode, views=self.views)
+        except PipelineError as exc:
+            raise ValueError(f"ImageEmbedder: {exc.param}: {exc.message}") from exc
+
     def _cache(self, spec: Any, precision: str) -> EmbeddingCache | None:
         if self.cache is None:
             return None
-        return EmbeddingCache(self.cache, EmbeddingRecipe(spec, precision))
+        return EmbeddingCache(self.cache, EmbeddingRecipe(spec, precision, self._options()))
 
     def fit(self, X: Any = None, y: Any = None) -> ImageEmbedder:
         """Validate the parameters (and the cache file's provenance); learn nothing.
@@ -369,18 +391,21 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
         """Run the network over ``items``; NaN rows and messages for unreadable ones."""
 
         runner = self._get_runner(spec, device, precision)
+        recipe = EmbeddingRecipe(spec, precision, self._options())
         try:
-            return embed_images(
+            features, errors = embed_images(
                 _Loader(items),
                 len(items),
-                spec,
+                recipe.preprocessing,
                 runner,
                 batch_size=int(self.batch_size),
                 workers=int(self.workers),
                 on_error="raise" if fail_fast else "nan",
+                views=recipe.views,
             )
         except ImageDecodeError as exc:
             raise ImageDecodeError(f"{exc}{_HINT}") from exc
+        return (features.mean(axis=0) if recipe.views else features), errors
 
     def transform(self, X: Any) -> NDArray[np.float32]:
         """Embed images.

@@ -30,6 +30,7 @@ from .engine.runners import embed_images, make_runner
 from .engine.sources import decode_image, walk_images
 from .exceptions import BackboneMismatchError, ConfigError, ImageDecodeError, PipelineError
 from .fit.model_file import load_model_file
+from .fit.views import predict_proba_views
 from .recipe import EmbeddingRecipe
 
 __all__ = ["Prediction", "build_parser", "collect_images", "main", "run_predict"]
@@ -158,33 +159,38 @@ def run_predict(
             raise ImageDecodeError(walked[paths[i]])
         return decode_image(paths[i], draft_size)
 
+    views = tuple(payload.get("views", ()))  # averaged at test time by fit (its TTA)
     features, errors = embed_images(
         load,
         len(paths),
-        spec,
+        recipe.preprocessing,
         runner,
         paths=paths if gpu_decode else None,
         batch_size=runtime.batch_size,
         workers=runtime.workers,
         on_error="collect",
+        views=views,
     )
-    return _classify(payload["estimator"], paths, features, errors)
+    return _classify(payload["estimator"], paths, features if views else features[None], errors)
 
 
 def _classify(
     estimator: Any, paths: list[str], features: np.ndarray, errors: list[str]
 ) -> list[Prediction]:
-    """One :class:`Prediction` per path: the class and its probability, or the error."""
+    """One :class:`Prediction` per path: the class and its probability, or the error.
+
+    ``features`` is (views, N, D): probabilities are averaged over the views, as fit's
+    test-time augmentation does (:func:`pipeline.fit.views.predict_proba_views`)."""
     ok = [i for i, e in enumerate(errors) if not e]
     results = {i: Prediction(paths[i], error=errors[i]) for i in range(len(paths)) if errors[i]}
     if ok:
         if hasattr(estimator, "predict_proba"):
-            proba = estimator.predict_proba(features[ok])
+            proba = predict_proba_views(estimator, features[:, ok])
             best = proba.argmax(axis=1)
             labels = np.asarray(estimator.classes_)[best]
             scores = proba[np.arange(len(ok)), best]
         else:
-            labels, scores = estimator.predict(features[ok]), [None] * len(ok)
+            labels, scores = estimator.predict(features[0, ok]), [None] * len(ok)
         for i, label, score in zip(ok, labels, scores, strict=True):
             results[i] = Prediction(paths[i], str(label), None if score is None else float(score))
     return [results[i] for i in range(len(paths))]

@@ -23,25 +23,72 @@ from collections.abc import Mapping
 from typing import Any
 
 from .engine.backbones import BackboneSpec, resolve_backbone
+from .engine.preprocess import CROP_MODES, VIEWS, Preprocessing
+from .exceptions import ConfigError
 
-__all__ = ["DECODE_FIELDS", "RECIPE_ATTRS", "DecodeOptions", "EmbeddingRecipe"]
+__all__ = ["DECODE_FIELDS", "RECIPE_ATTRS", "DecodeOptions", "EmbeddingRecipe", "parse_views"]
 
 
 @dataclasses.dataclass(frozen=True)
 class DecodeOptions:
-    """How images are decoded, when that changes the pixels the network sees.
+    """How images become the network's input, when that changes the numbers.
 
     ``jpeg_draft``: PIL's JPEG draft mode (DCT scaling) for large JPEGs; ``gpu_decode``: nvJPEG
-    on the device. Both default to off, which is also what files written before they existed
-    mean.
+    on the device; ``crop_mode``: how the image is fitted to the crop (``center`` = the
+    weights' preset, ``squash``, ``border``; see :mod:`pipeline.engine.preprocess`);
+    ``views``: the augmented views embedded besides the plain one (sorted, e.g. ``("flip",)``).
+    Every default (off, ``center``, no views) is also what files written before the option
+    existed mean, and a default leaves the fingerprint as it was.
     """
 
     jpeg_draft: bool = False
     gpu_decode: bool = False
+    crop_mode: str = "center"
+    views: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        for field in dataclasses.fields(self):
-            object.__setattr__(self, field.name, bool(getattr(self, field.name)))
+        object.__setattr__(self, "jpeg_draft", bool(self.jpeg_draft))
+        object.__setattr__(self, "gpu_decode", bool(self.gpu_decode))
+        if self.crop_mode not in CROP_MODES:
+            raise ConfigError(
+                f"unknown crop mode {self.crop_mode!r}; choose one of {', '.join(CROP_MODES)}",
+                param="crop_mode",
+            )
+        object.__setattr__(self, "views", parse_views(self.views))
+
+    def non_default(self) -> dict[str, Any]:
+        """The options that differ from their default, as attrs values (the fingerprint)."""
+        found, default = self.as_attrs(), DecodeOptions().as_attrs()
+        return {k: v for k, v in found.items() if v != default[k]}
+
+    def as_attrs(self) -> dict[str, Any]:
+        """Attribute values: bools, the crop mode, the views as a list."""
+        return {**dataclasses.asdict(self), "views": list(self.views)}
+
+    @classmethod
+    def from_attrs(cls, attrs: Mapping[str, Any]) -> DecodeOptions:
+        """The options ``attrs`` name; absent ones (or None: a model file's copy of a store
+        attribute the store lacked) take their default."""
+        default = DecodeOptions()
+        return cls(**{k: _or_default(attrs.get(k), getattr(default, k)) for k in DECODE_FIELDS})
+
+
+def _or_default(value: Any, default: Any) -> Any:
+    return default if value is None else value
+
+
+def parse_views(views: Any) -> tuple[str, ...]:
+    """``"flip"``, ``"flip,..."``, a JSON list or a sequence -> a sorted tuple of known views."""
+    if isinstance(views, str):
+        text = views.strip()
+        views = json.loads(text) if text.startswith("[") else text.split(",")
+    names = sorted({str(v).strip() for v in views if str(v).strip()} - {"none"})
+    unknown = [v for v in names if v not in VIEWS]
+    if unknown:
+        raise ConfigError(
+            f"unknown view(s) {unknown}; available: {', '.join(VIEWS)}", param="views"
+        )
+    return tuple(names)
 
 
 #: Decode options, in attrs order; a file without one was written before it existed (off).
@@ -71,13 +118,24 @@ class EmbeddingRecipe:
     decode: DecodeOptions = DecodeOptions()
 
     @property
+    def preprocessing(self) -> Preprocessing:
+        """The weights' preprocessing with this recipe's crop mode."""
+        return dataclasses.replace(self.spec.preprocessing, crop_mode=self.decode.crop_mode)
+
+    @property
+    def views(self) -> tuple[str, ...]:
+        """The augmented views embedded besides the plain one."""
+        return self.decode.views
+
+    @property
     def draft_size(self) -> int | None:
         """The size JPEG draft decoding may shrink to (the resize), or None when off."""
         return self.spec.resize_size if self.decode.jpeg_draft else None
 
     def fingerprint(self) -> str:
-        """Hash of everything that changes the numbers. Decode options enter only when on, and
-        ``"backend": ""`` stays in the payload, so fingerprints written before match."""
+        """Hash of everything that changes the numbers. Decode options enter only when they
+        differ from their default, and ``"backend": ""`` stays in the payload, so fingerprints
+        written before match."""
         payload: dict[str, Any] = {
             "model": self.spec.model,
             "weights": self.spec.weights_id,
@@ -85,13 +143,13 @@ class EmbeddingRecipe:
             "precision": self.precision,
             "backend": "",
         }
-        payload.update({k: True for k in DECODE_FIELDS if getattr(self.decode, k)})
+        payload.update(self.decode.non_default())
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
 
     def to_attrs(self) -> dict[str, Any]:
         """The attributes describing this recipe (:data:`RECIPE_ATTRS`)."""
         return {
-            **dataclasses.asdict(self.decode),
+            **self.decode.as_attrs(),
             "model": self.spec.model,
             "weights": self.spec.weights or "none",
             "preprocessing": self.spec.preprocessing_repr,
@@ -109,17 +167,19 @@ class EmbeddingRecipe:
         installation reproduces the embedding.
         """
         spec = resolve_backbone(str(attrs["model"]), attrs["weights"])
-        decode = DecodeOptions(**{k: bool(attrs.get(k, False)) for k in DECODE_FIELDS})
-        return cls(spec, str(attrs["precision"]), decode)
+        return cls(spec, str(attrs["precision"]), DecodeOptions.from_attrs(attrs))
 
     def differences(self, attrs: Mapping[str, Any]) -> list[str]:
         """``"field found -> this"`` for each described field where ``attrs`` differ."""
         mine = self.to_attrs()
-        defaults = dataclasses.asdict(DecodeOptions())
+        defaults = DecodeOptions().as_attrs()
+
+        def found(k: str) -> Any:
+            value = _or_default(attrs.get(k), defaults.get(k))
+            return list(parse_views(value)) if k == "views" else value
+
         return [
-            f"{k} {attrs.get(k, defaults.get(k))!r} -> {mine[k]!r}"
-            for k in _DESCRIBED
-            if str(attrs.get(k, defaults.get(k))) != str(mine[k])
+            f"{k} {found(k)!r} -> {mine[k]!r}" for k in _DESCRIBED if str(found(k)) != str(mine[k])
         ]
 
     def mismatch(self, attrs: Mapping[str, Any]) -> str | None:

@@ -7,6 +7,8 @@ Layout of a store (the contract in ``docs/design.md`` / the README)::
     /paths      utf-8 (N,)  source path, or a stable id for built-in data
     /split      utf-8 (N,)  "train" | "val" | "test" | ""
     /keys       utf-8 (N,)  what identified the input's content when it was embedded
+    /views/<name>/features   float32 (N, D), like /features: row i is view <name> of image i
+                             (attrs["views"] lists the names; none in stores without views)
     /failed/paths, /failed/errors, /failed/keys   inputs that could not be read, and why
     attrs: class_names, model, weights, feature_dim, preprocessing, precision, fingerprint,
            versions, complete, n_rows, format_version, ...
@@ -63,6 +65,7 @@ __all__ = [
     "read_store",
     "row_datasets",
     "split_table",
+    "view_dataset",
     "write_index",
     "write_rows_file",
     "write_view",
@@ -72,7 +75,7 @@ logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 STRING_DTYPE = h5py.string_dtype(encoding="utf-8")
-_JSON_ATTRS = ("class_names", "versions", "preprocessing_fields", "request")
+_JSON_ATTRS = ("class_names", "versions", "preprocessing_fields", "request", "views")
 # HDF5 files up to this size are built in memory and written with plain Python I/O: a full disk
 # is then an ordinary OSError. (h5py failing to flush a file on disk leaves objects whose
 # release crashes the process with SIGSEGV.) Larger files get a free-space check first.
@@ -99,15 +102,22 @@ class FailedInputs:
         return len(self.paths)
 
 
+def view_dataset(name: str) -> str:
+    """Where view ``name``'s embeddings live in a store: ``views/<name>/features``."""
+    return f"views/{name}/features"
+
+
 @dataclass
 class Rows:
-    """A block of embedded rows, aligned: ``features[i]`` belongs to ``paths[i]``."""
+    """A block of embedded rows, aligned: ``features[i]`` (and ``views[name][i]``) belong to
+    ``paths[i]``."""
 
     features: np.ndarray
     labels: np.ndarray
     paths: list[str]
     split: list[str]
     keys: list[str]
+    views: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -125,6 +135,7 @@ class FeatureTable:
     class_names: list[str]
     attrs: dict[str, Any]
     failed: FailedInputs
+    views: dict[str, np.ndarray] = field(default_factory=dict)  # name -> (N, D), row-aligned
 
 
 def _check_free_space(target: Path, needed: int) -> None:
@@ -227,21 +238,23 @@ def _write_failed(fh: h5py.File, failed: FailedInputs) -> None:
     grp.create_dataset("keys", data=_str_array(failed.keys), dtype=STRING_DTYPE)
 
 
-def _create_row_datasets(fh: h5py.File, n: int, dim: int, dtype: np.dtype) -> dict[str, Any]:
-    chunk_rows = max(1, min(n, max(1, (1 << 20) // max(1, dim * dtype.itemsize))))
-    return {
-        "features": fh.create_dataset(
-            "features",
-            shape=(n, dim),
-            dtype=dtype,
-            chunks=(chunk_rows, dim) if n else None,
-            fletcher32=bool(n),  # a checksum per chunk: bit rot is an error, not a wrong row
-        ),
-        "labels": fh.create_dataset("labels", shape=(n,), dtype=np.int64),
-        "paths": fh.create_dataset("paths", shape=(n,), dtype=STRING_DTYPE),
-        "split": fh.create_dataset("split", shape=(n,), dtype=STRING_DTYPE),
-        "keys": fh.create_dataset("keys", shape=(n,), dtype=STRING_DTYPE),
-    }
+def _create_row_datasets(fh: h5py.File, n: int, attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """Create every row dataset of :func:`row_datasets` with ``n`` rows; float ones chunked
+    (about 1 MiB) with a ``fletcher32`` checksum per chunk."""
+    dsets = {}
+    for name, (shape, dtype) in row_datasets(attrs).items():
+        if shape:
+            chunk_rows = max(1, min(n, (1 << 20) // max(1, shape[0] * dtype.itemsize)))
+            dsets[name] = fh.create_dataset(
+                name,
+                shape=(n, *shape),
+                dtype=dtype,
+                chunks=(chunk_rows, *shape) if n else None,
+                fletcher32=bool(n),  # a checksum per chunk: bit rot is an error, not a wrong row
+            )
+        else:
+            dsets[name] = fh.create_dataset(name, shape=(n,), dtype=dtype)
+    return dsets
 
 
 def write_rows_file(
@@ -249,11 +262,14 @@ def write_rows_file(
 ) -> None:
     """Write ``rows`` and ``failed`` as one HDF5 file, atomically."""
     features = np.ascontiguousarray(rows.features, dtype=np.float32)
-    size = _rows_size(len(rows), features.shape[1], len(failed))
+    views = list(attrs.get("views") or [])
+    size = _rows_size(len(rows), features.shape[1] * (1 + len(views)), len(failed))
     with h5_atomic(path, size) as fh:
-        dsets = _create_row_datasets(fh, len(rows), features.shape[1], features.dtype)
+        dsets = _create_row_datasets(fh, len(rows), {**attrs, "feature_dim": features.shape[1]})
         if len(rows):
             dsets["features"][...] = features
+            for name in views:
+                dsets[view_dataset(name)][...] = rows.views[name]
             dsets["labels"][...] = np.asarray(rows.labels, dtype=np.int64)
             dsets["paths"][...] = _str_array(rows.paths)
             dsets["split"][...] = _str_array(rows.split)
@@ -332,6 +348,9 @@ def read_rows_file(
                     list(_read_strings(grp["keys"])) if "keys" in grp else [],
                 )
             labels, paths, split, keys = _read_row_columns(fh, with_rows)
+            views = {
+                v: fh[view_dataset(v)][...] for v in (attrs.get("views") or []) if with_features
+            }
             return FeatureTable(
                 features=feats,
                 labels=labels,
@@ -341,6 +360,7 @@ def read_rows_file(
                 class_names=list(attrs.get("class_names", [])),
                 attrs=attrs,
                 failed=failed,
+                views=views,
             )
     except FileNotFoundError:
         raise StoreError(f"{path}: no such feature store") from None
@@ -391,11 +411,15 @@ def check_not_being_written(path: str | Path) -> None:
         raise StoreError(f"{path} is being written by a running extract; wait for it to finish")
 
 
-def row_datasets(dim: int) -> dict[str, tuple[tuple[int, ...], Any]]:
+def row_datasets(attrs: Mapping[str, Any]) -> dict[str, tuple[tuple[int, ...], Any]]:
     """The store's row datasets: name -> (shape of one row, dtype); row i of each belongs to
-    image i. Indexes and appended stores map every one of them over the part files."""
+    image i. The float ones are ``features`` and each view's (``attrs["views"]``), each row
+    ``attrs["feature_dim"]`` wide. Stores, part files, indexes, appended stores and merges all
+    use exactly this list."""
+    dim = int(attrs["feature_dim"])
+    floats = ["features", *(view_dataset(v) for v in attrs.get("views") or [])]
     return {
-        "features": ((dim,), np.dtype(np.float32)),
+        **{name: ((dim,), np.dtype(np.float32)) for name in floats},
         "labels": ((), np.dtype(np.int64)),
         "paths": ((), STRING_DTYPE),
         "split": ((), STRING_DTYPE),
@@ -432,7 +456,7 @@ def _write_virtual(
     """Write ``out`` whose row datasets are virtual over ``mapping``: (source file, first row,
     rows) runs, concatenated in order. Returns the number of rows."""
     total, dim = sum(n for _, _, n in mapping), int(attrs["feature_dim"])
-    specs = row_datasets(dim)
+    specs = row_datasets(attrs)
     layouts = {
         name: h5py.VirtualLayout((total, *shape), dtype) for name, (shape, dtype) in specs.items()
     }
@@ -576,8 +600,11 @@ def merge_store(
         out_paths[i] = path
     written = np.zeros(n, dtype=bool)
     out_keys = np.empty(n, dtype=object)
-    with h5_atomic(out, _rows_size(n, dim, len(failed))) as fh:
-        dsets = _create_row_datasets(fh, n, dim, np.dtype(np.float32))
+    floats = [name for name, (shape, _) in row_datasets(attrs).items() if shape]
+    limit = max(1, (16 << 20) // (4 * max(1, dim)))
+    size = _rows_size(n, dim * len(floats), len(failed))
+    with h5_atomic(out, size) as fh:
+        dsets = _create_row_datasets(fh, n, attrs)
         for src in sources:
             with h5py.File(src, "r") as part:
                 part_paths = _read_strings(part["paths"])
@@ -590,9 +617,10 @@ def merge_store(
                 target = np.array([order[part_paths[j]] for j in take], dtype=np.int64)
                 sort = np.argsort(target, kind="stable")
                 take_sorted, target = np.asarray(take)[sort], target[sort]
-                features, limit = part["features"], max(1, (16 << 20) // (4 * max(1, dim)))
-                for s, t, length in _contiguous_runs(take_sorted, target, limit):
-                    dsets["features"][t : t + length] = features[s : s + length]
+                for name in floats:
+                    data = part[name]
+                    for s, t, length in _contiguous_runs(take_sorted, target, limit):
+                        dsets[name][t : t + length] = data[s : s + length]
                 written[target] = True
                 out_keys[target] = part_keys[take_sorted]
         if not written.all():

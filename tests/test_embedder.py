@@ -186,6 +186,8 @@ def test_clone_get_set_params():
         "cache": "c.h5",
         "on_error": "nan",
         "workers": 0,
+        "crop_mode": "center",
+        "views": (),
     }
     copy = clone(embedder)
     assert copy is not embedder and copy.get_params() == params

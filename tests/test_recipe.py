@@ -8,6 +8,7 @@ import dataclasses
 import pytest
 
 from pipeline.engine.backbones import BackboneSpec
+from pipeline.exceptions import ConfigError
 from pipeline.recipe import DECODE_FIELDS, RECIPE_ATTRS, DecodeOptions, EmbeddingRecipe
 
 from ._fit_helpers import SPEC_RECORD
@@ -44,8 +45,15 @@ def test_every_field_changes_the_fingerprint():
         base,
         dataclasses.replace(base, precision="bf16"),
         dataclasses.replace(base, spec=random_init),
-        *(dataclasses.replace(base, decode=DecodeOptions(**{f: True})) for f in DECODE_FIELDS),
+        *(
+            dataclasses.replace(base, decode=DecodeOptions(**{f: True}))
+            for f in ("jpeg_draft", "gpu_decode")
+        ),
+        dataclasses.replace(base, decode=DecodeOptions(crop_mode="squash")),
+        dataclasses.replace(base, decode=DecodeOptions(crop_mode="border")),
+        dataclasses.replace(base, decode=DecodeOptions(views=("flip",))),
     ]
+    assert set(DECODE_FIELDS) == {"jpeg_draft", "gpu_decode", "crop_mode", "views"}
     assert len({v.fingerprint() for v in variants}) == len(variants)
 
 
@@ -78,4 +86,24 @@ def test_from_attrs_resolves_with_torchvision():
     )
     assert recipe.spec.weights is None and recipe.precision == "fp32"
     assert recipe.decode == DecodeOptions(jpeg_draft=True, gpu_decode=False)
+    assert recipe.decode.crop_mode == "center" and recipe.views == ()  # absent: old files
     assert EmbeddingRecipe.from_attrs(recipe.to_attrs()) == recipe
+
+
+def test_crop_mode_and_views_round_trip_and_are_named_in_mismatches():
+    options = DecodeOptions(crop_mode="border", views="flip")
+    recipe = EmbeddingRecipe(PRETRAINED, "fp32", options)
+    attrs = recipe.to_attrs()
+    assert attrs["crop_mode"] == "border" and attrs["views"] == ["flip"]
+    assert EmbeddingRecipe.from_attrs(attrs) == recipe
+    assert EmbeddingRecipe.from_attrs({**attrs, "views": '["flip"]'}) == recipe  # JSON attr
+    assert recipe.preprocessing.crop_mode == "border"
+    plain = EmbeddingRecipe(PRETRAINED, "fp32")
+    assert plain.mismatch(attrs) == "crop_mode 'border' -> 'center'; views ['flip'] -> []"
+
+
+@pytest.mark.parametrize(("field", "value"), [("crop_mode", "zoom"), ("views", "flip,rotate")])
+def test_unknown_crop_mode_or_view_is_an_error_naming_it(field, value):
+    with pytest.raises(ConfigError, match=value.split(",")[-1]) as info:
+        DecodeOptions(**{field: value})
+    assert info.value.param == field

@@ -24,7 +24,23 @@ import numpy as np
 
 from ..exceptions import ImageDecodeError
 
-__all__ = ["MAX_ASPECT_RATIO", "Preprocessing", "transform_fields"]
+__all__ = [
+    "CROP_MODES",
+    "MAX_ASPECT_RATIO",
+    "VIEWS",
+    "Preprocessing",
+    "make_view",
+    "transform_fields",
+]
+
+#: How an image is fitted to the square crop (named after timm's ``crop_mode``): ``center`` is
+#: the weights' preset (resize the short side, centre crop); ``squash`` resizes the whole image
+#: to the crop, ignoring its aspect ratio; ``border`` keeps the aspect ratio, resizing the long
+#: side to the crop and padding the short one with black (zeros) on both sides.
+CROP_MODES = ("center", "squash", "border")
+
+#: Deterministic augmented views, made from the uint8 crop: ``flip`` is the horizontal mirror.
+VIEWS = ("flip",)
 
 # Resizing the short side to S makes the long side S x aspect ratio: a 1 x 8,000 strip would
 # become 256 x 2,048,000 (1.5 GB of pixels). Images more elongated than this are refused (and
@@ -65,6 +81,7 @@ class Preprocessing:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     interpolation: str = "bilinear"
+    crop_mode: str = "center"
 
     @classmethod
     def from_fields(cls, fields: dict[str, Any]) -> Preprocessing:
@@ -107,9 +124,15 @@ class Preprocessing:
             )
 
     def crop(self, image: Any) -> np.ndarray:
-        """Resize and centre-crop an RGB PIL image; (crop, crop, 3) uint8, zero-padded when
-        the image is smaller than the crop (as torchvision pads). Raises
-        :class:`ImageDecodeError` for an image :meth:`check_size` refuses."""
+        """Fit an RGB PIL image to the crop as ``crop_mode`` says; (crop, crop, 3) uint8.
+
+        ``center``: resize the short side and centre-crop, zero-padded when the image is
+        smaller than the crop (as torchvision pads). Raises :class:`ImageDecodeError` for an
+        image :meth:`check_size` refuses."""
+        if self.crop_mode == "squash":
+            return self._squash(image)
+        if self.crop_mode == "border":
+            return self._border(image)
         self.check_size(*image.size)
         size = self.resized_size(*image.size)
         if size != image.size:
@@ -128,10 +151,40 @@ class Preprocessing:
         left = int(round((padded.shape[1] - c) / 2.0))
         return padded[top : top + c, left : left + c]
 
+    def _squash(self, image: Any) -> np.ndarray:
+        """The whole image resized to (crop, crop), with the preset's interpolation."""
+        width, height = image.size
+        if min(width, height) < 1:
+            raise ImageDecodeError(f"image has no pixels ({width} x {height})")
+        c = self.crop_size
+        if image.size != (c, c):
+            image = image.resize((c, c), _PIL_FILTERS[self.interpolation])
+        return np.asarray(image)
+
+    def _border(self, image: Any) -> np.ndarray:
+        """The long side resized to the crop (aspect ratio kept), the short side padded with
+        zeros on both sides (the smaller half top / left), as padding to a square and
+        resizing does, without allocating the padded full-size square."""
+        width, height = image.size
+        if min(width, height) < 1:
+            raise ImageDecodeError(f"image has no pixels ({width} x {height})")
+        c, long = self.crop_size, max(width, height)
+        size = (max(1, round(c * width / long)), max(1, round(c * height / long)))
+        if size != image.size:
+            image = image.resize(size, _PIL_FILTERS[self.interpolation])
+        pixels = np.asarray(image)
+        out = np.zeros((c, c, 3), dtype=np.uint8)
+        top, left = (c - size[1]) // 2, (c - size[0]) // 2
+        out[top : top + size[1], left : left + size[0]] = pixels
+        return out
+
     def crop_tensor(self, image: Any) -> Any:
         """The same resize and centre crop on a uint8 (3, H, W) torch tensor, on its device
         (for GPU-decoded images); returns (crop, crop, 3). torchvision's antialiased tensor
-        resize is close to PIL's but not bit-identical, so this is a fingerprinted option."""
+        resize is close to PIL's but not bit-identical, so this is a fingerprinted option.
+        Only the ``center`` crop mode has a tensor path (``--gpu-decode`` refuses the others)."""
+        if self.crop_mode != "center":
+            raise ValueError(f"crop_mode={self.crop_mode!r} has no GPU-decode path")
         from torchvision.transforms import InterpolationMode
         from torchvision.transforms.v2 import functional as F
 
@@ -159,3 +212,17 @@ class Preprocessing:
 
         pixels = torch.from_numpy(np.array(self.crop(image)))
         return self.normalize(pixels.permute(2, 0, 1)[None])[0]
+
+
+def make_view(name: str, crops: Any) -> Any:
+    """View ``name`` of a batch of uint8 (N, H, W, 3) crops (numpy array or torch tensor).
+
+    ``flip`` mirrors each crop left-right. For ``center`` this equals cropping the mirrored
+    image whenever the crop is centred exactly (the resized width minus the crop is even);
+    otherwise the window sits one pixel over (``tests/test_views.py``).
+    """
+    if name != "flip":
+        raise ValueError(f"unknown view {name!r}; available: {', '.join(VIEWS)}")
+    if isinstance(crops, np.ndarray):
+        return np.ascontiguousarray(crops[:, :, ::-1])
+    return crops.flip(2)

@@ -39,11 +39,13 @@ from .onnx import (
     onnx_cache_dir,
     save_verified,
 )
+from .preprocess import Preprocessing, make_view
 
 __all__ = [
     "Batch",
     "OnnxRunner",
     "TorchRunner",
+    "ViewsRunner",
     "auto_batch_size",
     "auto_workers",
     "checkpoint_path",
@@ -258,23 +260,44 @@ def make_runner(
 def embed_images(
     load: Callable[[int], Any],
     n: int,
-    spec: BackboneSpec,
+    preprocessing: Preprocessing,
     runner: Any,
     *,
     batch_size: int,
     workers: int,
     on_error: str = "raise",
     paths: Sequence[str] | None = None,
+    views: Sequence[str] = (),
 ) -> tuple[np.ndarray, list[str]]:
     """Embed ``n`` items given by ``load(i)``; see :func:`embed_loaded`. With ``paths`` (the
-    files behind the items), JPEGs are decoded on the runner's device (``--gpu-decode``)."""
+    files behind the items), JPEGs are decoded on the runner's device (``--gpu-decode``).
+
+    With ``views`` the result is (1 + len(views), n, D): the plain embeddings, then each
+    view's (:func:`~pipeline.engine.preprocess.make_view`); else (n, D)."""
     batches = decode_batches(
         load,
         n,
-        spec.preprocessing,
+        preprocessing,
         getattr(runner, "device", "cpu"),
         batch_size=batch_size,
         workers=workers,
         paths=paths,
     )
-    return embed_loaded(runner, batches, n, on_error)
+    if not views:
+        return embed_loaded(runner, batches, n, on_error)
+    stacked, errors = embed_loaded(ViewsRunner(runner, views), batches, n, on_error)
+    return stacked.reshape(n, 1 + len(views), -1).transpose(1, 0, 2), errors
+
+
+class ViewsRunner:
+    """A runner that embeds the plain crops and each view of them, side by side:
+    (N, (1 + len(views)) * D) out, the plain embedding first."""
+
+    def __init__(self, runner: Any, views: Sequence[str]) -> None:
+        self.runner, self.views = runner, tuple(views)
+        self.feature_dim = (1 + len(self.views)) * runner.feature_dim
+        self.device = getattr(runner, "device", "cpu")
+
+    def __call__(self, crops: Any) -> np.ndarray:
+        outs = [self.runner(crops), *(self.runner(make_view(v, crops)) for v in self.views)]
+        return np.concatenate(outs, axis=1)

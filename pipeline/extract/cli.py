@@ -3,15 +3,45 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from .._cli import ArgumentParser, add_verbosity, run_cli, setup_logging, validated
 from .._runtime import BACKENDS, PRECISIONS, check_device
 from ..config import ExtractConfig
+from ..engine.preprocess import CROP_MODES
 from ..exceptions import ConfigError
 from .executors import run_extraction
 
 __all__ = ["build_parser", "main"]
+
+
+def _add_recipe_flags(add: Callable[..., Any]) -> None:
+    """Decode and preprocessing options: each is part of the embedding recipe (fingerprint)."""
+    add(
+        "--jpeg-draft",
+        action="store_true",
+        default=None,
+        help="decode large JPEGs at a reduced scale (faster; part of the fingerprint)",
+    )
+    add(
+        "--gpu-decode",
+        action="store_true",
+        default=None,
+        help="decode JPEG batches on the GPU with torchvision.io.decode_jpeg (nvJPEG), resize "
+        "and crop there (CUDA runs; part of the fingerprint)",
+    )
+    add(
+        "--crop-mode",
+        choices=CROP_MODES,
+        help="fit images to the crop: center (the weights' preset), squash (whole image, "
+        "aspect ignored), border (aspect kept, padded); part of the fingerprint",
+    )
+    add(
+        "--views",
+        help="augmented views embedded besides the plain one, comma-separated: flip "
+        "(stored under /views/<name>/features; part of the fingerprint)",
+    )
 
 
 def build_parser(prog: str = "python -m pipeline.extract") -> argparse.ArgumentParser:
@@ -41,19 +71,7 @@ def build_parser(prog: str = "python -m pipeline.extract") -> argparse.ArgumentP
     add("--backend", choices=BACKENDS, help="auto: ONNX Runtime for fp32 on CPU, else torch")
     add("--dask", help="run on Dask: local[:N] or tcp://HOST:PORT")
     add("--checkpoint-seconds", type=float, help="how often finished rows are made durable")
-    add(
-        "--jpeg-draft",
-        action="store_true",
-        default=None,
-        help="decode large JPEGs at a reduced scale (faster; part of the fingerprint)",
-    )
-    add(
-        "--gpu-decode",
-        action="store_true",
-        default=None,
-        help="decode JPEG batches on the GPU with torchvision.io.decode_jpeg (nvJPEG), resize "
-        "and crop there (CUDA runs; part of the fingerprint)",
-    )
+    _add_recipe_flags(add)
     add("--overwrite", action="store_true", default=None, help="replace an existing store at --out")
     add(
         "--compact",

@@ -19,6 +19,7 @@ import numpy as np
 
 from .._progress import Progress
 from ..engine.decoding import decode_batches
+from ..engine.preprocess import make_view
 from ..store import (
     FailedInputs,
     Rows,
@@ -80,13 +81,21 @@ class PartWriter:
 
     def _reset(self) -> None:
         self.features: list[np.ndarray] = []
+        self.views: dict[str, list[np.ndarray]] = {v: [] for v in self.plan.recipe.views}
         self.indices: list[int] = []  # into plan.records
         self.failed = FailedInputs()
         self.last_flush = time.perf_counter()
 
-    def add(self, features: np.ndarray, indices: Sequence[int]) -> None:
-        """Rows ``features[j]`` of ``plan.records[indices[j]]``."""
+    def add(
+        self,
+        features: np.ndarray,
+        indices: Sequence[int],
+        views: dict[str, np.ndarray] | None = None,
+    ) -> None:
+        """Rows ``features[j]`` (and ``views[name][j]``) of ``plan.records[indices[j]]``."""
         self.features.append(features)
+        for name, block in (views or {}).items():
+            self.views[name].append(block)
         self.indices.extend(indices)
 
     def fail(self, i: int, error: str) -> None:
@@ -94,7 +103,7 @@ class PartWriter:
 
     def due(self) -> bool:
         """A checkpoint is due (``checkpoint_seconds`` passed) or the buffer is full."""
-        buffered = len(self.indices) * self.feature_dim * 4
+        buffered = len(self.indices) * self.feature_dim * 4 * (1 + len(self.views))
         waited = time.perf_counter() - self.last_flush
         return waited >= self.plan.config.checkpoint_seconds or buffered >= _FLUSH_BYTES
 
@@ -102,17 +111,18 @@ class PartWriter:
         if not self.indices and not self.failed:
             return
         records = [self.plan.records[i] for i in self.indices]
-        features = (
-            np.concatenate(self.features)
-            if self.features
-            else np.empty((0, self.feature_dim), np.float32)
-        )
+
+        def stacked(blocks: list[np.ndarray]) -> np.ndarray:
+            return np.concatenate(blocks) if blocks else np.empty((0, self.feature_dim), np.float32)
+
+        features = stacked(self.features)
         rows = Rows(
             features,
             np.asarray([r.label for r in records], dtype=np.int64),
             [r.path for r in records],
             [r.split for r in records],
             [self.plan.keys[i] for i in self.indices],
+            {name: stacked(blocks) for name, blocks in self.views.items()},
         )
         path = self.folder / f"{self.prefix}{self.part_no:06d}.h5"
         write_rows_file(path, rows, self.failed, self.plan.attrs)
@@ -152,7 +162,7 @@ def embed_into_parts(
     batches = decode_batches(
         functools.partial(_load_record, plan.source, chosen, plan.recipe.draft_size),
         len(chosen),
-        plan.spec.preprocessing,
+        plan.recipe.preprocessing,
         plan.device,
         batch_size=plan.batch_size,
         workers=plan.workers,
@@ -196,7 +206,8 @@ def _embed_batches(
                     _log_skipped(plan.records[i].path, error)
             if ok:
                 images = batch.images if len(ok) == len(batch.errors) else batch.images[ok]
-                writer.add(runner(images), [indices[batch.indices[j]] for j in ok])
+                views = {v: runner(make_view(v, images)) for v in plan.recipe.views}
+                writer.add(runner(images), [indices[batch.indices[j]] for j in ok], views)
                 counts[0] += len(ok)
             bar.update(len(batch.indices))
             if writer.due():

@@ -31,7 +31,7 @@ from ..engine.backbones import BackboneSpec, resolve_backbone
 from ..engine.onnx import load_verified, no_gpu_present, request_key
 from ..engine.sources import is_transient, open_source
 from ..exceptions import CacheMismatchError, ConfigError, StoreError
-from ..recipe import DecodeOptions, EmbeddingRecipe
+from ..recipe import DecodeOptions, EmbeddingRecipe, parse_views
 from ..store import (
     FORMAT_VERSION,
     is_appended,
@@ -265,6 +265,8 @@ def _request(config: ExtractConfig) -> dict[str, Any]:
         "device": config.device,
         "jpeg_draft": bool(config.jpeg_draft),
         "gpu_decode": bool(config.gpu_decode),
+        **({"crop_mode": config.crop_mode} if config.crop_mode != "center" else {}),
+        **({"views": list(parse_views(config.views))} if parse_views(config.views) else {}),
         "auto_weights": dict(sorted(config.auto_weights.items())),
         "torchvision": installed_version("torchvision"),
         "pipeline": __version__,
@@ -306,6 +308,11 @@ def unchanged_store(config: ExtractConfig, source: Any) -> ExtractSummary | None
 def _check_gpu_decode(config: ExtractConfig, device: str) -> None:
     if not config.gpu_decode:
         return
+    if config.crop_mode != "center":
+        raise ConfigError(
+            f"has only the center crop mode on the GPU; leave out --crop-mode {config.crop_mode}",
+            param="gpu_decode",
+        )
     if not device.startswith("cuda"):
         raise ConfigError(f"needs a CUDA device; this run is on {device}", param="gpu_decode")
     if config.jpeg_draft:
@@ -348,12 +355,13 @@ def plan_extraction(
         spec = resolve_backbone(config.model, config.weights, config.auto_weights)
         device = resolve_device(config.device)
         precision = resolve_precision(config.precision, device)
+    options = DecodeOptions(config.jpeg_draft, config.gpu_decode, config.crop_mode, config.views)
     _check_gpu_decode(config, str(device))
     if config.batch_size < 0:
         raise ConfigError(f"must be positive, got {config.batch_size}", param="batch_size")
     out = Path(config.out)
     _check_writable(out)
-    recipe = EmbeddingRecipe(spec, precision, DecodeOptions(config.jpeg_draft, config.gpu_decode))
+    recipe = EmbeddingRecipe(spec, precision, options)
     attrs: dict[str, Any] = {
         **recipe.to_attrs(),
         "class_names": source.class_names,

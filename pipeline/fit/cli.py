@@ -15,6 +15,12 @@ from .report import format_table
 __all__ = ["build_parser", "main"]
 
 
+def _on_off(value: str) -> bool:
+    if value not in ("on", "off"):
+        raise argparse.ArgumentTypeError(f"expected on or off, got {value!r}")
+    return value == "on"
+
+
 def build_parser(prog: str = "python -m pipeline.fit") -> argparse.ArgumentParser:
     parser = ArgumentParser(
         prog=prog,
@@ -34,6 +40,8 @@ def build_parser(prog: str = "python -m pipeline.fit") -> argparse.ArgumentParse
     add("--out", help="output folder for report.json, report.md, plots and models/ (artifacts)")
     add("--seed", type=int, help="random seed for splits and classifiers (0)")
     add("--dask", help="train xgboost on Dask: local[:N] or tcp://HOST:PORT")
+    add("--tta", type=_on_off, metavar="on|off", help="average over the store's views (on)")
+    add("--augment", action="store_true", default=None, help="train on the views too")
     add(
         "--set",
         dest="sets",

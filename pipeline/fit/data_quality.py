@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -234,18 +234,12 @@ def find_label_issues(
         )
     paths = [str(p) for p in (paths if paths is not None else range(n))]
     splits = [str(s) for s in (splits if splits is not None else [""] * n)]
-    classes, codes, counts = np.unique(labels, return_inverse=True, return_counts=True)
-    judged = counts[codes] >= 2
-    empty = pd.DataFrame({c: [] for c in ("row", *LABEL_ISSUE_COLUMNS)})
-    kept_classes = np.flatnonzero(counts >= 2)
-    if len(kept_classes) < 2:
+    judged = _judged_rows(labels)
+    if judged is None:
         logger.warning("label issues: fewer than 2 classes with 2+ rows; nothing to judge")
-        return empty
-    rows = np.flatnonzero(judged)
-    remap = np.full(len(classes), -1)
-    remap[kept_classes] = np.arange(len(kept_classes))
-    y = remap[codes[rows]]
-    folds = int(min(n_folds, counts[kept_classes].min()))
+        return pd.DataFrame({c: [] for c in ("row", *LABEL_ISSUE_COLUMNS)})
+    rows, y, names, folds = judged
+    folds = int(min(n_folds, folds))
     proba = out_of_fold_proba(
         features[rows],
         y,
@@ -262,24 +256,55 @@ def find_label_issues(
         return_indices_ranked_by="self_confidence",
         n_jobs=1,
     )
-    names = classes[kept_classes]
+    table = _issue_table(rows[flagged], y[flagged], proba[flagged], names, paths, splits)
+    logger.info(
+        "label issues: %d of %d rows flagged (%d-fold out-of-fold probe)", len(table), n, folds
+    )
+    return table
+
+
+def _judged_rows(
+    labels: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int] | None:
+    """The rows of classes with 2+ rows, their labels coded ``0..k-1``, the ``k`` class names
+    and the smallest kept class size; ``None`` when fewer than 2 classes can be judged."""
+    classes, codes, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    kept_classes = np.flatnonzero(counts >= 2)
+    if len(kept_classes) < 2:
+        return None
+    rows = np.flatnonzero(counts[codes] >= 2)
+    remap = np.full(len(classes), -1)
+    remap[kept_classes] = np.arange(len(kept_classes))
+    return rows, remap[codes[rows]], classes[kept_classes], int(counts[kept_classes].min())
+
+
+def _issue_table(
+    rows: np.ndarray,
+    y: np.ndarray,
+    proba: np.ndarray,
+    names: np.ndarray,
+    paths: list[str],
+    splits: list[str],
+) -> pd.DataFrame:
+    """The ranked table of flagged rows (``rows`` input indices, ``y`` coded given labels,
+    ``proba`` their out-of-fold probabilities), lowest ``p_label`` first."""
+    import pandas as pd
+
     pred = proba.argmax(axis=1)
+    picked = np.arange(len(rows))
     table = pd.DataFrame(
         {
-            "row": rows[flagged],
-            "path": [paths[i] for i in rows[flagged]],
-            "split": [splits[i] for i in rows[flagged]],
-            "label": names[y[flagged]],
-            "predicted": names[pred[flagged]],
-            "p_label": proba[flagged, y[flagged]],
-            "p_predicted": proba[flagged, pred[flagged]],
+            "row": rows,
+            "path": [paths[i] for i in rows],
+            "split": [splits[i] for i in rows],
+            "label": names[y],
+            "predicted": names[pred],
+            "p_label": proba[picked, y],
+            "p_predicted": proba[picked, pred],
         }
     )
     table = table.sort_values(["p_label", "row"], kind="stable").reset_index(drop=True)
     table.insert(0, "rank", np.arange(1, len(table) + 1))
-    logger.info(
-        "label issues: %d of %d rows flagged (%d-fold out-of-fold probe)", len(table), n, folds
-    )
     return table
 
 
@@ -331,7 +356,6 @@ def find_duplicates(
         content, else ``near``), sorted exact first, then by similarity descending.
     """
     import pandas as pd
-    from sklearn.neighbors import NearestNeighbors
 
     if not 0.0 < threshold <= 1.0:
         raise ValueError(f"threshold: a cosine similarity in (0, 1], got {threshold!r}")
@@ -345,9 +369,50 @@ def find_duplicates(
     labels = np.asarray(labels if labels is not None else [""] * n, dtype=object)
     train = np.flatnonzero(splits == "train")
     query = np.flatnonzero(np.isin(splits, ["test", "val"]))
-    records: list[dict[str, Any]] = []
     if len(train) == 0 or len(query) == 0:
         return pd.DataFrame({c: [] for c in DUPLICATE_COLUMNS})
+
+    records = [
+        {
+            "path": str(paths[i]),
+            "split": str(splits[i]),
+            "label": labels[i],
+            "train_path": str(paths[match]),
+            "train_label": labels[match],
+            "kind": kind,
+            "similarity": similarity,
+        }
+        for i, match, kind, similarity in _duplicate_pairs(
+            np.asarray(features), train, query, content_hashes, threshold, center, batch_size
+        )
+    ]
+    table = pd.DataFrame(records, columns=list(DUPLICATE_COLUMNS))
+    if len(table):
+        table["_exact"] = table["kind"] == "exact"
+        table = table.sort_values(["_exact", "similarity", "path"], ascending=[False, False, True])
+        table = table.drop(columns="_exact").reset_index(drop=True)
+    logger.info(
+        "duplicates: %d exact and %d near (cosine >= %.3f) of %d test/val rows",
+        int((table["kind"] == "exact").sum()),
+        int((table["kind"] == "near").sum()),
+        threshold,
+        len(query),
+    )
+    return table
+
+
+def _duplicate_pairs(
+    features: np.ndarray,
+    train: np.ndarray,
+    query: np.ndarray,
+    content_hashes: Sequence[str | None],
+    threshold: float,
+    center: bool,
+    batch_size: int,
+) -> Iterator[tuple[int, int, str, float]]:
+    """Yield ``(query_row, train_row, kind, similarity)`` for every query row with an exact
+    (same content hash) or near (cosine >= ``threshold``) duplicate among the ``train`` rows."""
+    from sklearn.neighbors import NearestNeighbors
 
     first_train: dict[str, int] = {}
     for i in train:
@@ -355,9 +420,8 @@ def find_duplicates(
         if h is not None:
             first_train.setdefault(h, int(i))
     shift = features[train].mean(axis=0) if center else np.zeros(features.shape[1])
-    train_vectors = _normalise(features[train] - shift)
     index = NearestNeighbors(n_neighbors=1, algorithm="brute", metric="euclidean")
-    index.fit(train_vectors)
+    index.fit(_normalise(features[train] - shift))
     for start in range(0, len(query), batch_size):
         batch = query[start : start + batch_size]
         query_vectors = _normalise(features[batch] - shift)
@@ -373,30 +437,7 @@ def find_duplicates(
                 match, kind = int(train[j]), "near"
             else:
                 continue
-            records.append(
-                {
-                    "path": str(paths[i]),
-                    "split": str(splits[i]),
-                    "label": labels[i],
-                    "train_path": str(paths[match]),
-                    "train_label": labels[match],
-                    "kind": kind,
-                    "similarity": float(min(1.0, sim)),
-                }
-            )
-    table = pd.DataFrame(records, columns=list(DUPLICATE_COLUMNS))
-    if len(table):
-        table["_exact"] = table["kind"] == "exact"
-        table = table.sort_values(["_exact", "similarity", "path"], ascending=[False, False, True])
-        table = table.drop(columns="_exact").reset_index(drop=True)
-    logger.info(
-        "duplicates: %d exact and %d near (cosine >= %.3f) of %d test/val rows",
-        int((table["kind"] == "exact").sum()),
-        int((table["kind"] == "near").sum()),
-        threshold,
-        len(query),
-    )
-    return table
+            yield int(i), match, kind, float(min(1.0, sim))
 
 
 def leakage_warning(duplicates: pd.DataFrame) -> str | None:

@@ -79,6 +79,31 @@ def write_decision_png(
     fig = Figure(figsize=(9.0, 1.2 + 0.55 * n), dpi=100, layout="constrained")
     ax_score, ax_time = fig.subplots(1, 2, sharey=True, width_ratios=[3, 1.4])
     y = list(range(n))[::-1]  # best on top
+    _draw_scores(ax_score, rows, scores, lows, highs, best_index, y, metric)
+    _draw_times(ax_time, rows, y)
+    fig.suptitle(
+        title
+        or f"which classifier? {metric.replace('_', ' ')} with 95% intervals; "
+        "light band: the best's interval",
+        fontsize=10,
+    )
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    return path
+
+
+def _draw_scores(
+    ax_score: Any,
+    rows: list[Mapping[str, Any]],
+    scores: list[float],
+    lows: list[float],
+    highs: list[float],
+    best_index: int,
+    y: list[int],
+    metric: str,
+) -> None:
+    """The left panel: each classifier's score with its interval, coloured best/tied/worse."""
     best_lo, best_hi = lows[best_index], highs[best_index]
     ax_score.axvspan(best_lo, best_hi, color=_TIED, alpha=0.15, lw=0)
     for i, r in enumerate(rows):
@@ -117,6 +142,9 @@ def write_decision_png(
     ax_score.set_xlabel(f"{metric.replace('_', ' ')} (95% interval; axis zoomed)")
     ax_score.grid(axis="x", alpha=0.3)
 
+
+def _draw_times(ax_time: Any, rows: list[Mapping[str, Any]], y: list[int]) -> None:
+    """The right panel: fit times on a log axis (no bar for a classifier without one)."""
     times = [r.get("fit_seconds", r.get("refit_seconds")) for r in rows]
     shown = [(yy, float(t)) for yy, t in zip(y, times, strict=True) if t is not None and t > 0]
     if shown:
@@ -136,13 +164,3 @@ def write_decision_png(
             )
     ax_time.set_xlabel("fit time (s, log)")
     ax_time.grid(axis="x", alpha=0.3)
-    fig.suptitle(
-        title
-        or f"which classifier? {metric.replace('_', ' ')} with 95% intervals; "
-        "light band: the best's interval",
-        fontsize=10,
-    )
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    return path

@@ -35,6 +35,7 @@ from .report import (
     write_report_json,
     write_report_md,
 )
+from .views import saved_estimator, saved_views, views_report, views_used, wide_features, with_views
 
 __all__ = ["parse_clf", "run_fit"]
 
@@ -282,7 +283,8 @@ def _run_one(
             "format_version": MODEL_FORMAT_VERSION,
             "pipeline_version": __version__,
             "clf": name,
-            "estimator": fitted,
+            "estimator": saved_estimator(fitted),
+            "views": saved_views(fitted),  # views averaged at test time (fit/views.py)
             "class_names": list(labels),
             "backbone": dict(backbone),
             "store": str(Path(config.features)),
@@ -338,12 +340,19 @@ def run_fit(config: FitConfig) -> dict[str, Any]:
         )
     check_fit_memory(path, names)
     table = read_store(path)
+    views = views_used(table.attrs, config.tta, config.augment)
+    table.features = wide_features(table, views)  # views as columns: splits keep them together
     check_finite(table, path)
     # Build every estimator first, so a bad hyperparameter (even of a classifier not run this
     # time, such as a typo in --set) fails before any training.
     built = {name: _build(name, config) for name in CLASSIFIER_NAMES}
     if config.dask and "xgboost" not in names:
         logger.warning("--dask only affects xgboost, which is not among --clf %s", config.clf)
+    for n in names:  # views as extra samples and/or test-time augmentation (fit/views.py)
+        built[n] = (
+            with_views(n, built[n][0], views, config.tta, config.augment, config.dask),
+            built[n][1],
+        )
     data = _load_data(table, path, config)
     if "svc" in names and data.n_train > config.svc_warn_rows:
         logger.warning(
@@ -377,6 +386,7 @@ def run_fit(config: FitConfig) -> dict[str, Any]:
         "seed": config.seed,
         "class_names": data.labels,
         "backbone": backbone,
+        "views": views_report(table.attrs, config.tta, config.augment),
         "pipeline_version": __version__,
         "comparison_png": "comparison.png",
         "results": results,

@@ -490,61 +490,120 @@ def write_html_report(
     thumbnail_size : int
         Longest side of the thumbnails, in pixels.
     """
-    import pandas as pd
-
     out_dir = Path(out_dir)
     failed = dict(failed or {})
     class_names = [str(c) for c in report.get("class_names", [])]
     results = list(report.get("results", []))
+    _check_prediction_columns(predictions)
+    sections = _confusion_sections(results, predictions, class_names, out_dir, top_k_classes)
+    galleries = _galleries(predictions, results, gallery_limit)
+    _write_quality_csvs(out_dir, label_issues, duplicates)
+    issue_items = [] if label_issues is None else label_issues.head(issue_limit).to_dict("records")
+    duplicate_items = (
+        [] if duplicates is None else duplicates.head(duplicate_limit).to_dict("records")
+    )
+    wanted = _thumbnail_paths(galleries, issue_items, duplicate_items)
+    html = _render_page(
+        report,
+        results=results,
+        sections=sections,
+        galleries=galleries,
+        issue_items=issue_items,
+        duplicate_items=duplicate_items,
+        label_issues=label_issues,
+        duplicates=duplicates,
+        predictions=predictions,
+        failed=failed,
+        thumbs=make_thumbnails(wanted, out_dir, size=thumbnail_size),
+        prefix=_common_folder(wanted),
+        limits={"top_k": top_k_classes, "gallery_limit": gallery_limit, "page_size": page_size},
+    )
+    path = write_atomic(out_dir / "report.html", html)
+    logger.info("HTML report written to %s (%.0f kB)", path, path.stat().st_size / 1024)
+    return path
+
+
+def _n_exact(duplicates: pd.DataFrame | None) -> int:
+    """How many duplicates are exact (same content)."""
+    if duplicates is None or not len(duplicates):
+        return 0
+    return int((duplicates["kind"] == "exact").sum())
+
+
+def _check_prediction_columns(predictions: pd.DataFrame | None) -> None:
+    """Raise ``ValueError`` when ``predictions`` lacks a column of :data:`PREDICTION_COLUMNS`."""
     if predictions is not None:
         missing = [c for c in PREDICTION_COLUMNS if c not in predictions.columns]
         if missing:
             raise ValueError(f"predictions: missing column(s) {missing}")
 
-    sections = _confusion_sections(results, predictions, class_names, out_dir, top_k_classes)
 
+def _galleries(
+    predictions: pd.DataFrame | None, results: Sequence[Mapping[str, Any]], limit: int
+) -> list[dict[str, Any]]:
+    """Per classifier: its most confident misclassified images (up to ``limit``) and their count."""
     galleries = []
     if predictions is not None:
         for r in results:
-            items, total = _gallery(predictions, str(r["clf"]), gallery_limit)
+            items, total = _gallery(predictions, str(r["clf"]), limit)
             galleries.append({"clf": str(r["clf"]), "items": items, "total": total})
+    return galleries
 
-    issues = label_issues if label_issues is not None else pd.DataFrame()
-    dups = duplicates if duplicates is not None else pd.DataFrame()
+
+def _write_quality_csvs(
+    out_dir: Path, label_issues: pd.DataFrame | None, duplicates: pd.DataFrame | None
+) -> None:
+    """Write ``label_issues.csv`` / ``duplicates.csv`` (all rows) for the tables given."""
     if label_issues is not None:
         write_atomic(out_dir / "label_issues.csv", _csv_text(label_issues, LABEL_ISSUE_COLUMNS))
     if duplicates is not None:
         write_atomic(out_dir / "duplicates.csv", _csv_text(duplicates, DUPLICATE_COLUMNS))
-    issue_items = issues.head(issue_limit).to_dict("records")
-    duplicate_items = dups.head(duplicate_limit).to_dict("records")
 
+
+def _thumbnail_paths(
+    galleries: list[dict[str, Any]], issue_items: list[dict], duplicate_items: list[dict]
+) -> list[str]:
+    """Every image path the page shows: gallery items, label issues, both sides of duplicates."""
     wanted = [item["path"] for g in galleries for item in g["items"]]
     wanted += [item["path"] for item in issue_items]
     wanted += [p for item in duplicate_items for p in (item["path"], item["train_path"])]
-    thumbs = make_thumbnails(wanted, out_dir, size=thumbnail_size)
-    prefix = _common_folder(wanted)
+    return wanted
 
-    backbone = dict(report.get("backbone") or {})
-    html = (
+
+def _render_page(
+    report: Mapping[str, Any],
+    *,
+    results: list[Mapping[str, Any]],
+    sections: list[dict[str, Any]],
+    galleries: list[dict[str, Any]],
+    issue_items: list[dict],
+    duplicate_items: list[dict],
+    label_issues: pd.DataFrame | None,
+    duplicates: pd.DataFrame | None,
+    predictions: pd.DataFrame | None,
+    failed: dict[str, str],
+    thumbs: dict[str, str | None],
+    prefix: str,
+    limits: Mapping[str, int],
+) -> str:
+    """Render ``report.html.j2`` with everything the page shows."""
+    return (
         _template_env()
         .get_template("report.html.j2")
         .render(
             report=report,
-            backbone=backbone,
-            n_classes=len(class_names),
+            backbone=dict(report.get("backbone") or {}),
+            n_classes=len(report.get("class_names", [])),
             warnings=_warnings(report, duplicates, failed),
             results=_result_rows(results),
             comparison=_comparison_chart(results) if results else None,
             sections=sections,
-            top_k=top_k_classes,
             galleries=galleries,
-            gallery_limit=gallery_limit,
-            page_size=page_size,
             issues=issue_items,
-            n_issues=len(issues),
+            n_issues=len(label_issues) if label_issues is not None else 0,
             duplicates=duplicate_items,
-            n_duplicates=len(dups),
-            n_exact=int((dups["kind"] == "exact").sum()) if len(dups) else 0,
+            n_duplicates=len(duplicates) if duplicates is not None else 0,
+            n_exact=_n_exact(duplicates),
             failed=sorted(failed.items())[:200],
             n_failed=len(failed),
             thumbs=thumbs,
@@ -552,8 +611,6 @@ def write_html_report(
             has_predictions=predictions is not None,
             has_issues=label_issues is not None,
             has_duplicates=duplicates is not None,
+            **limits,
         )
     )
-    path = write_atomic(out_dir / "report.html", html)
-    logger.info("HTML report written to %s (%.0f kB)", path, path.stat().st_size / 1024)
-    return path

@@ -55,11 +55,14 @@ def check_fit_memory(path: Path, names: Sequence[str]) -> None:
     """Refuse, with what to do, a fit whose estimated peak exceeds the available memory."""
     attrs = read_attrs(path)
     n_rows, dim = int(attrs.get("n_rows", 0)), int(attrs.get("feature_dim", 0))
-    needed, free = estimate_fit_bytes(n_rows, dim, names), available_bytes()
+    # The store is read with every view (``/views/<name>/features``): each one more matrix.
+    width = dim * (1 + len(attrs.get("views") or []))
+    needed, free = estimate_fit_bytes(n_rows, width, names), available_bytes()
     if free is None or needed <= free:
         return
     raise StoreError(
-        f"{path}: fitting {', '.join(names)} on {n_rows} rows x {dim} features needs about "
+        f"{path}: fitting {', '.join(names)} on {n_rows} rows x {width} features (views "
+        f"included) needs about "
         f"{needed / _GIB:.1f} GiB of memory, {free / _GIB:.1f} GiB is available; free memory "
         "or use a machine with more, fit fewer classifiers at once, or extract a subset of "
         "the images into another --out",

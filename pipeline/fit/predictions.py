@@ -125,9 +125,41 @@ def write_predictions(
     if missing:
         raise ValueError(f"labels {missing} are not among class_names")
     clfs = list(proba)
-    all_proba = np.empty((len(clfs), n, len(names)), dtype=np.float32)
-    all_pred = np.empty((len(clfs), n), dtype=np.int32)
-    for c, clf in enumerate(clfs):
+    all_proba, all_pred = _stack_predictions(proba, preds, n, names, index_of)
+    csv_path = out_dir / PREDICTIONS_CSV
+    _write_csv(csv_path, clfs, paths, split_col, label_col, names, all_proba, all_pred)
+    npz_path = out_dir / PREDICTIONS_NPZ
+    row_index = np.full(n, -1, dtype=np.int64) if rows is None else np.asarray(rows, np.int64)
+    if row_index.shape != (n,):
+        raise ValueError(f"rows must hold one store row index per row ({n}), got {row_index.shape}")
+    with atomic_path(npz_path) as tmp, open(tmp, "wb") as fh:
+        np.savez_compressed(
+            fh,
+            clf=np.asarray(clfs, dtype=str),
+            class_names=names,
+            path=np.asarray(paths, dtype=str),
+            split=np.asarray(split_col, dtype=str),
+            label=label_col.astype(str),
+            row=row_index,
+            proba=all_proba,
+            pred=all_pred,
+        )
+    logger.info("predictions of %d classifier(s) on %d rows written to %s", len(clfs), n, csv_path)
+    return {"csv": csv_path, "npz": npz_path}
+
+
+def _stack_predictions(
+    proba: Mapping[str, ArrayLike],
+    preds: Mapping[str, Sequence[str]] | None,
+    n: int,
+    names: np.ndarray,
+    index_of: Mapping[str, int],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Check and stack every classifier's probabilities ``(n_clf, n, n_classes)`` and predicted
+    class codes ``(n_clf, n)`` (``preds`` when given, else the most probable class)."""
+    all_proba = np.empty((len(proba), n, len(names)), dtype=np.float32)
+    all_pred = np.empty((len(proba), n), dtype=np.int32)
+    for c, clf in enumerate(proba):
         p = np.asarray(proba[clf], dtype=np.float64)
         if p.shape != (n, len(names)):
             raise ValueError(
@@ -143,8 +175,21 @@ def write_predictions(
         else:
             all_pred[c] = p.argmax(axis=1)
         all_proba[c] = p
+    return all_proba, all_pred
 
-    csv_path = out_dir / PREDICTIONS_CSV
+
+def _write_csv(
+    csv_path: Path,
+    clfs: list[str],
+    paths: list[str],
+    split_col: list[str],
+    label_col: np.ndarray,
+    names: np.ndarray,
+    all_proba: np.ndarray,
+    all_pred: np.ndarray,
+) -> None:
+    """Write ``predictions.csv`` atomically: one row per evaluated image per classifier."""
+    n = len(paths)
     with atomic_path(csv_path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         writer.writerow(CSV_COLUMNS)
@@ -165,24 +210,6 @@ def write_predictions(
                     strict=True,
                 )
             )
-    npz_path = out_dir / PREDICTIONS_NPZ
-    row_index = np.full(n, -1, dtype=np.int64) if rows is None else np.asarray(rows, np.int64)
-    if row_index.shape != (n,):
-        raise ValueError(f"rows must hold one store row index per row ({n}), got {row_index.shape}")
-    with atomic_path(npz_path) as tmp, open(tmp, "wb") as fh:
-        np.savez_compressed(
-            fh,
-            clf=np.asarray(clfs, dtype=str),
-            class_names=names,
-            path=np.asarray(paths, dtype=str),
-            split=np.asarray(split_col, dtype=str),
-            label=label_col.astype(str),
-            row=row_index,
-            proba=all_proba,
-            pred=all_pred,
-        )
-    logger.info("predictions of %d classifier(s) on %d rows written to %s", len(clfs), n, csv_path)
-    return {"csv": csv_path, "npz": npz_path}
 
 
 def read_predictions(path: str | Path) -> list[dict[str, str]]:

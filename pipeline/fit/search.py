@@ -257,7 +257,7 @@ def run_search(
         parameters whose choice is the smallest or largest of 3 or more candidates; warned).
     """
     from sklearn.base import clone
-    from sklearn.model_selection import GridSearchCV, ParameterGrid
+    from sklearn.model_selection import ParameterGrid
 
     if method not in ("grid", "halving"):
         raise ValueError(f"search method must be 'grid' or 'halving', got {method!r}")
@@ -265,18 +265,7 @@ def run_search(
     searched = _plain(estimator) if calibrated else clone(estimator)
     checked = check_space(name, space, searched)
     y_train = np.asarray(y_train)
-    X_search, y_search = X_train, y_train
-    if max_rows is not None:
-        if isinstance(max_rows, bool) or not isinstance(max_rows, numbers.Integral):
-            raise ValueError(f"search max_rows must be an int or None, got {max_rows!r}")
-        if max_rows < 2 * cv:
-            raise ValueError(f"search max_rows must be at least 2 x cv = {2 * cv}, got {max_rows}")
-        if method == "grid" and max_rows < len(y_train):
-            from sklearn.model_selection import train_test_split
-
-            X_search, _, y_search, _ = train_test_split(
-                X_train, y_train, train_size=int(max_rows), stratify=y_train, random_state=seed
-            )
+    X_search, y_search = _search_rows(X_train, y_train, max_rows, cv, method, seed)
     splitter = _inner_cv(y_search, cv, seed, name)
     n_candidates = len(ParameterGrid(checked))
     # successive halving decides its number of fits as it goes
@@ -295,46 +284,105 @@ def run_search(
         error_score="raise",
         return_train_score=False,  # halving's default is True: twice the scoring, no use here
     )
+    search, label = _search_class(method, searched, checked, common, len(y_train), max_rows, seed)
+    scored_rows = len(y_search) if method == "grid" else min(len(y_train), max_rows or len(y_train))
+    plan = label + (", calibration after the search" if calibrated else "")
+    _log_plan(name, n_candidates, splitter.get_n_splits(), scored_rows, len(y_train), plan)
+    started = time.perf_counter()
+    search.fit(X_search, y_search)
+    if search_refits:
+        fitted = search.best_estimator_
+    else:
+        best = _calibrated_params(search.best_params_) if calibrated else search.best_params_
+        fitted = clone(estimator).set_params(**best).fit(X_train, y_train)
+    seconds = time.perf_counter() - started
+    info = _search_info(
+        name, search, checked, label, splitter.get_n_splits(), calibrated, max_rows, seconds
+    )
+    return fitted, info
+
+
+def _log_plan(
+    name: str, n_candidates: int, n_splits: int, scored_rows: int, n_train: int, label: str
+) -> None:
+    """Log what the search is about to do."""
+    logger.info(
+        "search %s: %d candidate(s) x %d folds on %d of %d training rows (%s)",
+        name,
+        n_candidates,
+        n_splits,
+        scored_rows,
+        n_train,
+        label,
+    )
+
+
+def _search_rows(
+    X_train: ArrayLike, y_train: np.ndarray, max_rows: int | None, cv: int, method: str, seed: int
+) -> tuple[ArrayLike, np.ndarray]:
+    """Check ``max_rows``; the rows candidates are scored on (grid: a stratified, seeded
+    subsample of at most ``max_rows``; halving: all, it subsamples itself)."""
+    if max_rows is None:
+        return X_train, y_train
+    if isinstance(max_rows, bool) or not isinstance(max_rows, numbers.Integral):
+        raise ValueError(f"search max_rows must be an int or None, got {max_rows!r}")
+    if max_rows < 2 * cv:
+        raise ValueError(f"search max_rows must be at least 2 x cv = {2 * cv}, got {max_rows}")
+    if method == "grid" and max_rows < len(y_train):
+        from sklearn.model_selection import train_test_split
+
+        X_search, _, y_search, _ = train_test_split(
+            X_train, y_train, train_size=int(max_rows), stratify=y_train, random_state=seed
+        )
+        return X_search, y_search
+    return X_train, y_train
+
+
+def _search_class(
+    method: str,
+    searched: Any,
+    checked: Mapping[str, Sequence[Any]],
+    common: dict[str, Any],
+    n_train: int,
+    max_rows: int | None,
+    seed: int,
+) -> tuple[Any, str]:
+    """The unfitted ``GridSearchCV`` or ``HalvingGridSearchCV`` and its class name."""
+    from sklearn.model_selection import GridSearchCV
+
     if method == "halving":
         from sklearn.experimental import enable_halving_search_cv  # noqa: F401
         from sklearn.model_selection import HalvingGridSearchCV
 
-        limit = len(y_train) if max_rows is None else min(int(max_rows), len(y_train))
+        limit = n_train if max_rows is None else min(int(max_rows), n_train)
         search = HalvingGridSearchCV(
             searched, checked, factor=2, max_resources=limit, random_state=seed, **common
         )
-        label = "HalvingGridSearchCV"
-    else:
-        search = GridSearchCV(searched, checked, **common)
-        label = "GridSearchCV"
-    logger.info(
-        "search %s: %d candidate(s) x %d folds on %d of %d training rows (%s%s)",
-        name,
-        n_candidates,
-        splitter.get_n_splits(),
-        len(y_search) if method == "grid" else min(len(y_train), max_rows or len(y_train)),
-        len(y_train),
-        label,
-        ", calibration after the search" if calibrated else "",
-    )
-    started = time.perf_counter()
-    search.fit(X_search, y_search)
-    if not search_refits:
-        fitted = clone(estimator).set_params(
-            **(_calibrated_params(search.best_params_) if calibrated else search.best_params_)
-        )
-        fitted.fit(X_train, y_train)
-    else:
-        fitted = search.best_estimator_
-    seconds = time.perf_counter() - started
+        return search, "HalvingGridSearchCV"
+    return GridSearchCV(searched, checked, **common), "GridSearchCV"
+
+
+def _search_info(
+    name: str,
+    search: Any,
+    checked: Mapping[str, Sequence[Any]],
+    label: str,
+    n_splits: int,
+    calibrated: bool,
+    max_rows: int | None,
+    seconds: float,
+) -> dict[str, Any]:
+    """The ``info`` dict of :func:`run_search`; logs the choice and warns about edge values."""
+    from sklearn.model_selection import ParameterGrid
+
     info = {
         "space": {k: list(v) for k, v in checked.items()},
         "best_params": dict(search.best_params_),
         "cv_score": float(search.best_score_),
         "seconds": seconds,
         "search_class": label,
-        "cv": splitter.get_n_splits(),
-        "n_candidates": n_candidates,
+        "cv": n_splits,
+        "n_candidates": len(ParameterGrid(checked)),
         "calibrated_after": calibrated,
         "max_rows": max_rows,
         "at_edge": _at_edge(checked, search.best_params_),
@@ -354,7 +402,7 @@ def run_search(
         info["cv_score"],
         seconds,
     )
-    return fitted, info
+    return info
 
 
 def _toml_value(value: Any) -> str:
