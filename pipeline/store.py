@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import io
 import json
 import logging
@@ -54,6 +55,7 @@ __all__ = [
     "decode_attrs",
     "encode_attrs",
     "h5_atomic",
+    "is_appended",
     "list_parts",
     "load_features",
     "merge_store",
@@ -61,11 +63,13 @@ __all__ = [
     "read_attrs",
     "read_rows_file",
     "read_store",
+    "row_datasets",
     "split_rows",
     "split_table",
     "view_dataset",
     "write_index",
     "write_rows_file",
+    "write_view",
 ]
 
 logger = logging.getLogger(__name__)
@@ -77,6 +81,9 @@ _JSON_ATTRS = ("class_names", "versions", "preprocessing_fields", "request", "vi
 # is then an ordinary OSError. (h5py failing to flush a file on disk leaves objects whose
 # release crashes the process with SIGSEGV.) Larger files get a free-space check first.
 IN_MEMORY_BYTES = 64 << 20
+# An appended store maps runs of consecutive rows; past this many (removals scattered all over
+# the store) reading it gets slow and the update rewrites the store instead.
+MAX_VIEW_RUNS = 4096
 
 
 @dataclass
@@ -99,11 +106,6 @@ class FailedInputs:
 def view_dataset(name: str) -> str:
     """Where view ``name``'s embeddings live in a store: ``views/<name>/features``."""
     return f"views/{name}/features"
-
-
-def _feature_datasets(attrs: Mapping[str, Any]) -> list[str]:
-    """``features`` and each view's dataset (``attrs["views"]``): the float row datasets."""
-    return ["features", *(view_dataset(v) for v in attrs.get("views") or [])]
 
 
 @dataclass
@@ -237,26 +239,23 @@ def _write_failed(fh: h5py.File, failed: FailedInputs) -> None:
     grp.create_dataset("keys", data=_str_array(failed.keys), dtype=STRING_DTYPE)
 
 
-def _create_row_datasets(
-    fh: h5py.File, n: int, dim: int, dtype: np.dtype, views: Sequence[str] = ()
-) -> dict[str, Any]:
-    chunk_rows = max(1, min(n, max(1, (1 << 20) // max(1, dim * dtype.itemsize))))
-    return {
-        **{
-            name: fh.create_dataset(
+def _create_row_datasets(fh: h5py.File, n: int, attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """Create every row dataset of :func:`row_datasets` with ``n`` rows; float ones chunked
+    (about 1 MiB) with a ``fletcher32`` checksum per chunk."""
+    dsets = {}
+    for name, (shape, dtype) in row_datasets(attrs).items():
+        if shape:
+            chunk_rows = max(1, min(n, (1 << 20) // max(1, shape[0] * dtype.itemsize)))
+            dsets[name] = fh.create_dataset(
                 name,
-                shape=(n, dim),
+                shape=(n, *shape),
                 dtype=dtype,
-                chunks=(chunk_rows, dim) if n else None,
+                chunks=(chunk_rows, *shape) if n else None,
                 fletcher32=bool(n),  # a checksum per chunk: bit rot is an error, not a wrong row
             )
-            for name in _feature_datasets({"views": views})
-        },
-        "labels": fh.create_dataset("labels", shape=(n,), dtype=np.int64),
-        "paths": fh.create_dataset("paths", shape=(n,), dtype=STRING_DTYPE),
-        "split": fh.create_dataset("split", shape=(n,), dtype=STRING_DTYPE),
-        "keys": fh.create_dataset("keys", shape=(n,), dtype=STRING_DTYPE),
-    }
+        else:
+            dsets[name] = fh.create_dataset(name, shape=(n,), dtype=dtype)
+    return dsets
 
 
 def write_rows_file(
@@ -267,7 +266,7 @@ def write_rows_file(
     views = list(attrs.get("views") or [])
     size = _rows_size(len(rows), features.shape[1] * (1 + len(views)), len(failed))
     with h5_atomic(path, size) as fh:
-        dsets = _create_row_datasets(fh, len(rows), features.shape[1], features.dtype, views)
+        dsets = _create_row_datasets(fh, len(rows), {**attrs, "feature_dim": features.shape[1]})
         if len(rows):
             dsets["features"][...] = features
             for name in views:
@@ -326,8 +325,11 @@ def _read_strings(ds: h5py.Dataset) -> np.ndarray:
     return ds.asstr(errors="surrogateescape")[...]
 
 
-def read_rows_file(path: str | Path, with_features: bool = True) -> FeatureTable:
-    """Read a store or part file (``with_features=False`` skips the big array)."""
+def read_rows_file(
+    path: str | Path, with_features: bool = True, with_rows: bool = True
+) -> FeatureTable:
+    """Read a store or part file (``with_features=False`` skips the big array,
+    ``with_rows=False`` every row dataset: only attributes and ``/failed`` are read)."""
     path = Path(path)
     try:
         with h5py.File(path, "r") as fh:
@@ -335,6 +337,8 @@ def read_rows_file(path: str | Path, with_features: bool = True) -> FeatureTable
             check_format_version(path, attrs)
             if "features" not in fh:
                 raise StoreError(f"{path}: not a pipeline feature store (no /features)")
+            if is_appended(attrs):
+                _check_sources(path, fh["features"])
             feats = fh["features"][...] if with_features else np.empty((0, 0), np.float32)
             failed = FailedInputs()
             if "failed" in fh:
@@ -344,16 +348,15 @@ def read_rows_file(path: str | Path, with_features: bool = True) -> FeatureTable
                     list(_read_strings(grp["errors"])),
                     list(_read_strings(grp["keys"])) if "keys" in grp else [],
                 )
-            n = fh["paths"].shape[0]
+            labels, paths, split, keys = _read_row_columns(fh, with_rows)
             views = {
                 v: fh[view_dataset(v)][...] for v in (attrs.get("views") or []) if with_features
             }
-            keys = _read_strings(fh["keys"]) if "keys" in fh else np.array([""] * n, dtype=object)
             return FeatureTable(
                 features=feats,
-                labels=fh["labels"][...],
-                paths=_read_strings(fh["paths"]),
-                split=_read_strings(fh["split"]),
+                labels=labels,
+                paths=paths,
+                split=split,
                 keys=keys,
                 class_names=list(attrs.get("class_names", [])),
                 attrs=attrs,
@@ -364,6 +367,30 @@ def read_rows_file(path: str | Path, with_features: bool = True) -> FeatureTable
         raise StoreError(f"{path}: no such feature store") from None
     except (OSError, KeyError) as exc:
         raise _unreadable(path, exc) from exc
+
+
+def _read_row_columns(
+    fh: h5py.File, with_rows: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """labels, paths, split, keys (all empty without ``with_rows``)."""
+    if not with_rows:
+        empty = np.array([], dtype=object)
+        return np.array([], dtype=np.int64), empty, empty, empty
+    n = fh["paths"].shape[0]
+    keys = _read_strings(fh["keys"]) if "keys" in fh else np.array([""] * n, dtype=object)
+    return fh["labels"][...], _read_strings(fh["paths"]), _read_strings(fh["split"]), keys
+
+
+def _check_sources(path: Path, features: h5py.Dataset) -> None:
+    """An appended store whose part files are missing would read as zeros: refuse it."""
+    names = {vs.file_name for vs in features.virtual_sources()}
+    missing = sorted(n for n in names if not (path.parent / n).is_file())
+    if missing:
+        raise StoreError(
+            f"{path}: its rows live in {parts_dir(path)}/, which lacks {missing[0]}; copy "
+            "that folder along with the store, or make a self-contained store with "
+            "`python -m pipeline.extract ... --compact`"
+        )
 
 
 def read_store(path: str | Path, *, require_complete: bool = True) -> FeatureTable:
@@ -385,51 +412,169 @@ def check_not_being_written(path: str | Path) -> None:
         raise StoreError(f"{path} is being written by a running extract; wait for it to finish")
 
 
-def write_index(out: str | Path, attrs: Mapping[str, Any]) -> None:
-    """Write ``out`` as an unfinished store: virtual datasets over its part files."""
-    out = Path(out)
-    sources = list_parts(out)
-    lengths, failed = [], FailedInputs()
-    for src in sources:
-        with h5py.File(src, "r") as fh:
-            lengths.append(fh["paths"].shape[0])
-            grp = fh["failed"]
-            failed.paths += list(_read_strings(grp["paths"]))
-            failed.errors += list(_read_strings(grp["errors"]))
-            failed.keys += list(_read_strings(grp["keys"]))
-    total, dim = sum(lengths), int(attrs["feature_dim"])
-    floats = _feature_datasets(attrs)
-    layouts = {
-        **{name: h5py.VirtualLayout((total, dim), np.float32) for name in floats},
-        "labels": h5py.VirtualLayout((total,), np.int64),
-        "paths": h5py.VirtualLayout((total,), STRING_DTYPE),
-        "split": h5py.VirtualLayout((total,), STRING_DTYPE),
-        "keys": h5py.VirtualLayout((total,), STRING_DTYPE),
+def row_datasets(attrs: Mapping[str, Any]) -> dict[str, tuple[tuple[int, ...], Any]]:
+    """The store's row datasets: name -> (shape of one row, dtype); row i of each belongs to
+    image i. The float ones are ``features`` and each view's (``attrs["views"]``), each row
+    ``attrs["feature_dim"]`` wide. Stores, part files, indexes, appended stores and merges all
+    use exactly this list."""
+    dim = int(attrs["feature_dim"])
+    floats = ["features", *(view_dataset(v) for v in attrs.get("views") or [])]
+    return {
+        **{name: ((dim,), np.dtype(np.float32)) for name in floats},
+        "labels": ((), np.dtype(np.int64)),
+        "paths": ((), STRING_DTYPE),
+        "split": ((), STRING_DTYPE),
+        "keys": ((), STRING_DTYPE),
     }
-    start = 0
-    for src, n in zip(sources, lengths, strict=True):
-        if n:
-            rel = os.path.relpath(src, out.parent)
-            for name, layout in layouts.items():
-                shape = (n, dim) if name in floats else (n,)
-                layout[start : start + n] = h5py.VirtualSource(rel, name, shape=shape)
+
+
+@functools.lru_cache(maxsize=4096)
+def _part_info(path: str, stamp: tuple[int, int, int]) -> tuple[int, FailedInputs]:
+    """Rows and failed inputs of one part file. Part files are never modified in place (a
+    rewrite is a new inode), so ``stamp`` (inode, size, mtime) keys a valid cache: rewriting
+    the index after each flush reads only the new part, not all of them again."""
+    with h5py.File(path, "r") as fh:
+        grp = fh["failed"]
+        failed = FailedInputs(
+            list(_read_strings(grp["paths"])),
+            list(_read_strings(grp["errors"])),
+            list(_read_strings(grp["keys"])),
+        )
+        return int(fh["paths"].shape[0]), failed
+
+
+def _cached_part_info(path: Path) -> tuple[int, FailedInputs]:
+    st = path.stat()
+    return _part_info(str(path), (st.st_ino, st.st_size, st.st_mtime_ns))
+
+
+def _write_virtual(
+    out: Path,
+    mapping: Sequence[tuple[Path, int, int]],
+    failed: FailedInputs,
+    attrs: Mapping[str, Any],
+) -> int:
+    """Write ``out`` whose row datasets are virtual over ``mapping``: (source file, first row,
+    rows) runs, concatenated in order. Returns the number of rows."""
+    total, dim = sum(n for _, _, n in mapping), int(attrs["feature_dim"])
+    specs = row_datasets(attrs)
+    layouts = {
+        name: h5py.VirtualLayout((total, *shape), dtype) for name, (shape, dtype) in specs.items()
+    }
+    start, sources = 0, {}
+    for src, first, n in mapping:
+        rel = os.path.relpath(src, out.parent)
+        for name, layout in layouts.items():
+            key = (rel, name)
+            if key not in sources:
+                shape = (_cached_part_info(src)[0], *specs[name][0])
+                sources[key] = h5py.VirtualSource(rel, name, shape=shape)
+            layout[start : start + n] = sources[key][first : first + n]
         start += n
-    with h5_atomic(out, _rows_size(0, dim, len(failed))) as fh:
+    size = _rows_size(0, dim, len(failed)) + 256 * len(mapping) * len(specs)
+    with h5_atomic(out, size) as fh:
         for name, layout in layouts.items():
             fh.create_virtual_dataset(name, layout, fillvalue=None)
         _write_failed(fh, failed)
-        fh.attrs.update(encode_attrs({**attrs, "n_rows": total, "complete": False}))
+        fh.attrs.update(encode_attrs({**attrs, "n_rows": total}))
+    return total
 
 
-def _contiguous_runs(positions: np.ndarray) -> Iterator[tuple[int, int, int]]:
-    """Yield (source_start, target_start, length) for runs of consecutive target positions."""
-    if positions.size == 0:
+def write_index(out: str | Path, attrs: Mapping[str, Any]) -> None:
+    """Write ``out`` as an unfinished store: virtual datasets over all its part files."""
+    out = Path(out)
+    mapping, failed = [], FailedInputs()
+    for src in list_parts(out):
+        n, part_failed = _cached_part_info(src)
+        failed.paths += part_failed.paths
+        failed.errors += part_failed.errors
+        failed.keys += part_failed.keys
+        if n:
+            mapping.append((src, 0, n))
+    _write_virtual(out, mapping, failed, {**attrs, "complete": False})
+
+
+def is_appended(attrs: Mapping[str, Any]) -> bool:
+    """True for a complete store whose rows live in its part files (see :func:`write_view`)."""
+    return attrs.get("layout") == "parts"
+
+
+def write_view(
+    out: str | Path,
+    sources: Sequence[Path],
+    keys: Mapping[str, str],
+    labels: Mapping[str, int],
+    splits: Mapping[str, str],
+    failed: FailedInputs,
+    attrs: Mapping[str, Any],
+) -> list[Path] | None:
+    """Write ``out`` as a complete *appended* store: virtual datasets over the rows of
+    ``sources`` computed from each input's current content (``keys``), nothing copied.
+
+    Rows keep the order of the sources (the previous store's rows first, then the new ones);
+    a path's first matching row is taken. Returns the sources no row was taken from, or None
+    (nothing written) when a taken row's stored label or split is not its current one, or the
+    rows are scattered over more than :data:`MAX_VIEW_RUNS` runs (a slow view), so the caller
+    must rewrite the store instead.
+    """
+    out, mapping, seen, unused = Path(out), [], set(), []
+    for src in sources:
+        with h5py.File(src, "r") as fh:
+            paths, part_keys = _read_strings(fh["paths"]), _read_strings(fh["keys"])
+            take = np.array(
+                [
+                    j
+                    for j, (p, k) in enumerate(zip(paths, part_keys, strict=True))
+                    if keys.get(p) == k and p not in seen
+                ],
+                dtype=np.int64,
+            )
+            if not take.size:
+                unused.append(src)
+                continue
+            taken = paths[take]
+            if not _labels_current(fh, take, taken, labels, splits):
+                return None
+        seen.update(taken)
+        mapping += [(src, s, n) for s, _, n in _contiguous_runs(take, take)]
+        if len(mapping) > MAX_VIEW_RUNS:
+            return None
+    missing = [p for p in keys if p not in seen]
+    if missing:
+        raise StoreError(f"{out}: internal error, rows never computed for {missing[:3]}")
+    _write_virtual(out, mapping, failed, {**attrs, "complete": True, "layout": "parts"})
+    return unused
+
+
+def _labels_current(
+    fh: h5py.File,
+    take: np.ndarray,
+    paths: np.ndarray,
+    labels: Mapping[str, int],
+    splits: Mapping[str, str],
+) -> bool:
+    stored_labels = fh["labels"][...][take]
+    stored_split = _read_strings(fh["split"])[take]
+    return bool(
+        np.array_equal(stored_labels, [labels[p] for p in paths])
+        and all(s == splits[p] for s, p in zip(stored_split, paths, strict=True))
+    )
+
+
+def _contiguous_runs(
+    sources: np.ndarray, targets: np.ndarray, limit: int = 1 << 62
+) -> Iterator[tuple[int, int, int]]:
+    """Yield (source_start, target_start, length) for runs where both source and target
+    positions are consecutive, each at most ``limit`` long."""
+    if targets.size == 0:
         return
-    breaks = np.flatnonzero(np.diff(positions) != 1) + 1
+    breaks = np.flatnonzero((np.diff(targets) != 1) | (np.diff(sources) != 1)) + 1
     starts = np.concatenate([[0], breaks])
-    ends = np.concatenate([breaks, [positions.size]])
+    ends = np.concatenate([breaks, [targets.size]])
     for s, e in zip(starts, ends, strict=True):
-        yield int(s), int(positions[s]), int(e - s)
+        for a in range(int(s), int(e), limit):
+            b = min(int(e), a + limit)
+            yield int(sources[a]), int(targets[a]), b - a
 
 
 def merge_store(
@@ -446,7 +591,8 @@ def merge_store(
 
     ``order`` maps a path to its row number in the result, so the merged store lists images
     in source order whatever order they were computed in. Only rows computed from the input's
-    current content (``keys``) are taken; ``labels`` and ``splits`` give current values. Features are copied source by source, never all held in memory.
+    current content (``keys``) are taken; ``labels`` and ``splits`` give current values.
+    Features are copied in runs of at most 16 MiB, never a whole source in memory.
     Returns the number of rows written.
     """
     n, dim = len(order), int(attrs["feature_dim"])
@@ -455,10 +601,11 @@ def merge_store(
         out_paths[i] = path
     written = np.zeros(n, dtype=bool)
     out_keys = np.empty(n, dtype=object)
-    floats = _feature_datasets(attrs)
+    floats = [name for name, (shape, _) in row_datasets(attrs).items() if shape]
+    limit = max(1, (16 << 20) // (4 * max(1, dim)))
     size = _rows_size(n, dim * len(floats), len(failed))
     with h5_atomic(out, size) as fh:
-        dsets = _create_row_datasets(fh, n, dim, np.dtype(np.float32), attrs.get("views") or [])
+        dsets = _create_row_datasets(fh, n, attrs)
         for src in sources:
             with h5py.File(src, "r") as part:
                 part_paths = _read_strings(part["paths"])
@@ -472,9 +619,9 @@ def merge_store(
                 sort = np.argsort(target, kind="stable")
                 take_sorted, target = np.asarray(take)[sort], target[sort]
                 for name in floats:
-                    block = part[name][...]
-                    for s, t, length in _contiguous_runs(target):
-                        dsets[name][t : t + length] = block[take_sorted[s : s + length]]
+                    data = part[name]
+                    for s, t, length in _contiguous_runs(take_sorted, target, limit):
+                        dsets[name][t : t + length] = data[s : s + length]
                 written[target] = True
                 out_keys[target] = part_keys[take_sorted]
         if not written.all():

@@ -160,7 +160,8 @@ def test_a_run_removes_temporary_files_a_killed_run_left(image_dir, tmp_path):
     unrelated.write_bytes(b"x")
     write_images(image_dir, {"new": 2}, seed=5)
     assert extract(image_dir, out) == 0
-    assert not merge_copy.exists() and not part_tmp.exists() and not parts_dir(out).exists()
+    assert not merge_copy.exists() and not part_tmp.exists()
+    assert not list(parts_dir(out).glob(".*.tmp"))  # the update appended: its parts stay
     assert unrelated.exists()  # another target's temporary file is left alone
     assert len(read_store(out).paths) == 10
 

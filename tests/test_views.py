@@ -142,3 +142,31 @@ def test_image_embedder_views_return_the_mean_over_views(tmp_path):
     np.testing.assert_allclose(embedder.fit_transform(paths), want, rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="views"):
         ImageEmbedder(views=["rotate"]).fit()
+
+
+def test_an_appended_update_maps_the_views_and_compact_copies_them(tmp_path):
+    data = tmp_path / "images"
+    write_images(data, {"a": 4, "b": 4})
+    out = tmp_path / "f.h5"
+    assert extract(data, out) == 0
+    (data / "a" / sorted(p.name for p in (data / "a").iterdir())[0]).unlink()
+    write_images(data, {"c": 3}, seed=7)  # sorts last: labels unchanged, the update appends
+    assert extract(data, out, "--batch-size", "2", "--checkpoint-seconds", "0") == 0
+    assert (parts_dir(out) / "base.h5").is_file()
+    with h5py.File(out, "r") as fh:  # plain h5py: the view is virtual over base + parts too
+        assert fh.attrs["layout"] == "parts"
+        assert fh["views/flip/features"].is_virtual and fh["features"].is_virtual
+        assert fh["views/flip/features"].shape == fh["features"].shape
+        assert fh["features"].shape[0] == 4 - 1 + 4 + 3
+        files = {vs.file_name for vs in fh["views/flip/features"].virtual_sources()}
+        assert files == {vs.file_name for vs in fh["features"].virtual_sources()}
+        assert len(files) >= 2
+    assert extract(data, tmp_path / "fresh.h5") == 0
+    assert_views_aligned(out, tmp_path / "fresh.h5")
+    assert extract(data, out, "--compact") == 0
+    assert not parts_dir(out).exists()
+    with h5py.File(out, "r") as fh:
+        assert "layout" not in fh.attrs and not fh["views/flip/features"].is_virtual
+        assert fh["views/flip/features"].fletcher32
+    assert read_store(out).paths.tolist() == read_store(tmp_path / "fresh.h5").paths.tolist()
+    assert_views_aligned(out, tmp_path / "fresh.h5")

@@ -74,6 +74,13 @@ def build_parser(prog: str = "python -m pipeline.extract") -> argparse.ArgumentP
     _add_recipe_flags(add)
     add("--overwrite", action="store_true", default=None, help="replace an existing store at --out")
     add(
+        "--compact",
+        action="store_true",
+        default=None,
+        help="rewrite the store as one self-contained file in source order (updates otherwise "
+        "append new rows to part files in <out>.parts/)",
+    )
+    add(
         "--no-progress",
         dest="progress",
         action="store_false",

@@ -8,7 +8,8 @@ Dask. The plan's ``todo`` list is cut into contiguous shards, in source order. E
 Dask task that embeds its images with :func:`~pipeline.extract.parts.embed_into_parts` into its
 own part files ``<out>.parts/part-shardNNNNN-*.h5`` (written atomically, so a killed worker
 leaves only whole files). The client updates the store's index as shards finish, and
-:func:`~pipeline.extract.parts.finish_store` merges everything in source order afterwards. A
+:func:`~pipeline.extract.parts.finish_store` finishes the store afterwards (merged in source
+order, or, for an update, appended as a view over base and parts). A
 shard that is retried (its worker died) skips the rows its earlier attempt already saved; a
 rerun after a killed client recomputes only rows that no part file holds. The store's folder
 must be visible to every worker under the same path (a shared filesystem on a multi-host

@@ -23,12 +23,14 @@ from ..engine.preprocess import make_view
 from ..store import (
     FailedInputs,
     Rows,
+    is_appended,
     list_parts,
     merge_store,
     parts_dir,
     read_rows_file,
     write_index,
     write_rows_file,
+    write_view,
 )
 from .plan import ExtractionPlan, versions
 
@@ -46,7 +48,8 @@ def _load_record(source: Any, records: Sequence[Any], draft_size: int | None, i:
 
 
 def begin_parts(plan: ExtractionPlan, feature_dim: int, backend: str) -> None:
-    """Turn ``--out`` into an unfinished store: a complete one becomes the base of the update."""
+    """Turn ``--out`` into an unfinished store: a complete self-contained one becomes the base
+    of the update (renamed, not copied); an appended one already lives in its parts."""
 
     plan.attrs["feature_dim"] = feature_dim
     plan.attrs["backend"] = backend
@@ -54,7 +57,8 @@ def begin_parts(plan: ExtractionPlan, feature_dim: int, backend: str) -> None:
     folder = parts_dir(plan.out)
     folder.mkdir(exist_ok=True)
     if plan.prev.complete_attrs is not None:
-        os.replace(plan.out, folder / "base.h5")
+        if not is_appended(plan.prev.complete_attrs):
+            os.replace(plan.out, folder / "base.h5")
         plan.prev.complete_attrs = None
     write_index(plan.out, plan.attrs)
 
@@ -72,7 +76,7 @@ class PartWriter:
         self.plan, self.feature_dim, self.prefix = plan, feature_dim, prefix
         self.update_index = update_index
         self.folder = parts_dir(plan.out)
-        self.part_no = len(list(self.folder.glob(f"{prefix}*.h5")))
+        self.part_no = _next_part_number(self.folder, prefix)
         self._reset()
 
     def _reset(self) -> None:
@@ -126,6 +130,17 @@ class PartWriter:
             write_index(self.plan.out, self.plan.attrs)
         self.part_no += 1
         self._reset()
+
+
+def _next_part_number(folder: Any, prefix: str) -> int:
+    """One more than the highest ``<prefix>NNNNNN.h5`` there (parts an appended store no
+    longer uses are deleted, so counting them could reuse a name still in use)."""
+    numbers = [
+        int(p.stem[len(prefix) :])
+        for p in folder.glob(f"{prefix}*.h5")
+        if p.stem[len(prefix) :].isdigit()
+    ]
+    return max(numbers, default=-1) + 1
 
 
 def embed_into_parts(
@@ -205,12 +220,20 @@ def _log_skipped(path: str, error: str) -> None:
 
 
 def finish_store(plan: ExtractionPlan) -> tuple[int, int]:
-    """Merge base and parts into one complete store in source order; returns (rows, failed)."""
+    """Finish the store; returns (rows, failed).
+
+    An update of a complete store (its rows are in ``base.h5``) is *appended*: ``<out>``
+    becomes a small index over the rows of base and new parts, and nothing is copied. A fresh
+    run, ``--compact``, or an update that changes a kept row's label or split merges base and
+    parts into one self-contained store in source order.
+    """
 
     failed_seen = dict(plan.prev.failed)
     embedded: set[tuple[str, str]] = set()  # a retried transient failure may have succeeded
     for part in list_parts(plan.out):
-        table = read_rows_file(part, with_features=False)
+        # A retry succeeds in a part written after base (a complete store, consistent in
+        # itself), so base's rows need not be read here: an update costs O(new rows).
+        table = read_rows_file(part, with_features=False, with_rows=part.name != "base.h5")
         embedded.update(zip(table.paths, table.keys, strict=True))
         for p, k, e in zip(table.failed.paths, table.failed.keys, table.failed.errors, strict=True):
             failed_seen[p] = (k, e)
@@ -223,15 +246,19 @@ def finish_store(plan: ExtractionPlan) -> tuple[int, int]:
         else:
             order[r.path] = len(good)
             good.append(r)
-    n_rows = merge_store(
-        plan.out,
-        list_parts(plan.out),
-        order,
-        keys=key_of,
-        labels={r.path: r.label for r in good},
-        splits={r.path: r.split for r in good},
-        failed=failed,
-        attrs=plan.attrs,
-    )
+    labels = {r.path: r.label for r in good}
+    splits = {r.path: r.split for r in good}
+    sources = list_parts(plan.out)
+    if sources and sources[0].name == "base.h5" and not plan.config.compact:
+        good_keys = {p: key_of[p] for p in order}
+        unused = write_view(plan.out, sources, good_keys, labels, splits, failed, plan.attrs)
+        if unused is not None:
+            for part in unused:  # no row of theirs is current any more
+                part.unlink()
+            return len(order), len(failed)
+        logger.info(
+            "labels or splits of kept rows changed, or rows too scattered: rewriting %s", plan.out
+        )
+    n_rows = merge_store(plan.out, sources, order, key_of, labels, splits, failed, attrs=plan.attrs)
     shutil.rmtree(parts_dir(plan.out), ignore_errors=True)
     return n_rows, len(failed)

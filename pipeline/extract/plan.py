@@ -32,7 +32,14 @@ from ..engine.onnx import load_verified, no_gpu_present, request_key
 from ..engine.sources import is_transient, open_source
 from ..exceptions import CacheMismatchError, ConfigError, StoreError
 from ..recipe import DecodeOptions, EmbeddingRecipe, parse_views
-from ..store import FORMAT_VERSION, list_parts, parts_dir, read_attrs, read_rows_file
+from ..store import (
+    FORMAT_VERSION,
+    is_appended,
+    list_parts,
+    parts_dir,
+    read_attrs,
+    read_rows_file,
+)
 
 __all__ = [
     "ExtractSummary",
@@ -119,7 +126,9 @@ def _read_previous(out: Path, recipe: EmbeddingRecipe) -> Previous:
         _check_recipe(out, attrs, recipe)
         if attrs.get("complete"):
             _fill_from_complete(prev, out, attrs)
-            if parts_dir(out).exists():  # left over from a run killed after its final rename
+            # Left over from a run killed after its final merge; an appended store's rows
+            # live there.
+            if parts_dir(out).exists() and not is_appended(attrs):
                 shutil.rmtree(parts_dir(out))
             return prev
     for part in list_parts(out):
@@ -196,7 +205,11 @@ class ExtractionPlan:
         return self.config.workers if self.config.workers >= 0 else auto_workers(self.device)
 
     def is_up_to_date(self) -> bool:
-        """True when ``--out`` is complete and matches the inputs: nothing to do at all."""
+        """True when ``--out`` is complete and matches the inputs: nothing to do at all
+        (``--compact`` on an appended store is something to do)."""
+        attrs = self.prev.complete_attrs
+        if self.config.compact and attrs is not None and is_appended(attrs):
+            return False
         return _is_current(self.prev, self.source.class_names, self.records, self.todo)
 
 
@@ -265,7 +278,7 @@ def unchanged_store(config: ExtractConfig, source: Any) -> ExtractSummary | None
     reported without importing torch or rebuilding the fingerprint; None when there is work."""
 
     out = Path(config.out)
-    if config.overwrite or not out.is_file() or parts_dir(out).exists():
+    if config.overwrite or not out.is_file():
         return None
     started = time.perf_counter()
     try:
@@ -274,6 +287,8 @@ def unchanged_store(config: ExtractConfig, source: Any) -> ExtractSummary | None
         return None
     if not attrs.get("complete") or attrs.get("request") != _request(config):
         return None
+    if is_appended(attrs) == (config.compact or not parts_dir(out).exists()):
+        return None  # leftover parts of a merged store, or an appended store to compact
     prev = Previous()
     _fill_from_complete(prev, out, attrs)
     records = _unique_records(source)

@@ -28,6 +28,7 @@ from ..config import FitConfig
 from ..exceptions import ConfigError, StoreError
 from ..store import FeatureTable, check_finite, read_store, split_rows
 from .evidence import bootstrap_intervals, compare_to_best, cv_interval, separability_warning
+from .memory import check_fit_memory
 from .model_file import BACKBONE_KEYS
 from .outputs import check_out_dir, publish_run
 from .predictions import align_proba
@@ -414,13 +415,14 @@ def _run_one(name: str, built: tuple[Any, dict[str, Any]], data: _Data, config: 
     return outcome
 
 
-def _open_store(config: FitConfig) -> tuple[Path, FeatureTable]:
+def _open_store(config: FitConfig, names: Sequence[str]) -> tuple[Path, FeatureTable]:
     path = Path(config.features)
     if not path.is_file():
         raise StoreError(
             f"no such file: {path}; run `python -m pipeline.extract --out {path}` first",
             param="features",
         )
+    check_fit_memory(path, names)  # before reading: say what to do when it will not fit
     table = read_store(path)
     check_finite(table, path)
     return path, table
@@ -544,7 +546,7 @@ def run_fit(config: FitConfig) -> dict[str, Any]:
     _check_search(names, config)
     out = Path(config.out)
     check_out_dir(out)  # before any training: a bad --out costs nothing
-    path, table = _open_store(config)
+    path, table = _open_store(config, names)
     # Build every estimator first, so a bad hyperparameter (even of a classifier not run this
     # time, such as a typo in --set) fails before any training.
     built = {name: _build(name, config) for name in CLASSIFIER_NAMES}
