@@ -183,3 +183,11 @@ def test_separability_warning_rule():
     assert message is not None and "\n" not in message
     assert "360 rows" in message and "rule:" in message and "1.7 points" in message
     assert separability_warning(20_000, (0.735, 0.747)) is None
+
+
+def test_separability_advice_depends_on_the_evaluation():
+    holdout = separability_warning(360, (0.94, 0.98))
+    cv = separability_warning(360, (0.94, 0.98), cv=True)
+    assert holdout.endswith("use more test rows or --cv")
+    assert cv.endswith("use more labelled rows") and "--cv" not in cv
+    assert separability_warning(100_000, (0.950, 0.955)) is None

@@ -494,7 +494,7 @@ def _report(
 ) -> dict[str, Any]:
     """The content of report.json (before per-class data is made compact)."""
     warnings = []
-    note = separability_warning(data.n_test, results[0]["ci"]["accuracy"])
+    note = separability_warning(data.n_test, results[0]["ci"]["accuracy"], cv=bool(config.cv))
     if note:  # the CLI prints report["warnings"]; logged at INFO to print it once
         logger.info("warning: %s", note)
         warnings.append(note)

@@ -374,7 +374,7 @@ def compare_to_best(
 
 
 def separability_warning(
-    n_test: int, best_interval: Sequence[float], *, resolution: float = 0.01
+    n_test: int, best_interval: Sequence[float], *, resolution: float = 0.01, cv: bool = False
 ) -> str | None:
     """One line when the evaluation is too small to separate classifiers, else None.
 
@@ -393,6 +393,8 @@ def separability_warning(
         The best classifier's accuracy interval.
     resolution : float, default=0.01
         Half-width above which the warning is given.
+    cv : bool, default=False
+        The scores come from cross-validation (the advice is then more rows, not ``--cv``).
     """
     lo, hi = float(best_interval[0]), float(best_interval[1])
     half = (hi - lo) / 2
@@ -404,5 +406,6 @@ def separability_warning(
         f"interval is +-{100 * half:.1f} points, wider than the +-{100 * resolution:.1f} this "
         f"report needs (rule: warn when the half-width of the best's 95% interval exceeds "
         f"{100 * resolution:.1f} points; an exact McNemar test cannot call any gap below "
-        f"{100 * floor:.1f} points, 6 rows, significant); use more test rows or --cv"
+        f"{100 * floor:.1f} points, 6 rows, significant); "
+        + ("use more labelled rows" if cv else "use more test rows or --cv")
     )
