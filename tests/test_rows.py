@@ -1,0 +1,74 @@
+"""Row sources read exactly the rows (and columns) an in-memory array would hold."""
+
+from __future__ import annotations
+
+import pickle
+
+import h5py
+import numpy as np
+import pytest
+
+from pipeline import rows as rows_mod
+from pipeline.rows import (
+    ArrayRows,
+    StoreRows,
+    TransformedRows,
+    accepts_row_source,
+    iter_blocks,
+    materialize,
+)
+
+
+@pytest.fixture
+def store(tmp_path):
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(500, 6)).astype(np.float32)
+    flip = rng.normal(size=(500, 6)).astype(np.float32)
+    path = tmp_path / "s.h5"
+    with h5py.File(path, "w") as fh:
+        fh.create_dataset("features", data=features, chunks=(64, 6), fletcher32=True)
+        fh.create_dataset("views/flip/features", data=flip, chunks=(64, 6))
+    return path, features, flip
+
+
+def test_store_rows_match_the_array_in_any_order(store, monkeypatch):
+    path, features, flip = store
+    monkeypatch.setattr(rows_mod, "_SPAN_ROWS", 50)  # several covering reads per take
+    rows = np.array([499, 3, 3, 250, 0, 17, 498])
+    source = StoreRows(path, rows, ("features", "views/flip/features"))
+    assert source.shape == (7, 12)
+    expected = np.concatenate([features[rows], flip[rows]], axis=1)
+    np.testing.assert_array_equal(source.take(np.arange(7)), expected)
+    np.testing.assert_array_equal(source.read(2, 5), expected[2:5])
+    np.testing.assert_array_equal(source.subset([6, 0]).take([0, 1]), expected[[6, 0]])
+    np.testing.assert_array_equal(np.asarray(source), expected)
+
+
+def test_blocks_cover_every_row_once(store):
+    path, features, _ = store
+    source = StoreRows(path, np.arange(0, 500, 3))
+    starts = [start for start, _ in iter_blocks(source, 40)]
+    assert starts == list(range(0, 167, 40))
+    np.testing.assert_array_equal(materialize(source, 40), features[::3])
+    np.testing.assert_array_equal(materialize(ArrayRows(features[::3]), 7), features[::3])
+
+
+def test_transformed_rows_apply_per_block_and_pickle(store):
+    path, features, _ = store
+    source = TransformedRows(StoreRows(path), np.negative)
+    np.testing.assert_array_equal(materialize(source, 64), -features)
+    again = pickle.loads(pickle.dumps(StoreRows(path, [5, 1])))
+    np.testing.assert_array_equal(again.take([0, 1]), features[[5, 1]])
+
+
+def test_out_of_range_rows_are_refused(store):
+    path, _, _ = store
+    with pytest.raises(ValueError, match="rows must lie in"):
+        StoreRows(path, [500])
+
+
+def test_accepts_row_source_reads_the_class_attribute():
+    class Streams:
+        accepts_row_source = True
+
+    assert accepts_row_source(Streams()) and not accepts_row_source(object())
