@@ -24,16 +24,23 @@ from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import LabelEncoder
 from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import (
+    check_consistent_length,
+    check_is_fitted,
+    column_or_1d,
+    validate_data,
+)
 
 from ._runtime import auto_device, resolve_device
 from .exceptions import ConfigError
+from .rows import ArrayRows, RowSource, materialize
 
 __all__ = ["TorchMLPClassifier", "XGBoostClassifier"]
 
 logger = logging.getLogger(__name__)
 
 _PREDICT_BATCH = 8192
+_VAL = "validation_0"  # XGBClassifier.fit's name for its first eval set
 
 
 def _resolve_device(device: Any, owner: str) -> torch.device:
@@ -487,7 +494,21 @@ class XGBoostClassifier(ClassifierMixin, BaseEstimator):
     best_iteration_ : int or None
         Best round when early stopping ran.
     device_ : str
+
+    Notes
+    -----
+    ``fit`` takes an array or a :class:`~pipeline.rows.RowSource` (``accepts_row_source``). Both
+    go the same way: with ``hist`` trees the training rows are read
+    :data:`pipeline.rows.BLOCK_ROWS` at a time through an ``xgboost.DataIter`` into a
+    ``QuantileDMatrix`` (about one byte per feature), so the float matrix is never held whole
+    (an array is only viewed, or copied a block at a time for the early-stopping split). The
+    booster is trained by ``xgboost.train`` with the parameters ``XGBClassifier.fit`` would use
+    and loaded into a plain ``XGBClassifier``. Up to ``BLOCK_ROWS`` rows this is one batch,
+    which bins exactly as ``XGBClassifier.fit`` on the array; with more rows the quantile
+    sketch is merged over batches and may place a few bin edges differently.
     """
+
+    accepts_row_source = True
 
     def __init__(
         self,
@@ -541,12 +562,14 @@ class XGBoostClassifier(ClassifierMixin, BaseEstimator):
             **(self.xgb_params or {}),
         )
 
-    def fit(self, X: ArrayLike, y: ArrayLike) -> XGBoostClassifier:
+    def fit(self, X: ArrayLike | RowSource, y: ArrayLike) -> XGBoostClassifier:
         """Fit the booster on ``X`` and labels ``y`` of any type.
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
+        X : array-like or RowSource of shape (n_samples, n_features)
+            An array, or a :class:`~pipeline.rows.RowSource` (e.g. a store's rows), which is
+            read block by block into XGBoost's binned ``QuantileDMatrix`` and never held whole.
         y : array-like of shape (n_samples,)
 
         Returns
@@ -562,39 +585,117 @@ class XGBoostClassifier(ClassifierMixin, BaseEstimator):
             raise ValueError(
                 f"{name}: validation_fraction must be in (0, 1), got {self.validation_fraction!r}"
             )
-        X, y = validate_data(self, X, y, dtype=np.float32)
+        source, y = self._validate_rows(X, y)
         check_classification_targets(y)
         encoder = LabelEncoder().fit(y)
         self.classes_ = encoder.classes_
         _check_at_least_two_classes(self.classes_, name)
         y_enc = encoder.transform(y)
         self.device_ = auto_device() if self.device == "auto" else self.device
-        early = bool(self.early_stopping_rounds) and len(y_enc) >= 10
-        booster = self._make_booster(early)
-        if early:
-            rng_seed = self.random_state if isinstance(self.random_state, numbers.Integral) else 0
-            try:
-                X_tr, X_val, y_tr, y_val = train_test_split(
-                    X,
-                    y_enc,
-                    test_size=self.validation_fraction,
-                    random_state=rng_seed,
-                    stratify=y_enc,
-                )
-            except ValueError:
-                X_tr, X_val, y_tr, y_val = train_test_split(
-                    X, y_enc, test_size=self.validation_fraction, random_state=rng_seed
-                )
-            if len(np.unique(y_tr)) < len(self.classes_):
-                early = False  # the split lost a class: fall back to all rows, no early stopping
-                booster = self._make_booster(False)
-            else:
-                booster.fit(X_tr, y_tr, eval_set=[(X_val, y_val)], verbose=False)
-        if not early:
-            booster.fit(X, y_enc, verbose=False)
-        self.estimator_ = booster
-        self.best_iteration_ = getattr(booster, "best_iteration", None) if early else None
+        early, train_positions, val_positions = self.validation_split(y_enc)
+        self.estimator_ = self._train(
+            self._make_booster(early), source, y_enc, train_positions, val_positions
+        )
+        self.best_iteration_ = self.estimator_.best_iteration if early else None
         return self
+
+    def _validate_rows(self, X: Any, y: ArrayLike) -> tuple[RowSource, np.ndarray]:
+        """``X`` as a row source (an array is validated as scikit-learn does) and ``y``."""
+        if not isinstance(X, RowSource):
+            X, y = validate_data(self, X, y, dtype=np.float32)
+            return ArrayRows(X), y
+        y = column_or_1d(y, warn=True)
+        check_consistent_length(X, y)
+        if len(X) == 0:
+            raise ValueError(f"{type(self).__name__}: X has 0 samples; at least 1 is required")
+        self.n_features_in_ = int(X.shape[1])
+        if hasattr(self, "feature_names_in_"):
+            del self.feature_names_in_  # a source has no column names (as validate_data resets)
+        return X, y
+
+    def validation_split(self, y_enc: np.ndarray) -> tuple[bool, np.ndarray, np.ndarray]:
+        """(early stopping?, sorted train positions, sorted validation positions): a seeded
+        ``validation_fraction`` held out, stratified when possible; no early stopping (all
+        positions train) with fewer than 10 rows or when the split would lose a class."""
+        everything, nothing = np.arange(len(y_enc)), np.arange(0)
+        if not (self.early_stopping_rounds and len(y_enc) >= 10):
+            return False, everything, nothing
+        seed = self.random_state if isinstance(self.random_state, numbers.Integral) else 0
+        split = {"test_size": self.validation_fraction, "random_state": seed}
+        try:
+            train, val = train_test_split(everything, stratify=y_enc, **split)
+        except ValueError:  # a class with a single row cannot be stratified
+            train, val = train_test_split(everything, **split)
+        if len(np.unique(y_enc[train])) < len(np.unique(y_enc)):
+            return False, everything, nothing
+        return True, np.sort(train), np.sort(val)
+
+    def _train(
+        self,
+        model: Any,
+        source: RowSource,
+        y_enc: np.ndarray,
+        train_positions: np.ndarray,
+        val_positions: np.ndarray,
+    ) -> Any:
+        """Train ``model`` (an unfitted ``XGBClassifier``) as its own ``fit`` would, with the
+        same parameters, on matrices from :meth:`_matrices`; returns ``model`` fitted."""
+        import xgboost
+
+        if callable(model.objective) or callable(model.eval_metric):
+            name = type(self).__name__
+            raise ValueError(f"{name}: xgb_params cannot hold a callable objective or eval_metric")
+        params = model.get_xgb_params()  # what XGBClassifier.fit passes to xgboost.train
+        if len(self.classes_) > 2:
+            if params.get("objective") != "multi:softmax":
+                params["objective"] = "multi:softprob"
+            params["num_class"] = len(self.classes_)
+        dtrain, evals = self._matrices(model, source, y_enc, train_positions, val_positions)
+        booster = xgboost.train(
+            params,
+            dtrain,
+            model.get_num_boosting_rounds(),
+            evals=evals,
+            early_stopping_rounds=model.early_stopping_rounds,
+            verbose_eval=False,
+            callbacks=model.callbacks,
+        )
+        # The documented way from a Booster to a plain XGBClassifier (what predict and
+        # pickling use); it restores n_classes_, the objective and best_iteration.
+        model.load_model(bytearray(booster.save_raw("ubj")))
+        return model
+
+    def _matrices(
+        self,
+        model: Any,
+        source: RowSource,
+        y_enc: np.ndarray,
+        train_positions: np.ndarray,
+        val_positions: np.ndarray,
+    ) -> tuple[Any, list[tuple[Any, str]]]:
+        """(training matrix, evaluation list). With ``hist`` trees (the default) the training
+        rows go into a ``QuantileDMatrix`` block by block and the validation rows, a small
+        share read at once, are binned on its bins (``ref``), as ``XGBClassifier.fit`` bins an
+        eval set; other tree methods need the floats: a plain ``DMatrix`` of all rows."""
+        import xgboost
+
+        from ._xgb_rows import quantile_matrix  # lazy: imports xgboost
+
+        early = len(val_positions) > 0
+        train = source.subset(train_positions) if early else source
+        y_train, y_val = y_enc[train_positions], y_enc[val_positions]
+        common = {"nthread": model.n_jobs, "missing": model.missing}
+        if model.tree_method in ("hist", None, "auto") and model.booster != "gblinear":
+            binned = {"max_bin": model.max_bin, **common}
+            dtrain = quantile_matrix(train, y_train, owner=type(self).__name__, **binned)
+            if not early:
+                return dtrain, []
+            X_val = source.take(val_positions)
+            return dtrain, [(xgboost.QuantileDMatrix(X_val, y_val, ref=dtrain, **binned), _VAL)]
+        dtrain = xgboost.DMatrix(materialize(train), y_train, **common)
+        if not early:
+            return dtrain, []
+        return dtrain, [(xgboost.DMatrix(source.take(val_positions), y_val, **common), _VAL)]
 
     def predict_proba(self, X: ArrayLike) -> NDArray[np.float64]:
         """Class probabilities; columns follow ``classes_``."""

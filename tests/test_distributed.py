@@ -276,6 +276,55 @@ def test_xgboost_on_dask_matches_in_process_accuracy(cluster, tmp_path):
     np.testing.assert_allclose(clone.predict_proba(X_test).sum(axis=1), 1.0, rtol=1e-5)
 
 
+def test_xgboost_on_dask_from_store_rows_reads_no_feature_on_the_client(
+    cluster, tmp_path, monkeypatch
+):
+    """Given StoreRows, the workers (separate processes) read the store; any read of a dataset
+    in this (client) process fails the test."""
+    import h5py
+
+    from pipeline.classifiers import make_classifier
+    from pipeline.rows import StoreRows
+    from pipeline.store import split_rows
+
+    _, client = cluster
+    path = write_store(tmp_path / "blobs.h5", n_per_class=80, dim=12, seed=3)
+    table = read_store(path)
+    train, test, _ = split_rows(table, path, random_state=0)
+    names = np.asarray(table.class_names)
+    params = {"n_estimators": 60, "max_depth": 3, "random_state": 0, "device": "cpu"}
+    local = make_classifier("xgboost", **params).fit(
+        table.features[train], names[table.labels[train]]
+    )
+    want = np.mean(local.predict(table.features[test]) == names[table.labels[test]])
+
+    rows = np.random.default_rng(1).permutation(train)  # unsorted: the labels must follow
+    source = StoreRows(path, rows)
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("the client read features")
+
+    for name in ("__getitem__", "__array__", "read_direct"):
+        monkeypatch.setattr(h5py.Dataset, name, no_reading)
+    monkeypatch.setattr(StoreRows, "take", no_reading)
+    monkeypatch.setattr(StoreRows, "read", no_reading)
+    with pytest.raises(AssertionError, match="client read features"):
+        np.asarray(source)  # what materialising X on the client would hit
+    fitted = fit_xgboost_dask(
+        make_classifier("xgboost", **params), source, names[table.labels[rows]], client
+    )
+    monkeypatch.undo()
+    clf = fitted.named_steps["clf"]
+    assert clf.best_iteration_ is not None and clf.n_features_in_ == 12
+    got = np.mean(fitted.predict(table.features[test]) == names[table.labels[test]])
+    assert abs(got - want) <= 0.02 and got > 0.9
+    with pytest.raises(ValueError, match="one dataset only"):
+        views = StoreRows(path, rows, ("features", "features"))
+        fit_xgboost_dask(
+            make_classifier("xgboost", **params), views, names[table.labels[rows]], client
+        )
+
+
 def test_fit_cli_trains_xgboost_on_a_local_cluster(tmp_path, caplog):
     import joblib
 

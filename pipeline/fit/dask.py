@@ -17,6 +17,7 @@ import numpy as np
 from .._cluster import dask_client
 from .._runtime import auto_device
 from ..estimators import XGBoostClassifier
+from ..rows import StoreRows
 
 __all__ = ["fit_xgboost_dask", "store_array"]
 
@@ -29,10 +30,13 @@ class _RowReader:
     dataset: str
 
     def __call__(self, rows: np.ndarray) -> np.ndarray:
+        """The rows, sorted (a repeated row is read once and repeated)."""
         import h5py
 
+        unique, inverse = np.unique(rows, return_inverse=True)
         with h5py.File(self.path, "r") as fh:
-            return fh[self.dataset][np.sort(rows)] if len(rows) else fh[self.dataset][:0]
+            block = fh[self.dataset][unique] if len(unique) else fh[self.dataset][:0]
+        return block if len(unique) == len(rows) else block[inverse.reshape(-1)]
 
 
 def store_array(
@@ -94,8 +98,11 @@ def fit_xgboost_dask(estimator: Any, X: Any, y: Any, address: str | Any) -> Any:
     estimator : XGBoostClassifier or Pipeline
         Unfitted; ``make_classifier("xgboost", ...)`` or its ``"clf"`` step. Its
         hyperparameters (early stopping on a held-out ``validation_fraction`` included) apply.
-    X : ndarray or dask.array.Array of shape (n_samples, n_features)
-        In memory, or lazy (see :func:`store_array`).
+    X : ndarray, dask.array.Array or StoreRows of shape (n_samples, n_features)
+        In memory, lazy (see :func:`store_array`), or a store's rows
+        (:class:`~pipeline.rows.StoreRows` of one dataset), which become lazy Dask arrays
+        read by the workers: the client never reads a feature, and every worker must see
+        the store's path.
     y : array-like of shape (n_samples,)
         Labels of any type (encoded to ``0..K-1`` for XGBoost, decoded on predict).
     address : str or distributed.Client
@@ -113,33 +120,29 @@ def fit_xgboost_dask(estimator: Any, X: Any, y: Any, address: str | Any) -> Any:
         return _fit_xgboost_on(estimator, X, y, client)
 
 
-def _early_stopping_rows(
-    final: Any, y_enc: np.ndarray, n_classes: int
-) -> tuple[bool, np.ndarray, np.ndarray]:
-    """(early stopping?, train rows, validation rows): the same held-out share as the
-    in-process fit, stratified when possible; off when too few rows or a class would vanish."""
-    from sklearn.model_selection import train_test_split
+def _dask_rows(X: Any, y_enc: np.ndarray, positions: np.ndarray) -> tuple[Any, Any]:
+    """(features, labels) of ``X``'s rows ``positions`` as Dask arrays. A :class:`StoreRows`
+    becomes :func:`store_array` tasks that read the store on the workers (the client reads
+    no feature), its rows sorted by store row (labels follow), as a store is read fastest."""
+    import dask.array as da
 
-    everything, nothing = np.arange(len(y_enc)), np.arange(0)
-    if not (final.early_stopping_rounds and len(y_enc) >= 10):
-        return False, everything, nothing
-    seed = final.random_state if isinstance(final.random_state, int) else 0
-    try:
-        train_rows, val_rows = train_test_split(
-            everything, test_size=final.validation_fraction, random_state=seed, stratify=y_enc
-        )
-    except ValueError:
-        train_rows, val_rows = train_test_split(
-            everything, test_size=final.validation_fraction, random_state=seed
-        )
-    train_rows, val_rows = np.sort(train_rows), np.sort(val_rows)
-    if len(np.unique(y_enc[train_rows])) < n_classes:
-        return False, everything, nothing
-    return True, train_rows, val_rows
+    if isinstance(X, StoreRows):
+        if len(X.datasets) != 1:
+            raise ValueError(
+                f"fit_xgboost_dask: rows of one dataset only, got {X.datasets} (views)"
+            )
+        positions = positions[np.argsort(X.rows[positions], kind="stable")]
+        rows = X.rows[positions]
+        part = store_array(X.path, rows, dataset=X.datasets[0], chunk_rows=_XGB_CHUNK_ROWS)
+    elif isinstance(X, da.Array):
+        part = X if len(positions) == X.shape[0] else X[positions]
+    else:  # an array, or another row source (read here)
+        part = da.from_array(np.asarray(X)[positions], chunks=(_XGB_CHUNK_ROWS, -1))
+    labels = da.from_array(y_enc[positions], chunks=(part.chunks[0],))
+    return part.astype(np.float32), labels
 
 
 def _fit_xgboost_on(estimator: Any, X: Any, y: Any, client: Any) -> Any:
-    import dask.array as da
     from sklearn.preprocessing import LabelEncoder
     from sklearn.utils.multiclass import check_classification_targets
     from xgboost import XGBClassifier
@@ -157,21 +160,12 @@ def _fit_xgboost_on(estimator: Any, X: Any, y: Any, client: Any) -> Any:
         raise ValueError(f"{name}: needs at least 2 classes, got {n_classes}")
     y_enc = encoder.transform(y).astype(np.float32)
     final.device_ = auto_device() if final.device == "auto" else final.device
-    early, train_rows, val_rows = _early_stopping_rows(final, y_enc, n_classes)
-
-    def dask_rows(rows: np.ndarray) -> tuple[Any, Any]:
-        if isinstance(X, da.Array):
-            part = X if len(rows) == X.shape[0] else X[rows]
-        else:
-            part = da.from_array(np.asarray(X)[rows], chunks=(_XGB_CHUNK_ROWS, -1))
-        labels = da.from_array(y_enc[rows], chunks=(part.chunks[0],))
-        return part.astype(np.float32), labels
-
+    early, train_rows, val_rows = final.validation_split(y_enc)
     sklearn_model = final._make_booster(early)
     distributed_model = dxgb.DaskXGBClassifier(**sklearn_model.get_params())
     distributed_model.client = client
-    X_train, y_train = dask_rows(train_rows)
-    eval_set = [dask_rows(val_rows)] if early else None
+    X_train, y_train = _dask_rows(X, y_enc, train_rows)
+    eval_set = [_dask_rows(X, y_enc, val_rows)] if early else None
     distributed_model.fit(X_train, y_train, eval_set=eval_set, verbose=False)
     raw = distributed_model.get_booster().save_raw("ubj")
     plain = XGBClassifier(**sklearn_model.get_params())
