@@ -3,7 +3,9 @@ blocks into a QuantileDMatrix): fit seconds, peak RSS, holdout accuracy; each fi
 process.
 
 python benchmarks/xgboost_rows.py --store /tmp/xgb_rows.h5 --rows 200000 --dim 1280
-(writes the synthetic store first when it is missing; delete it afterwards)
+(writes the synthetic store first when it is missing; delete it afterwards). Modes: ``array``
+(the training rows read into memory, then fitted), ``rows`` (a StoreRows), ``one-batch`` (the
+array binned in one batch, as ``XGBClassifier.fit`` bins it).
 """
 
 from __future__ import annotations
@@ -21,8 +23,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pipeline import _xgb_rows  # noqa: E402
 from pipeline.estimators import XGBoostClassifier  # noqa: E402
 from pipeline.rows import BLOCK_ROWS, StoreRows, iter_blocks  # noqa: E402
+
+MODES = ("array", "rows", "one-batch")
 
 
 def make_store(path: Path, rows: int, dim: int, classes: int) -> None:
@@ -48,13 +53,16 @@ def make_store(path: Path, rows: int, dim: int, classes: int) -> None:
 
 def fit_once(path: Path, mode: str, n_estimators: int, test_share: float) -> dict:
     """One fit in this process: ``mode`` ``array`` reads the training rows into memory first,
-    ``rows`` hands XGBoost a StoreRows."""
+    ``rows`` hands XGBoost a StoreRows, ``one-batch`` is ``array`` binned in one batch (what
+    ``XGBClassifier.fit`` on the array does, as the fit did before it read in blocks)."""
     with h5py.File(path, "r") as fh:
         labels = fh["labels"][:]
     n_train = int(len(labels) * (1 - test_share))
     train = StoreRows(path, np.arange(n_train))
     started = time.perf_counter()
-    X = np.asarray(train) if mode == "array" else train
+    X = train if mode == "rows" else np.asarray(train)
+    if mode == "one-batch":
+        _xgb_rows.BLOCK_ROWS = n_train
     read_seconds = time.perf_counter() - started
     clf = XGBoostClassifier(
         n_estimators=n_estimators, random_state=0, device="cpu", xgb_params={"max_bin": 64}
@@ -92,14 +100,14 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=10)
     parser.add_argument("--n-estimators", type=int, default=20)
     parser.add_argument("--test-share", type=float, default=0.2)
-    parser.add_argument("--only", choices=["array", "rows"], help="one fit in this process")
+    parser.add_argument("--only", choices=MODES, help="one fit in this process")
     args = parser.parse_args()
     if args.only:
         print(json.dumps(fit_once(args.store, args.only, args.n_estimators, args.test_share)))
         return
     if not args.store.exists():
         make_store(args.store, args.rows, args.dim, args.classes)
-    for mode in ("array", "rows"):
+    for mode in MODES:
         cmd = [sys.executable, __file__, "--store", str(args.store), "--only", mode]
         cmd += ["--n-estimators", str(args.n_estimators), "--test-share", str(args.test_share)]
         print(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip())

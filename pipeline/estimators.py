@@ -499,13 +499,14 @@ class XGBoostClassifier(ClassifierMixin, BaseEstimator):
     -----
     ``fit`` takes an array or a :class:`~pipeline.rows.RowSource` (``accepts_row_source``). Both
     go the same way: with ``hist`` trees the training rows are read
-    :data:`pipeline.rows.BLOCK_ROWS` at a time through an ``xgboost.DataIter`` into a
-    ``QuantileDMatrix`` (about one byte per feature), so the float matrix is never held whole
-    (an array is only viewed, or copied a block at a time for the early-stopping split). The
-    booster is trained by ``xgboost.train`` with the parameters ``XGBClassifier.fit`` would use
-    and loaded into a plain ``XGBClassifier``. Up to ``BLOCK_ROWS`` rows this is one batch,
-    which bins exactly as ``XGBClassifier.fit`` on the array; with more rows the quantile
-    sketch is merged over batches and may place a few bin edges differently.
+    :data:`pipeline._xgb_rows.BLOCK_ROWS` (8192) at a time through an ``xgboost.DataIter`` into
+    a ``QuantileDMatrix`` (bin indices, not floats), so the float matrix is never held whole
+    (an array is only viewed, or copied a block at a time for the early-stopping split); the
+    held-out early-stopping rows are read into memory. The booster is trained by
+    ``xgboost.train`` with the parameters ``XGBClassifier.fit`` would use and loaded into a
+    plain ``XGBClassifier``. Up to 8192 rows this is one batch, which bins exactly as
+    ``XGBClassifier.fit`` on the array; with more rows the quantile sketch is merged over
+    batches and may place some bin edges differently.
     """
 
     accepts_row_source = True
@@ -679,7 +680,7 @@ class XGBoostClassifier(ClassifierMixin, BaseEstimator):
         eval set; other tree methods need the floats: a plain ``DMatrix`` of all rows."""
         import xgboost
 
-        from ._xgb_rows import quantile_matrix  # lazy: imports xgboost
+        from ._xgb_rows import quantile_matrix, take_spread  # lazy: imports xgboost
 
         early = len(val_positions) > 0
         train = source.subset(train_positions) if early else source
@@ -690,12 +691,14 @@ class XGBoostClassifier(ClassifierMixin, BaseEstimator):
             dtrain = quantile_matrix(train, y_train, owner=type(self).__name__, **binned)
             if not early:
                 return dtrain, []
-            X_val = source.take(val_positions)
+            X_val = take_spread(source, val_positions)
             return dtrain, [(xgboost.QuantileDMatrix(X_val, y_val, ref=dtrain, **binned), _VAL)]
         dtrain = xgboost.DMatrix(materialize(train), y_train, **common)
         if not early:
             return dtrain, []
-        return dtrain, [(xgboost.DMatrix(source.take(val_positions), y_val, **common), _VAL)]
+        return dtrain, [
+            (xgboost.DMatrix(take_spread(source, val_positions), y_val, **common), _VAL)
+        ]
 
     def predict_proba(self, X: ArrayLike) -> NDArray[np.float64]:
         """Class probabilities; columns follow ``classes_``."""
