@@ -35,8 +35,9 @@ __all__ = ["TorchMLPClassifier", "XGBoostClassifier"]
 logger = logging.getLogger(__name__)
 
 _PREDICT_BATCH = 8192
-#: About how many rows the ``nn`` head trains on per block (rounded down to whole minibatches):
-#: the most of a :class:`~pipeline.rows.RowSource` it holds at once. Tests shrink it.
+#: About how many rows the ``nn`` head trains on per block (rounded down to whole minibatches,
+#: at least one): the most of a :class:`~pipeline.rows.RowSource` it holds at once besides
+#: early stopping's validation rows. Tests shrink it.
 TRAIN_BLOCK_ROWS = BLOCK_ROWS
 
 
