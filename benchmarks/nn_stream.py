@@ -4,6 +4,7 @@ epoch and peak RSS, each in a fresh process, on a synthetic store of N x D float
 Usage::
 
     python benchmarks/nn_stream.py --rows 200000 --dim 1280 --max-iter 2 --file /tmp/nn_stream.h5
+    python benchmarks/nn_stream.py --modes array --early-stopping --repo /path/to/older/checkout
 
 The file is written once (chunks of ~1 MiB with fletcher32, as the store writes ``features``)
 and deleted at the end unless ``--keep``. ``array`` reads the whole matrix with h5py and fits
@@ -102,6 +103,9 @@ def main() -> None:
     parser.add_argument("--file", default="/tmp/nn_stream.h5")
     parser.add_argument("--modes", nargs="+", default=["baseline", "array", "store"])
     parser.add_argument("--keep", action="store_true", help="keep the file afterwards")
+    parser.add_argument(
+        "--repo", default=str(REPO), help="checkout whose pipeline the children import"
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -112,7 +116,7 @@ def main() -> None:
         started = time.perf_counter()
         write_file(path, args.rows, args.dim)
         print(json.dumps({"wrote": str(path), "s": round(time.perf_counter() - started, 1)}))
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": args.repo}
     try:
         for mode in args.modes:
             cmd = [sys.executable, __file__, "--child", mode, "--file", str(path)]
