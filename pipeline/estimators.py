@@ -33,7 +33,7 @@ from sklearn.utils.validation import (
 
 from ._runtime import auto_device, resolve_device
 from .exceptions import ConfigError
-from .rows import ArrayRows, RowSource, materialize
+from .rows import BLOCK_ROWS, ArrayRows, RowSource, iter_blocks, materialize
 
 __all__ = ["TorchMLPClassifier", "XGBoostClassifier"]
 
@@ -41,6 +41,10 @@ logger = logging.getLogger(__name__)
 
 _PREDICT_BATCH = 8192
 _VAL = "validation_0"  # XGBClassifier.fit's name for its first eval set
+#: About how many rows the ``nn`` head trains on per block (rounded down to whole minibatches,
+#: at least one): the most of a :class:`~pipeline.rows.RowSource` it holds at once besides
+#: early stopping's validation rows. Tests shrink it.
+TRAIN_BLOCK_ROWS = BLOCK_ROWS
 
 
 def _resolve_device(device: Any, owner: str) -> torch.device:
@@ -63,11 +67,64 @@ def _check_at_least_two_classes(classes: np.ndarray, owner: str) -> None:
         )
 
 
+def _check_finite(rows: np.ndarray, owner: str, what: str) -> None:
+    if not np.isfinite(rows).all():
+        raise ValueError(f"{owner}: Input X contains NaN or infinity ({what})")
+
+
+class _DeviceBlocks:
+    """Rows ``start:stop`` of the training rows as float32 tensors on ``device``.
+
+    An in-memory array goes to the device once (on CPU a view sharing its memory, no copy)
+    and a block is a slice of it, or a gather on the device when ``positions`` (early
+    stopping's training rows) select rows. A row source is read one block at a time, each
+    block checked for NaN and infinity on its first read; a source that is one block is read
+    once for the whole fit."""
+
+    def __init__(
+        self,
+        X: np.ndarray | RowSource,
+        positions: np.ndarray | None,
+        device: torch.device,
+        owner: str,
+    ) -> None:
+        self.device, self.owner = device, owner
+        self._source: RowSource | None = None
+        self._whole = self._positions = self._single = None
+        self._checked: set[int] = set()
+        if isinstance(X, RowSource):
+            self._source = X if positions is None else X.subset(positions)
+        else:
+            self._whole = torch.from_numpy(np.ascontiguousarray(X)).to(device)
+            if positions is not None:
+                self._positions = torch.from_numpy(positions).to(device)
+
+    def read(self, start: int, stop: int) -> torch.Tensor:
+        if self._whole is not None:
+            if self._positions is None:
+                return self._whole[start:stop]
+            return self._whole[self._positions[start:stop]]
+        if self._single is not None:
+            return self._single
+        rows = self._source.read(start, stop)
+        if start not in self._checked:
+            _check_finite(rows, self.owner, f"training rows {start}:{stop}")
+            self._checked.add(start)
+        block = torch.from_numpy(rows).to(self.device)
+        if start == 0 and stop == len(self._source):
+            self._single = block
+        return block
+
+
 class TorchMLPClassifier(ClassifierMixin, BaseEstimator):
     """A torch MLP head (Linear - ReLU - Dropout - Linear) as a scikit-learn classifier.
 
     Meant for fixed embeddings from a pretrained CNN: fast to train, with early stopping,
     dropout and weight decay. Parameter names follow :class:`sklearn.neural_network.MLPClassifier`.
+
+    ``X`` may be an array or a :class:`~pipeline.rows.RowSource` (a store's rows): training
+    reads it in blocks of about ``TRAIN_BLOCK_ROWS`` rows, never whole, and an array and a
+    source holding the same rows give the same model.
 
     Parameters
     ----------
@@ -133,6 +190,10 @@ class TorchMLPClassifier(ClassifierMixin, BaseEstimator):
     >>> clf.predict_proba(X[:1]).shape
     (1, 2)
     """
+
+    #: ``fit`` (and ``predict_proba``) take a :class:`~pipeline.rows.RowSource` and read it
+    #: one block at a time.
+    accepts_row_source = True
 
     def __init__(
         self,
@@ -263,12 +324,16 @@ class TorchMLPClassifier(ClassifierMixin, BaseEstimator):
                 x = layer(x)
         return x
 
-    def fit(self, X: ArrayLike, y: ArrayLike) -> TorchMLPClassifier:
+    def fit(self, X: ArrayLike | RowSource, y: ArrayLike) -> TorchMLPClassifier:
         """Train the head on ``X`` (n_samples, n_features) and labels ``y``.
+
+        ``X`` may be a :class:`~pipeline.rows.RowSource` (e.g. a store's rows), which is read
+        one block at a time, never whole: an array and a source holding the same rows give the
+        same model (see :meth:`_train_epoch` for the schedule).
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
+        X : array-like or RowSource of shape (n_samples, n_features)
             Embeddings.
         y : array-like of shape (n_samples,)
             Class labels of any type (str, int, ...).
@@ -279,7 +344,7 @@ class TorchMLPClassifier(ClassifierMixin, BaseEstimator):
             The fitted classifier.
         """
         sizes = self._validate_params_explicitly()
-        X, y = validate_data(self, X, y, dtype=np.float32)
+        X, y = self._check_fit_data(X, y)
         check_classification_targets(y)
         encoder = LabelEncoder().fit(y)
         self.classes_ = encoder.classes_
@@ -292,36 +357,70 @@ class TorchMLPClassifier(ClassifierMixin, BaseEstimator):
         cpu_gen = torch.Generator().manual_seed(seed)
         dev_gen = torch.Generator(device=self.device_).manual_seed(seed + 1)
 
-        X_val = y_val = None
+        train_positions, val = None, None
         if self.early_stopping:
-            X, X_val, y_enc, y_val = self._validation_split(X, y_enc, seed)
+            train_positions, val_positions = self._validation_split(y_enc, seed)
+            val = (self._validation_rows(X, val_positions), self._tensor(y_enc[val_positions]))
+            y_enc = y_enc[train_positions]
 
         module = self._build_module(X.shape[1], len(self.classes_), sizes, cpu_gen).to(self.device_)
         module.train()
-        train = (self._tensor(X), self._tensor(y_enc))
-        val = (self._tensor(X_val), self._tensor(y_val)) if X_val is not None else None
-        best, best_state = self._run_epochs(module, train, val, cpu_gen, dev_gen)
+        blocks = _DeviceBlocks(X, train_positions, self.device_, type(self).__name__)
+        best, best_state = self._run_epochs(
+            module, (blocks, self._tensor(y_enc)), val, cpu_gen, dev_gen
+        )
         if best_state is not None:
             module.load_state_dict(best_state)
         self.best_loss_ = float(best)
         self.module_ = module.eval()
         return self
 
+    def _check_fit_data(
+        self, X: ArrayLike | RowSource, y: ArrayLike
+    ) -> tuple[np.ndarray | RowSource, np.ndarray]:
+        """``X`` as a float32 array (sklearn's validation) or as the source it is (checked by
+        shape only: reading it here would materialise it), and ``y`` as a 1-D array."""
+        if isinstance(X, ArrayRows):
+            X = X.array  # an in-memory array: validated as one
+        if not isinstance(X, RowSource):
+            return validate_data(self, X, y, dtype=np.float32)
+        name = type(self).__name__
+        n_rows, n_features = X.shape
+        if n_rows < 1 or n_features < 1:
+            raise ValueError(
+                f"{name}: found a row source of shape {X.shape}; at least 1 row and 1 feature "
+                "are required"
+            )
+        y = column_or_1d(y, warn=True)
+        if len(y) != n_rows:
+            raise ValueError(f"{name}: X has {n_rows} rows but y has {len(y)} labels")
+        self.n_features_in_ = int(n_features)
+        if hasattr(self, "feature_names_in_"):
+            del self.feature_names_in_
+        return X, y
+
     def _tensor(self, array: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(array)).to(self.device_)
+
+    def _validation_rows(self, X: np.ndarray | RowSource, positions: np.ndarray) -> torch.Tensor:
+        """The held-out rows, read into memory at once (a small share of the data)."""
+        if not isinstance(X, RowSource):
+            return self._tensor(X[positions])
+        rows = X.take(positions)
+        _check_finite(rows, type(self).__name__, "the validation rows")
+        return self._tensor(rows)
 
     def _run_epochs(
         self,
         module: torch.nn.Module,
-        train: tuple[torch.Tensor, torch.Tensor],
+        train: tuple[_DeviceBlocks, torch.Tensor],
         val: tuple[torch.Tensor, torch.Tensor] | None,
         cpu_gen: torch.Generator,
         dev_gen: torch.Generator,
     ) -> tuple[float, dict[str, Any] | None]:
         """Adam epochs until ``max_iter`` or ``n_iter_no_change`` epochs without improvement of
         the validation loss (``val``) or else the training loss; returns (best, best state)."""
-        Xt, yt = train
-        n_samples = Xt.shape[0]
+        n_samples = len(train[1])
         batch = min(200, n_samples) if self.batch_size == "auto" else int(self.batch_size)
         batch = max(1, min(batch, n_samples))
         optimizer = torch.optim.Adam(
@@ -333,16 +432,9 @@ class TorchMLPClassifier(ClassifierMixin, BaseEstimator):
         best, best_state, no_improve = np.inf, None, 0
         self.n_iter_ = 0
         for epoch in range(int(self.max_iter)):
-            order = torch.randperm(n_samples, generator=cpu_gen).to(self.device_)
-            total = 0.0
-            for start in range(0, n_samples, batch):
-                idx = order[start : start + batch]
-                loss = loss_fn(self._forward_train(module, Xt[idx], dev_gen), yt[idx])
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total += float(loss.detach()) * len(idx)
-            epoch_loss = total / n_samples
+            epoch_loss = self._train_epoch(
+                module, optimizer, loss_fn, train, batch, (cpu_gen, dev_gen)
+            )
             self.loss_curve_.append(epoch_loss)
             self.n_iter_ = epoch + 1
             score = epoch_loss if val is None else self._validation_loss(module, val, loss_fn)
@@ -365,6 +457,44 @@ class TorchMLPClassifier(ClassifierMixin, BaseEstimator):
                 break
         return best, best_state
 
+    def _train_epoch(
+        self,
+        module: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        loss_fn: Any,
+        train: tuple[_DeviceBlocks, torch.Tensor],
+        batch: int,
+        gens: tuple[torch.Generator, torch.Generator],
+    ) -> float:
+        """One epoch, block-shuffled: the training rows are cut into blocks of ``batch`` times
+        ``TRAIN_BLOCK_ROWS // batch`` rows; the blocks are visited in a random order, each read
+        once, and each block's rows are shuffled into minibatches. With one block (small data)
+        this is a full shuffle of the rows. Every draw comes from ``gens`` and depends only on
+        the row count, so an array and a row source holding the same rows train alike.
+        Returns the mean training loss."""
+        blocks, yt = train
+        cpu_gen, dev_gen = gens
+        n_samples = len(yt)
+        block_rows = max(1, TRAIN_BLOCK_ROWS // batch) * batch
+        starts = list(range(0, n_samples, block_rows))
+        if len(starts) > 1:
+            starts = [starts[i] for i in torch.randperm(len(starts), generator=cpu_gen).tolist()]
+        # float64 on the device: the same sum as Python floats, without a sync per minibatch
+        total = torch.zeros((), dtype=torch.float64, device=self.device_)
+        for start in starts:
+            stop = min(start + block_rows, n_samples)
+            xb, yb = blocks.read(start, stop), yt[start:stop]
+            order = torch.randperm(stop - start, generator=cpu_gen).to(self.device_)
+            for first in range(0, stop - start, batch):
+                idx = order[first : first + batch]
+                loss = loss_fn(self._forward_train(module, xb[idx], dev_gen), yb[idx])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total += loss.detach().double() * len(idx)
+            del xb  # the next block is read without this one alive
+        return float(total) / n_samples
+
     def _validation_loss(
         self, module: torch.nn.Module, val: tuple[torch.Tensor, torch.Tensor], loss_fn: Any
     ) -> float:
@@ -375,48 +505,59 @@ class TorchMLPClassifier(ClassifierMixin, BaseEstimator):
         self.validation_loss_curve_.append(score)
         return score
 
-    def _validation_split(
-        self, X: np.ndarray, y: np.ndarray, seed: int
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def _validation_split(self, y: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """Sorted (train, validation) positions: a seeded split, stratified when it can be."""
         n_val = int(np.ceil(self.validation_fraction * len(y)))
         if n_val < 1 or len(y) - n_val < 1:
             raise ValueError(
                 f"{type(self).__name__}: {len(y)} samples are too few for early_stopping with "
                 f"validation_fraction={self.validation_fraction}; set early_stopping=False"
             )
+        positions = np.arange(len(y))
         try:
-            return train_test_split(
-                X, y, test_size=self.validation_fraction, random_state=seed, stratify=y
+            train, val = train_test_split(
+                positions, test_size=self.validation_fraction, random_state=seed, stratify=y
             )
         except ValueError:  # some class too small to stratify: plain random split
-            return train_test_split(X, y, test_size=self.validation_fraction, random_state=seed)
+            train, val = train_test_split(
+                positions, test_size=self.validation_fraction, random_state=seed
+            )
+        return np.sort(train), np.sort(val)
 
     # -- prediction -------------------------------------------------------------------------
 
-    def _logits(self, X: ArrayLike) -> np.ndarray:
+    def _logits(self, X: ArrayLike | RowSource) -> np.ndarray:
         """Logits in float64, row by row independent of the batch: in float32, matrix
         products are blocked differently for different numbers of rows, so a row's logits
         changed (by ~1e-8) with the rows predicted beside it. A float64 copy of the head (it is
         small) keeps such differences below 1e-15, on CPU and GPU alike."""
         check_is_fitted(self)
-        X = validate_data(self, X, dtype=np.float32, reset=False)
+        if isinstance(X, RowSource):
+            if X.shape[1] != self.n_features_in_:
+                raise ValueError(
+                    f"X has {X.shape[1]} features, but {type(self).__name__} is expecting "
+                    f"{self.n_features_in_} features as input."
+                )
+        else:
+            X = validate_data(self, X, dtype=np.float32, reset=False)
         module = copy.deepcopy(self.module_).double().eval()
         device = next(module.parameters()).device
         out = []
         with torch.inference_mode():
-            for start in range(0, X.shape[0], _PREDICT_BATCH):
-                chunk = torch.from_numpy(X[start : start + _PREDICT_BATCH].astype(np.float64))
+            for _, block in iter_blocks(X, _PREDICT_BATCH):
+                chunk = torch.from_numpy(block.astype(np.float64))
                 out.append(module(chunk.to(device)).cpu().numpy())
         if not out:
             return np.empty((0, len(self.classes_)), dtype=np.float64)
         return np.concatenate(out)
 
-    def predict_proba(self, X: ArrayLike) -> NDArray[np.float64]:
+    def predict_proba(self, X: ArrayLike | RowSource) -> NDArray[np.float64]:
         """Class probabilities (softmax of the logits); each row sums to 1.
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
+        X : array-like or RowSource of shape (n_samples, n_features)
+            A row source is read block by block.
 
         Returns
         -------
@@ -429,12 +570,12 @@ class TorchMLPClassifier(ClassifierMixin, BaseEstimator):
         proba /= proba.sum(axis=1, keepdims=True)
         return proba
 
-    def predict_log_proba(self, X: ArrayLike) -> NDArray[np.float64]:
+    def predict_log_proba(self, X: ArrayLike | RowSource) -> NDArray[np.float64]:
         """Logarithm of :meth:`predict_proba`."""
         with np.errstate(divide="ignore"):
             return np.log(self.predict_proba(X))
 
-    def predict(self, X: ArrayLike) -> np.ndarray:
+    def predict(self, X: ArrayLike | RowSource) -> np.ndarray:
         """Predicted class labels, ``classes_[argmax(predict_proba(X))]``."""
         proba = self.predict_proba(X)
         return self.classes_[np.argmax(proba, axis=1)]
