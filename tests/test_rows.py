@@ -72,3 +72,10 @@ def test_accepts_row_source_reads_the_class_attribute():
         accepts_row_source = True
 
     assert accepts_row_source(Streams()) and not accepts_row_source(object())
+
+
+def test_consecutive_rows_read_straight_into_the_block(store):
+    path, features, _ = store
+    source = StoreRows(path, np.arange(100, 400))
+    np.testing.assert_array_equal(source.read(10, 200), features[110:300])
+    np.testing.assert_array_equal(materialize(source, 64), features[100:400])
