@@ -27,6 +27,7 @@ import contextlib
 import errno
 import functools
 import io
+import itertools
 import json
 import logging
 import os
@@ -203,8 +204,8 @@ class PathIndex:
             return np.arange(n, dtype=np.int64)
         if self._where is None:
             self._where = dict(zip(self.paths[::-1].tolist(), range(n - 1, -1, -1), strict=True))
-        get = self._where.get
-        return np.fromiter((get(p, -1) for p in query), dtype=np.int64, count=len(query))
+        found = map(self._where.get, query.tolist(), itertools.repeat(-1))
+        return np.fromiter(found, dtype=np.int64, count=len(query))
 
 
 def file_stamp(path: str | Path) -> tuple[int, int, int]:
@@ -642,8 +643,9 @@ def _rows_to_take(
     ok[ok] = rows.keys[ok] == current.keys[where[ok]]
     ok[ok] = ~seen[where[ok]]
     take = np.flatnonzero(ok)
-    _, first = np.unique(where[take], return_index=True)
-    take = take[np.sort(first)]
+    if np.count_nonzero(np.bincount(where[take], minlength=1)) < take.size:  # a path twice
+        _, first = np.unique(where[take], return_index=True)
+        take = take[np.sort(first)]
     return take, where[take]
 
 
