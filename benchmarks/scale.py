@@ -112,6 +112,16 @@ def _reusable(images: Path, store: Path, rows: int) -> bool:
     return unchanged_store(config, open_source(images)) is not None
 
 
+def _has_images(images: Path, rows: int) -> bool:
+    """``images`` holds exactly the files :func:`_link_images` makes for ``rows`` rows."""
+    for k in range(CLASSES):
+        folder = images / f"c{k}"
+        expected = {f"i{n:08d}.jpg" for n in range(k, rows, CLASSES)}
+        if not folder.is_dir() or set(os.listdir(folder)) != expected:
+            return False
+    return True
+
+
 def fabricate(images: Path, store: Path, rows: int, work: Path) -> float:
     """Make ``images`` (``rows`` JPEG copies) and ``store``, or reuse those an earlier run
     made (see :func:`restore`); returns the seconds it took."""
@@ -127,10 +137,11 @@ def fabricate(images: Path, store: Path, rows: int, work: Path) -> float:
     if _reusable(images, store, rows):
         print(f"reusing {store} and {images}", flush=True)
         return time.perf_counter() - started
-    shutil.rmtree(images, ignore_errors=True)
     shutil.rmtree(parts_dir(store), ignore_errors=True)
     store.unlink(missing_ok=True)  # planning against an old store would make an update of it
-    _link_images(images, distinct, 0, rows)
+    if not _has_images(images, rows):
+        shutil.rmtree(images, ignore_errors=True)
+        _link_images(images, distinct, 0, rows)
     config = ExtractConfig.from_file(None, data=str(images), out=str(store), progress=False)
     plan = plan_extraction(config, verified=verified_cpu_graph(config))
     dim = len(next(iter(by_name.values())))

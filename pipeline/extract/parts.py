@@ -33,7 +33,7 @@ from ..store import (
     write_rows_file,
     write_view,
 )
-from .plan import ExtractionPlan, versions
+from .plan import ExtractionPlan, inputs_digest, versions
 
 __all__ = ["PartWriter", "begin_parts", "embed_into_parts", "finish_store"]
 
@@ -230,6 +230,8 @@ def finish_store(plan: ExtractionPlan) -> tuple[int, int]:
     """
     inputs = plan.input_rows()
     good, failed = _failed_inputs(plan, inputs)
+    # What the store is finished for: a later run over the same inputs is warm at once.
+    plan.attrs["inputs_digest"] = inputs_digest(plan.records, plan.keys, plan.attrs["class_names"])
     keep = inputs.take(good) if failed else inputs
     sources = list_parts(plan.out)
     if sources and sources[0].name == "base.h5" and not plan.config.compact:
