@@ -593,13 +593,18 @@ def write_view(
     current: RowIndex,
     failed: FailedInputs,
     attrs: Mapping[str, Any],
+    *,
+    index: PathIndex | None = None,
     known: RowIndex | None = None,
+    known_at: np.ndarray | None = None,
 ) -> list[Path] | None:
     """Write ``out`` as a complete *appended* store: virtual datasets over the rows of
     ``sources`` computed from each input's current content, nothing copied. ``current`` lists
     the inputs the store must hold, with their current content keys, labels and splits.
-    ``known``: the row columns of one of ``sources`` already read (matched by its stamp), so
-    that the previous store's million rows are not read twice.
+
+    What the caller already has, so that a million rows are not read or matched twice:
+    ``index``, a :class:`PathIndex` of ``current.paths``; ``known``, the row columns of one of
+    ``sources`` (matched by its stamp), with ``known_at``, the input each of its rows is.
 
     Rows keep the order of the sources (the previous store's rows first, then the new ones);
     a path's first matching row is taken. Returns the sources no row was taken from, or None
@@ -608,12 +613,15 @@ def write_view(
     must rewrite the store instead.
     """
     out, mapping, unused = Path(out), [], []
-    index = PathIndex(current.paths)
+    index = index if index is not None else PathIndex(current.paths)
     seen = np.zeros(len(current), dtype=bool)  # inputs a row was taken for
     for src in sources:
-        held = known if known is not None and known.stamp == file_stamp(src) else None
-        rows = held if held is not None else read_row_index(src)
-        take, where = _rows_to_take(rows, current, index, seen)
+        if known is not None and known_at is not None and known.stamp == file_stamp(src):
+            rows, where = known, known_at
+        else:
+            rows = read_row_index(src)
+            where = index.find(rows.paths)
+        take, where = _rows_to_take(rows, current, where, seen)
         if not take.size:
             unused.append(src)
             continue
@@ -634,11 +642,11 @@ def write_view(
 
 
 def _rows_to_take(
-    rows: RowIndex, current: RowIndex, index: PathIndex, seen: np.ndarray
+    rows: RowIndex, current: RowIndex, where: np.ndarray, seen: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """(rows of a source to take, the input each one is): rows holding an input's current
-    content, for inputs no earlier source had; a path twice in one source, its first row."""
-    where = index.find(rows.paths)
+    content, for inputs no earlier source had; a path twice in one source, its first row.
+    ``where``: the input each row is, -1 for none."""
     ok = where >= 0
     ok[ok] = rows.keys[ok] == current.keys[where[ok]]
     ok[ok] = ~seen[where[ok]]

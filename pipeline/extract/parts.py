@@ -231,13 +231,15 @@ def finish_store(plan: ExtractionPlan) -> tuple[int, int]:
     inputs = plan.input_rows()
     good, failed = _failed_inputs(plan, inputs)
     # What the store is finished for: a later run over the same inputs is warm at once.
-    plan.attrs["inputs_digest"] = inputs_digest(plan.records, plan.keys, plan.attrs["class_names"])
+    digest = plan.inputs.digest if plan.inputs is not None else None
+    if digest is None:
+        digest = inputs_digest(plan.records, plan.keys, plan.attrs["class_names"])
+    plan.attrs["inputs_digest"] = digest
     keep = inputs.take(good) if failed else inputs
     sources = list_parts(plan.out)
     if sources and sources[0].name == "base.h5" and not plan.config.compact:
-        # base.h5 is the previous store renamed: its rows were read when planning.
-        known = plan.prev.rows if plan.prev.rows.stamp is not None else None
-        unused = write_view(plan.out, sources, keep, failed, plan.attrs, known=known)
+        hints = _view_hints(plan, good, bool(failed))
+        unused = write_view(plan.out, sources, keep, failed, plan.attrs, **hints)
         if unused is not None:
             for part in unused:  # no row of theirs is current any more
                 part.unlink()
@@ -258,6 +260,23 @@ def finish_store(plan: ExtractionPlan) -> tuple[int, int]:
     )
     shutil.rmtree(parts_dir(plan.out), ignore_errors=True)
     return n_rows, len(failed)
+
+
+def _view_hints(plan: ExtractionPlan, good: np.ndarray, any_failed: bool) -> dict[str, Any]:
+    """What planning already worked out for :func:`~pipeline.store.write_view`: the index of
+    the inputs' paths, and the rows of the previous store (``base.h5`` is that file, renamed)
+    with the input each one is, renumbered over the inputs that keep a row."""
+    planned = plan.inputs
+    if planned is None:
+        return {}
+    hints: dict[str, Any] = {} if any_failed else {"index": planned.index}
+    if plan.prev.rows.stamp is not None:
+        at = planned.prev_at
+        if any_failed:
+            renumber = np.cumsum(good) - 1
+            at = np.where((at >= 0) & good[at], renumber[at], -1)
+        hints.update(known=plan.prev.rows, known_at=at)
+    return hints
 
 
 def _failed_inputs(plan: ExtractionPlan, inputs: RowIndex) -> tuple[np.ndarray, FailedInputs]:

@@ -107,8 +107,11 @@ class Inputs:
     records: list[Any]
     keys: list[str]  # content key of each record
     rows: RowIndex  # the records as columns, with their current keys
+    index: PathIndex  # over rows.paths
+    prev_at: np.ndarray  # the record each row of prev.rows is (any key), -1 when none
     held: np.ndarray  # the row of prev.rows holding each record (any key), -1 when none
     todo: list[int]  # indices of records to embed
+    digest: str | None = None  # inputs_digest(records, keys, class names), once computed
 
 
 def _check_recipe(path: Path, attrs: dict[str, Any], recipe: EmbeddingRecipe) -> None:
@@ -286,8 +289,11 @@ def _survey(
     if keys is None:
         keys = _keys_of(source, records)
     rows = _as_rows(records, keys)
-    held = PathIndex(prev.rows.paths).find(rows.paths)
-    return Inputs(prev, records, keys, rows, held, _todo(rows, held, prev))
+    index = PathIndex(rows.paths)
+    prev_at = index.find(prev.rows.paths)
+    held = np.full(len(rows), -1, dtype=np.int64)
+    held[prev_at[prev_at >= 0]] = np.flatnonzero(prev_at >= 0)
+    return Inputs(prev, records, keys, rows, index, prev_at, held, _todo(rows, held, prev))
 
 
 def _keys_of(source: Any, records: list[Any]) -> list[str]:
@@ -374,7 +380,8 @@ def warm_check(config: ExtractConfig, source: Any) -> tuple[ExtractSummary | Non
     started = time.perf_counter()
     records = _unique_records(source)
     keys = _keys_of(source, records)
-    if attrs.get("inputs_digest") == inputs_digest(records, keys, source.class_names):
+    digest = inputs_digest(records, keys, source.class_names)
+    if attrs.get("inputs_digest") == digest:
         failed = read_rows_file(out, with_features=False, with_rows=False).failed
         n_rows = int(attrs.get("n_rows", -1))
         if n_rows + len(failed) == len(records) and not any(map(is_transient, failed.errors)):
@@ -386,6 +393,7 @@ def warm_check(config: ExtractConfig, source: Any) -> tuple[ExtractSummary | Non
     prev = Previous()
     _fill_from_complete(prev, out, attrs)
     inputs = _survey(source, prev, records, keys)
+    inputs.digest = digest
     logger.debug(
         "warm check: %d inputs, %d rows held, %d to embed (%.2f s)",
         len(inputs.records),
