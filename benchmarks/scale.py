@@ -13,8 +13,8 @@ copies of tiny JPEGs (a few distinct images, 10 classes) is planned with the pro
 project's :class:`~pipeline.extract.parts.PartWriter` and
 :func:`~pipeline.extract.parts.finish_store`. Runs of ``python -m pipeline.extract`` over that
 folder are then real: the warm re-run, and an update after adding 1 % new images (which are
-really embedded). Every step runs in a fresh process; its wall time, peak RSS (``wait4``) and
-bytes written (``/proc/<pid>/io``) are measured.
+really embedded). Every step runs in a fresh process; its wall time, CPU time (user + system),
+peak RSS and bytes written (``/proc/<pid>/io``) are measured.
 """
 
 from __future__ import annotations
@@ -200,10 +200,18 @@ def _child(argv: list[str]) -> int:
     finally:
         io = Path(f"/proc/{os.getpid()}/io").read_text()
         written = re.search(r"^write_bytes: (\d+)", io, re.M)
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        usage = resource.getrusage(resource.RUSAGE_SELF)
         Path(os.environ[_CHILD_IO]).write_text(written.group(1) if written else "0")
-        print(f"PEAK_RSS_KIB {rss}", file=sys.stderr)
+        print(f"PEAK_RSS_KIB {usage.ru_maxrss}", file=sys.stderr)
+        print(f"CPU_SECONDS {usage.ru_utime + usage.ru_stime:.3f}", file=sys.stderr)
     return code
+
+
+def _cpu_of(result: dict) -> float:
+    """The step's CPU seconds (user + system, all its threads): unlike wall time, what other
+    processes on a shared machine do changes it little."""
+    found = re.findall(r"CPU_SECONDS ([\d.]+)", result["log"])
+    return float(found[-1]) if found else float("nan")
 
 
 def _rss_of(result: dict) -> float:
@@ -218,11 +226,12 @@ def _split_update(log: str) -> tuple[float, float]:
     return (float(embed.group(1)) if embed else 0.0, float(total.group(1)) if total else 0.0)
 
 
-def run(args: argparse.Namespace) -> list[tuple[str, str, str, str, str]]:
+def run(args: argparse.Namespace) -> list[tuple[str, ...]]:
     root = Path(args.root)
     root.mkdir(parents=True, exist_ok=True)
     images, store = root / f"images-{args.rows}", root / f"store-{args.rows}.h5"
     fab = fabricate(images, store, args.rows, root)
+    os.sync()  # the store's gigabytes on disk now, not written back during the timed steps
     print(f"store of {args.rows} rows ready in {fab:.0f} s -> {store} "
           f"({store.stat().st_size / 2**30:.2f} GiB)", flush=True)  # fmt: skip
     extract = ["pipeline.extract", "--data", str(images), "--out", str(store), "--no-progress"]
@@ -254,13 +263,14 @@ def _store_bytes(store: Path) -> int:
     return store.stat().st_size + sum(p.stat().st_size for p in parts.glob("*.h5"))
 
 
-def _row(step: str, results: list[dict], note: str = "") -> tuple[str, str, str, str, str]:
+def _row(step: str, results: list[dict], note: str = "") -> tuple[str, ...]:
     seconds = statistics.median(r["seconds"] for r in results)
     rss = max(_rss_of(r) for r in results)
     written = statistics.median(r["written_mib"] for r in results)
     spread = f" (n={len(results)}, {min(r['seconds'] for r in results):.2f}-" \
              f"{max(r['seconds'] for r in results):.2f})" if len(results) > 1 else ""  # fmt: skip
-    return step, f"{seconds:.2f}{spread}", f"{rss:.2f}", f"{written:.0f}", note
+    cpu = statistics.median(_cpu_of(r) for r in results)
+    return step, f"{seconds:.2f}{spread}", f"{cpu:.2f}", f"{rss:.2f}", f"{written:.0f}", note
 
 
 def main() -> None:
@@ -282,8 +292,8 @@ def main() -> None:
     table = run(args)
     print(f"\n{args.rows} rows; load average {os.getloadavg()}; "
           f"{time.perf_counter() - started:.0f} s in all\n")  # fmt: skip
-    print("| step | seconds (median) | peak RSS GiB | written MiB | notes |")
-    print("|---|---|---|---|---|")
+    print("| step | seconds (median) | CPU s (median) | peak RSS GiB | written MiB | notes |")
+    print("|---|---|---|---|---|---|")
     for row in table:
         print("| " + " | ".join(row) + " |")
 
