@@ -5,15 +5,16 @@ Usage::
     python benchmarks/scale.py                       # 100k rows in /tmp/pipeline-scale
     python benchmarks/scale.py --rows 1000000 --clf logreg nn xgboost --root /big/disk
 
-A store of N rows is fabricated cheaply but exactly as extraction writes it: a folder of N
+A store of N rows is fabricated cheaply but exactly as extraction writes it (or reused, when
+an earlier run with the same ``--root`` left it: its +1 % step is undone first): a folder of N
 copies of tiny JPEGs (a few distinct images, 10 classes) is planned with the project's own
 :func:`~pipeline.extract.plan.plan_extraction`; the real embeddings of the distinct images
 (from a real ``python -m pipeline.extract`` run over them) are written, repeated, through the
 project's :class:`~pipeline.extract.parts.PartWriter` and
 :func:`~pipeline.extract.parts.finish_store`. Runs of ``python -m pipeline.extract`` over that
 folder are then real: the warm re-run, and an update after adding 1 % new images (which are
-really embedded). Every step runs in a fresh process; its wall time, peak RSS (``wait4``) and
-bytes written (``/proc/<pid>/io``) are measured.
+really embedded). Every step runs in a fresh process; its wall time, CPU time (user + system),
+peak RSS and bytes written (``/proc/<pid>/io``) are measured.
 """
 
 from __future__ import annotations
@@ -82,17 +83,65 @@ def _extract(data: Path, out: Path) -> subprocess.CompletedProcess:
     return subprocess.run(argv, cwd=REPO, check=True, capture_output=True, text=True)
 
 
+def restore(images: Path, store: Path, rows: int) -> None:
+    """Undo the +1 % step of an earlier run: remove its new images and move the store it
+    appended to (renamed, untouched, to ``<store>.parts/base.h5``) back. Cheap, and exact: the
+    result is the fabricated store itself, so :func:`fabricate` can reuse it."""
+    from pipeline.store import is_appended, parts_dir, read_attrs
+
+    base = parts_dir(store) / "base.h5"
+    if not (store.is_file() and base.is_file() and is_appended(read_attrs(store))):
+        return
+    for n in range(rows, rows + max(1, rows // 100)):
+        (images / f"c{n % CLASSES}" / f"i{n:08d}.jpg").unlink(missing_ok=True)
+    os.replace(base, store)
+    shutil.rmtree(parts_dir(store))
+
+
+def _reusable(images: Path, store: Path, rows: int) -> bool:
+    """``store`` is a complete store of ``rows`` rows, up to date with ``images`` (what a
+    warm re-run would find; one walk of the folder)."""
+    from pipeline.config import ExtractConfig
+    from pipeline.engine.sources import open_source
+    from pipeline.extract.plan import unchanged_store
+    from pipeline.store import read_attrs
+
+    if not (store.is_file() and images.is_dir()) or read_attrs(store).get("n_rows") != rows:
+        return False
+    config = ExtractConfig.from_file(None, data=str(images), out=str(store), progress=False)
+    return unchanged_store(config, open_source(images)) is not None
+
+
+def _has_images(images: Path, rows: int) -> bool:
+    """``images`` holds exactly the files :func:`_link_images` makes for ``rows`` rows."""
+    for k in range(CLASSES):
+        folder = images / f"c{k}"
+        expected = {f"i{n:08d}.jpg" for n in range(k, rows, CLASSES)}
+        if not folder.is_dir() or set(os.listdir(folder)) != expected:
+            return False
+    return True
+
+
 def fabricate(images: Path, store: Path, rows: int, work: Path) -> float:
-    """Make ``images`` (``rows`` JPEG copies) and ``store``; returns the seconds it took."""
+    """Make ``images`` (``rows`` JPEG copies) and ``store``, or reuse those an earlier run
+    made (see :func:`restore`); returns the seconds it took."""
     from pipeline.config import ExtractConfig
     from pipeline.extract.parts import PartWriter, begin_parts, finish_store
     from pipeline.extract.plan import plan_extraction, verified_cpu_graph
+    from pipeline.store import parts_dir
 
     started = time.perf_counter()
     distinct = _distinct_jpegs(work / "distinct")
     by_name, backend = _seed_features(work / "distinct", work)
-    shutil.rmtree(images, ignore_errors=True)
-    _link_images(images, distinct, 0, rows)
+    restore(images, store, rows)
+    if _reusable(images, store, rows):
+        print(f"reusing {store} and {images}", flush=True)
+        return time.perf_counter() - started
+    shutil.rmtree(parts_dir(store), ignore_errors=True)
+    store.unlink(missing_ok=True)  # planning against an old store would make an update of it
+    if not _has_images(images, rows):
+        shutil.rmtree(images, ignore_errors=True)
+        _link_images(images, distinct, 0, rows)
     config = ExtractConfig.from_file(None, data=str(images), out=str(store), progress=False)
     plan = plan_extraction(config, verified=verified_cpu_graph(config))
     dim = len(next(iter(by_name.values())))
@@ -151,10 +200,18 @@ def _child(argv: list[str]) -> int:
     finally:
         io = Path(f"/proc/{os.getpid()}/io").read_text()
         written = re.search(r"^write_bytes: (\d+)", io, re.M)
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        usage = resource.getrusage(resource.RUSAGE_SELF)
         Path(os.environ[_CHILD_IO]).write_text(written.group(1) if written else "0")
-        print(f"PEAK_RSS_KIB {rss}", file=sys.stderr)
+        print(f"PEAK_RSS_KIB {usage.ru_maxrss}", file=sys.stderr)
+        print(f"CPU_SECONDS {usage.ru_utime + usage.ru_stime:.3f}", file=sys.stderr)
     return code
+
+
+def _cpu_of(result: dict) -> float:
+    """The step's CPU seconds (user + system, all its threads): unlike wall time, what other
+    processes on a shared machine do changes it little."""
+    found = re.findall(r"CPU_SECONDS ([\d.]+)", result["log"])
+    return float(found[-1]) if found else float("nan")
 
 
 def _rss_of(result: dict) -> float:
@@ -169,12 +226,13 @@ def _split_update(log: str) -> tuple[float, float]:
     return (float(embed.group(1)) if embed else 0.0, float(total.group(1)) if total else 0.0)
 
 
-def run(args: argparse.Namespace) -> list[tuple[str, str, str, str, str]]:
+def run(args: argparse.Namespace) -> list[tuple[str, ...]]:
     root = Path(args.root)
     root.mkdir(parents=True, exist_ok=True)
     images, store = root / f"images-{args.rows}", root / f"store-{args.rows}.h5"
     fab = fabricate(images, store, args.rows, root)
-    print(f"fabricated {args.rows} rows in {fab:.0f} s -> {store} "
+    os.sync()  # the store's gigabytes on disk now, not written back during the timed steps
+    print(f"store of {args.rows} rows ready in {fab:.0f} s -> {store} "
           f"({store.stat().st_size / 2**30:.2f} GiB)", flush=True)  # fmt: skip
     extract = ["pipeline.extract", "--data", str(images), "--out", str(store), "--no-progress"]
     table = []
@@ -205,13 +263,14 @@ def _store_bytes(store: Path) -> int:
     return store.stat().st_size + sum(p.stat().st_size for p in parts.glob("*.h5"))
 
 
-def _row(step: str, results: list[dict], note: str = "") -> tuple[str, str, str, str, str]:
+def _row(step: str, results: list[dict], note: str = "") -> tuple[str, ...]:
     seconds = statistics.median(r["seconds"] for r in results)
     rss = max(_rss_of(r) for r in results)
     written = statistics.median(r["written_mib"] for r in results)
     spread = f" (n={len(results)}, {min(r['seconds'] for r in results):.2f}-" \
              f"{max(r['seconds'] for r in results):.2f})" if len(results) > 1 else ""  # fmt: skip
-    return step, f"{seconds:.2f}{spread}", f"{rss:.2f}", f"{written:.0f}", note
+    cpu = statistics.median(_cpu_of(r) for r in results)
+    return step, f"{seconds:.2f}{spread}", f"{cpu:.2f}", f"{rss:.2f}", f"{written:.0f}", note
 
 
 def main() -> None:
@@ -233,8 +292,8 @@ def main() -> None:
     table = run(args)
     print(f"\n{args.rows} rows; load average {os.getloadavg()}; "
           f"{time.perf_counter() - started:.0f} s in all\n")  # fmt: skip
-    print("| step | seconds (median) | peak RSS GiB | written MiB | notes |")
-    print("|---|---|---|---|---|")
+    print("| step | seconds (median) | CPU s (median) | peak RSS GiB | written MiB | notes |")
+    print("|---|---|---|---|---|---|")
     for row in table:
         print("| " + " | ".join(row) + " |")
 

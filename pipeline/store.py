@@ -27,6 +27,7 @@ import contextlib
 import errno
 import functools
 import io
+import itertools
 import json
 import logging
 import os
@@ -47,6 +48,8 @@ __all__ = [
     "STRING_DTYPE",
     "FailedInputs",
     "FeatureTable",
+    "PathIndex",
+    "RowIndex",
     "Rows",
     "atomic_path",
     "check_finite",
@@ -54,6 +57,7 @@ __all__ = [
     "check_not_being_written",
     "decode_attrs",
     "encode_attrs",
+    "file_stamp",
     "h5_atomic",
     "is_appended",
     "list_parts",
@@ -61,6 +65,7 @@ __all__ = [
     "merge_store",
     "parts_dir",
     "read_attrs",
+    "read_row_index",
     "read_rows_file",
     "read_store",
     "row_datasets",
@@ -137,6 +142,77 @@ class FeatureTable:
     attrs: dict[str, Any]
     failed: FailedInputs
     views: dict[str, np.ndarray] = field(default_factory=dict)  # name -> (N, D), row-aligned
+
+
+@dataclass
+class RowIndex:
+    """The row columns of a store (or of the current inputs) without their embeddings, as
+    aligned arrays: row i is ``paths[i]``, with content key ``keys[i]``, ``labels[i]`` and
+    ``split[i]``. ``stamp`` is :func:`file_stamp` of the file they were read from, if any."""
+
+    paths: np.ndarray  # object (str)
+    keys: np.ndarray  # object (str)
+    labels: np.ndarray  # int64
+    split: np.ndarray  # object (str)
+    stamp: tuple[int, int, int] | None = None
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @classmethod
+    def of(
+        cls,
+        paths: Sequence[str],
+        keys: Sequence[str],
+        labels: Sequence[int] | None = None,
+        split: Sequence[str] | None = None,
+    ) -> RowIndex:
+        """From lists; labels default to -1 (unlabelled) and splits to ``""``."""
+        n = len(paths)
+        return cls(
+            _objects(paths),
+            _objects(keys),
+            np.full(n, -1, np.int64) if labels is None else np.asarray(labels, np.int64),
+            _objects([""] * n if split is None else split),
+        )
+
+    def take(self, rows: np.ndarray) -> RowIndex:
+        """The rows ``rows`` (indices or a boolean mask), without a stamp."""
+        return RowIndex(self.paths[rows], self.keys[rows], self.labels[rows], self.split[rows])
+
+
+def _objects(values: Sequence[Any]) -> np.ndarray:
+    """A 1-d object array of ``values`` (strings stay Python strings)."""
+    array = np.empty(len(values), dtype=object)
+    array[:] = values
+    return array
+
+
+class PathIndex:
+    """Where paths sit in ``paths`` (a unique list, e.g. a store's rows): :meth:`find` maps
+    many paths at once. The dictionary behind it is built once, and only when the two lists
+    differ: a store compared with the inputs it was made from needs none."""
+
+    def __init__(self, paths: np.ndarray) -> None:
+        self.paths = paths
+        self._where: dict[str, int] | None = None
+
+    def find(self, query: np.ndarray) -> np.ndarray:
+        """Position of each of ``query`` in ``paths`` (its first one), -1 where absent."""
+        n = len(self.paths)
+        if len(query) == n and bool((query == self.paths).all()):
+            return np.arange(n, dtype=np.int64)
+        if self._where is None:
+            self._where = dict(zip(self.paths[::-1].tolist(), range(n - 1, -1, -1), strict=True))
+        found = map(self._where.get, query.tolist(), itertools.repeat(-1))
+        return np.fromiter(found, dtype=np.int64, count=len(query))
+
+
+def file_stamp(path: str | Path) -> tuple[int, int, int]:
+    """(inode, size, mtime) of a file. Store and part files are never modified in place (a
+    rewrite is a new inode) and a rename keeps all three, so equal stamps mean equal contents."""
+    st = os.stat(path)
+    return st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def _check_free_space(target: Path, needed: int) -> None:
@@ -381,6 +457,18 @@ def _read_row_columns(
     return fh["labels"][...], _read_strings(fh["paths"]), _read_strings(fh["split"]), keys
 
 
+def read_row_index(path: str | Path) -> RowIndex:
+    """The row columns of a store or part file (no embeddings, no ``/failed``), stamped."""
+    path = Path(path)
+    stamp = file_stamp(path)
+    try:
+        with h5py.File(path, "r") as fh:
+            labels, paths, split, keys = _read_row_columns(fh, True)
+    except (OSError, KeyError) as exc:
+        raise _unreadable(path, exc) from exc
+    return RowIndex(paths, keys, labels, split, stamp)
+
+
 def _check_sources(path: Path, features: h5py.Dataset) -> None:
     """An appended store whose part files are missing would read as zeros: refuse it."""
     names = {vs.file_name for vs in features.virtual_sources()}
@@ -502,14 +590,21 @@ def is_appended(attrs: Mapping[str, Any]) -> bool:
 def write_view(
     out: str | Path,
     sources: Sequence[Path],
-    keys: Mapping[str, str],
-    labels: Mapping[str, int],
-    splits: Mapping[str, str],
+    current: RowIndex,
     failed: FailedInputs,
     attrs: Mapping[str, Any],
+    *,
+    index: PathIndex | None = None,
+    known: RowIndex | None = None,
+    known_at: np.ndarray | None = None,
 ) -> list[Path] | None:
     """Write ``out`` as a complete *appended* store: virtual datasets over the rows of
-    ``sources`` computed from each input's current content (``keys``), nothing copied.
+    ``sources`` computed from each input's current content, nothing copied. ``current`` lists
+    the inputs the store must hold, with their current content keys, labels and splits.
+
+    What the caller already has, so that a million rows are not read or matched twice:
+    ``index``, a :class:`PathIndex` of ``current.paths``; ``known``, the row columns of one of
+    ``sources`` (matched by its stamp), with ``known_at``, the input each of its rows is.
 
     Rows keep the order of the sources (the previous store's rows first, then the new ones);
     a path's first matching row is taken. Returns the sources no row was taken from, or None
@@ -517,48 +612,49 @@ def write_view(
     rows are scattered over more than :data:`MAX_VIEW_RUNS` runs (a slow view), so the caller
     must rewrite the store instead.
     """
-    out, mapping, seen, unused = Path(out), [], set(), []
+    out, mapping, unused = Path(out), [], []
+    index = index if index is not None else PathIndex(current.paths)
+    seen = np.zeros(len(current), dtype=bool)  # inputs a row was taken for
     for src in sources:
-        with h5py.File(src, "r") as fh:
-            paths, part_keys = _read_strings(fh["paths"]), _read_strings(fh["keys"])
-            take = np.array(
-                [
-                    j
-                    for j, (p, k) in enumerate(zip(paths, part_keys, strict=True))
-                    if keys.get(p) == k and p not in seen
-                ],
-                dtype=np.int64,
-            )
-            if not take.size:
-                unused.append(src)
-                continue
-            taken = paths[take]
-            if not _labels_current(fh, take, taken, labels, splits):
-                return None
-        seen.update(taken)
+        if known is not None and known_at is not None and known.stamp == file_stamp(src):
+            rows, where = known, known_at
+        else:
+            rows = read_row_index(src)
+            where = index.find(rows.paths)
+        take, where = _rows_to_take(rows, current, where, seen)
+        if not take.size:
+            unused.append(src)
+            continue
+        if not (
+            np.array_equal(rows.labels[take], current.labels[where])
+            and bool((rows.split[take] == current.split[where]).all())
+        ):
+            return None
+        seen[where] = True
         mapping += [(src, s, n) for s, _, n in _contiguous_runs(take, take)]
         if len(mapping) > MAX_VIEW_RUNS:
             return None
-    missing = [p for p in keys if p not in seen]
-    if missing:
-        raise StoreError(f"{out}: internal error, rows never computed for {missing[:3]}")
+    if not seen.all():
+        missing = current.paths[~seen][:3].tolist()
+        raise StoreError(f"{out}: internal error, rows never computed for {missing}")
     _write_virtual(out, mapping, failed, {**attrs, "complete": True, "layout": "parts"})
     return unused
 
 
-def _labels_current(
-    fh: h5py.File,
-    take: np.ndarray,
-    paths: np.ndarray,
-    labels: Mapping[str, int],
-    splits: Mapping[str, str],
-) -> bool:
-    stored_labels = fh["labels"][...][take]
-    stored_split = _read_strings(fh["split"])[take]
-    return bool(
-        np.array_equal(stored_labels, [labels[p] for p in paths])
-        and all(s == splits[p] for s, p in zip(stored_split, paths, strict=True))
-    )
+def _rows_to_take(
+    rows: RowIndex, current: RowIndex, where: np.ndarray, seen: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(rows of a source to take, the input each one is): rows holding an input's current
+    content, for inputs no earlier source had; a path twice in one source, its first row.
+    ``where``: the input each row is, -1 for none."""
+    ok = where >= 0
+    ok[ok] = rows.keys[ok] == current.keys[where[ok]]
+    ok[ok] = ~seen[where[ok]]
+    take = np.flatnonzero(ok)
+    if np.count_nonzero(np.bincount(where[take], minlength=1)) < take.size:  # a path twice
+        _, first = np.unique(where[take], return_index=True)
+        take = take[np.sort(first)]
+    return take, where[take]
 
 
 def _contiguous_runs(

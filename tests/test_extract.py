@@ -325,6 +325,7 @@ def test_warm_rerun_over_an_unchanged_folder_does_not_import_torch(image_dir, tm
         f"assert main(['--data', {str(image_dir)!r}, '--out', {str(out)!r}, "
         "'--model', 'squeezenet1_1', '--weights', 'none', '--no-progress', '-q']) == 0\n"
         "assert 'torch' not in sys.modules, 'warm path imported torch'\n"
+        "assert 'onnxruntime' not in sys.modules, 'warm path imported onnxruntime'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
     # Another request (here: precision) goes the full way, and is refused as another backbone.

@@ -13,12 +13,13 @@ import errno
 import hashlib
 import io
 import logging
+import operator
 import os
 import re
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -50,6 +51,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+# For str.endswith: for a name that is not hidden, the same test as splitext()[1] in the set.
+_IMAGE_SUFFIXES = tuple(sorted(IMAGE_EXTENSIONS))
 SPLITS = ("train", "val", "test")
 BUILTIN_SOURCES = ("sklearn:digits",)
 
@@ -72,9 +75,9 @@ _TRANSIENT_ERRNOS = frozenset(
 )
 
 
-@dataclass(frozen=True)
-class Record:
-    """One input: its path (or stable id), label index (-1: unlabelled) and split."""
+class Record(NamedTuple):
+    """One input: its path (or stable id), label index (-1: unlabelled) and split.
+    (A named tuple: a source makes one per image, a million for a large folder.)"""
 
     path: str
     label: int
@@ -280,6 +283,7 @@ def walk_images(
     root: str | os.PathLike[str],
     visited: _Visited | None = None,
     ancestors: frozenset[tuple[int, int]] = frozenset(),
+    into: WalkResult | None = None,
 ) -> WalkResult:
     """Image files under ``root``: recursive, each folder's files (sorted) before its
     sub-folders (sorted); hidden names skipped; symbolic links followed.
@@ -291,9 +295,9 @@ def walk_images(
     device), and folders or paths that cannot be read (permission denied, name too long) go to
     ``failed`` with the reason, so they can be recorded; nothing is opened here. ``visited``
     and ``ancestors`` share that bookkeeping between several walks (the class folders of one
-    source).
+    source); ``into``: add to this result rather than a new one.
     """
-    result = WalkResult()
+    result = into if into is not None else WalkResult()
     root = os.fspath(root)
     visited = visited if visited is not None else _Visited()
     try:
@@ -304,45 +308,56 @@ def walk_images(
     visited.dirs.add((top.st_dev, top.st_ino))
     stack = [(root, ancestors | {(top.st_dev, top.st_ino)})]
     while stack:
-        folder, above = stack.pop()
-        try:
-            with os.scandir(folder) as listing:
-                entries = sorted((e for e in listing if not e.name.startswith(".")), key=_name)
-        except OSError as exc:
-            result.failed[folder] = _walk_reason(folder, exc, "cannot list folder")
-            continue
-        subdirs = []
-        for entry in entries:
-            path = entry.path
-            is_image = os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS
-            try:
-                info = os.stat(path)
-            except OSError as exc:
-                if exc.errno != errno.ENOENT or is_image:  # a dangling non-image link: ignored
-                    result.failed[path] = _walk_reason(path, exc)
-                continue
-            identity = (info.st_dev, info.st_ino)
-            if stat.S_ISDIR(info.st_mode):
-                if identity in above:
-                    logger.warning("%s links to an ancestor folder (a loop): not followed", path)
-                elif identity in visited.dirs:
-                    logger.warning("%s is a folder listed elsewhere: not listed again", path)
-                else:
-                    visited.dirs.add(identity)
-                    subdirs.append((path, above | {identity}))
-            elif not is_image:
-                continue
-            elif not stat.S_ISREG(info.st_mode):
-                result.failed[path] = str(_not_regular(path, info.st_mode))
-            elif visited.first_visit(path, info):
-                result.images.append(path)
-                result.keys[path] = _stat_key(info)
-        stack.extend(reversed(subdirs))
+        stack.extend(reversed(_walk_folder(*stack.pop(), visited, result)))
     return result
 
 
-def _name(entry: os.DirEntry[str]) -> str:
-    return entry.name
+def _walk_folder(
+    folder: str, above: frozenset[tuple[int, int]], visited: _Visited, result: WalkResult
+) -> list[tuple[str, frozenset[tuple[int, int]]]]:
+    """Add the images directly in ``folder`` to ``result``; return its sub-folders to walk,
+    sorted, each with its ancestors. One ``stat`` per entry: this loop runs once per image,
+    so it is kept lean (a million-image folder tree is walked on every run)."""
+    try:
+        names = [n for n in os.listdir(folder) if not n.startswith(".")]
+    except OSError as exc:
+        result.failed[folder] = _walk_reason(folder, exc, "cannot list folder")
+        return []
+    names.sort()
+    subdirs = []
+    images, keys, files = result.images, result.keys, visited.files
+    prefix = os.path.join(folder, "")
+    for name in names:
+        path = prefix + name
+        is_image = name.lower().endswith(_IMAGE_SUFFIXES)
+        try:
+            info = os.stat(path)
+        except OSError as exc:
+            if exc.errno != errno.ENOENT or is_image:  # a dangling non-image link: ignored
+                result.failed[path] = _walk_reason(path, exc)
+            continue
+        if is_image and stat.S_ISREG(info.st_mode):
+            first = files.setdefault((info.st_dev, info.st_ino), path)
+            if first is path or first == path:
+                images.append(path)
+                keys[path] = f"{info.st_size}:{info.st_mtime_ns}"  # _stat_key(info), inlined
+            else:
+                logger.warning("%s is the same file as %s: taken once, as the latter", path, first)
+        elif stat.S_ISDIR(info.st_mode):
+            identity = (info.st_dev, info.st_ino)
+            if identity in above:
+                logger.warning("%s links to an ancestor folder (a loop): not followed", path)
+            elif identity in visited.dirs:
+                logger.warning("%s is a folder listed elsewhere: not listed again", path)
+            else:
+                visited.dirs.add(identity)
+                subdirs.append((path, above | {identity}))
+        elif is_image:
+            result.failed[path] = str(_not_regular(path, info.st_mode))
+    return subdirs
+
+
+_name = operator.attrgetter("name")  # sort key of directory entries
 
 
 def _walk_reason(path: str, exc: OSError, what: str = "cannot be read") -> str:
@@ -370,8 +385,14 @@ class ImageSource:
         known = self.walk_keys.get(record.path)
         return known if known is not None else _file_key(record.path)
 
-    def keys(self) -> list[str]:
-        return [self.key(r) for r in self.records]
+    def keys(self, records: list[Record] | None = None) -> list[str]:
+        """``key(r)`` of each of ``records`` (default: all); taken from the folder walk's own
+        stat calls when it made them."""
+        records = self.records if records is None else records
+        keys = list(map(self.walk_keys.get, [r.path for r in records]))
+        if None in keys:
+            keys = [k if k is not None else self.key(r) for k, r in zip(keys, records, strict=True)]
+        return keys
 
     def load(self, record: Record, draft_size: int | None = None) -> Image.Image:
         reason = self.walk_failures.get(record.path)
@@ -433,14 +454,15 @@ class FolderSource(ImageSource):
                     keep = True  # decoding names the reason
                 if keep:
                     self.records.append(Record(path, -1, split))
+            found = WalkResult(failed=self.walk_failures, keys=self.walk_keys)
             for name in classes:
-                found = walk_images(os.path.join(folder, name), visited, above)
-                self.walk_keys.update(found.keys)
+                found.images = []
+                walk_images(os.path.join(folder, name), visited, above, into=found)
                 label = index[_class_name(name)]
                 self.records += [Record(p, label, split) for p in found.images]
-                self.walk_failures.update(found.failed)
-        listed = {r.path for r in self.records}
-        self.records += [Record(p, -1, "") for p in self.walk_failures if p not in listed]
+        if self.walk_failures:  # what could not be listed still gets a record (and fails)
+            listed = {r.path for r in self.records}
+            self.records += [Record(p, -1, "") for p in self.walk_failures if p not in listed]
 
     def _list_top(self, folder: str, root: str) -> tuple[list[str], list[str]]:
         """(visible sub-folder names, image paths) directly in ``folder``; what cannot be

@@ -22,6 +22,7 @@ from ..engine.decoding import decode_batches
 from ..engine.preprocess import make_view
 from ..store import (
     FailedInputs,
+    RowIndex,
     Rows,
     is_appended,
     list_parts,
@@ -32,7 +33,7 @@ from ..store import (
     write_rows_file,
     write_view,
 )
-from .plan import ExtractionPlan, versions
+from .plan import ExtractionPlan, inputs_digest, versions
 
 __all__ = ["PartWriter", "begin_parts", "embed_into_parts", "finish_store"]
 
@@ -176,7 +177,7 @@ def embed_into_parts(
         writer.flush()  # rows embedded before Ctrl-C are kept
         raise KeyboardInterrupt(
             f"interrupted: {counts[0]} rows embedded by this run are saved "
-            f"({len(plan.prev.done) + counts[0]} in all); run the same command to resume"
+            f"({len(plan.prev.rows) + counts[0]} in all); run the same command to resume"
         ) from None
     writer.flush()
     return counts[0], counts[1]
@@ -227,7 +228,60 @@ def finish_store(plan: ExtractionPlan) -> tuple[int, int]:
     run, ``--compact``, or an update that changes a kept row's label or split merges base and
     parts into one self-contained store in source order.
     """
+    inputs = plan.input_rows()
+    good, failed = _failed_inputs(plan, inputs)
+    # What the store is finished for: a later run over the same inputs is warm at once.
+    digest = plan.inputs.digest if plan.inputs is not None else None
+    if digest is None:
+        digest = inputs_digest(plan.records, plan.keys, plan.attrs["class_names"])
+    plan.attrs["inputs_digest"] = digest
+    keep = inputs.take(good) if failed else inputs
+    sources = list_parts(plan.out)
+    if sources and sources[0].name == "base.h5" and not plan.config.compact:
+        hints = _view_hints(plan, good, bool(failed))
+        unused = write_view(plan.out, sources, keep, failed, plan.attrs, **hints)
+        if unused is not None:
+            for part in unused:  # no row of theirs is current any more
+                part.unlink()
+            return len(keep), len(failed)
+        logger.info(
+            "labels or splits of kept rows changed, or rows too scattered: rewriting %s", plan.out
+        )
+    paths = keep.paths.tolist()
+    n_rows = merge_store(
+        plan.out,
+        sources,
+        dict(zip(paths, range(len(paths)), strict=True)),
+        dict(zip(paths, keep.keys.tolist(), strict=True)),
+        dict(zip(paths, keep.labels.tolist(), strict=True)),
+        dict(zip(paths, keep.split.tolist(), strict=True)),
+        failed,
+        attrs=plan.attrs,
+    )
+    shutil.rmtree(parts_dir(plan.out), ignore_errors=True)
+    return n_rows, len(failed)
 
+
+def _view_hints(plan: ExtractionPlan, good: np.ndarray, any_failed: bool) -> dict[str, Any]:
+    """What planning already worked out for :func:`~pipeline.store.write_view`: the index of
+    the inputs' paths, and the rows of the previous store (``base.h5`` is that file, renamed)
+    with the input each one is, renumbered over the inputs that keep a row."""
+    planned = plan.inputs
+    if planned is None:
+        return {}
+    hints: dict[str, Any] = {} if any_failed else {"index": planned.index}
+    if plan.prev.rows.stamp is not None:
+        at = planned.prev_at
+        if any_failed:
+            renumber = np.cumsum(good) - 1
+            at = np.where((at >= 0) & good[at], renumber[at], -1)
+        hints.update(known=plan.prev.rows, known_at=at)
+    return hints
+
+
+def _failed_inputs(plan: ExtractionPlan, inputs: RowIndex) -> tuple[np.ndarray, FailedInputs]:
+    """(which inputs have a row, the failed ones): an input failed when the store or a part
+    recorded a failure for its current content and no part holds a row of that content."""
     failed_seen = dict(plan.prev.failed)
     embedded: set[tuple[str, str]] = set()  # a retried transient failure may have succeeded
     for part in list_parts(plan.out):
@@ -237,28 +291,13 @@ def finish_store(plan: ExtractionPlan) -> tuple[int, int]:
         embedded.update(zip(table.paths, table.keys, strict=True))
         for p, k, e in zip(table.failed.paths, table.failed.keys, table.failed.errors, strict=True):
             failed_seen[p] = (k, e)
-    key_of = dict(zip((r.path for r in plan.records), plan.keys, strict=True))
-    failed, good, order = FailedInputs(), [], {}
-    for r in plan.records:
-        entry = failed_seen.get(r.path)
-        if entry is not None and entry[0] == key_of[r.path] and (r.path, entry[0]) not in embedded:
-            failed.add(r.path, entry[1], entry[0])
-        else:
-            order[r.path] = len(good)
-            good.append(r)
-    labels = {r.path: r.label for r in good}
-    splits = {r.path: r.split for r in good}
-    sources = list_parts(plan.out)
-    if sources and sources[0].name == "base.h5" and not plan.config.compact:
-        good_keys = {p: key_of[p] for p in order}
-        unused = write_view(plan.out, sources, good_keys, labels, splits, failed, plan.attrs)
-        if unused is not None:
-            for part in unused:  # no row of theirs is current any more
-                part.unlink()
-            return len(order), len(failed)
-        logger.info(
-            "labels or splits of kept rows changed, or rows too scattered: rewriting %s", plan.out
-        )
-    n_rows = merge_store(plan.out, sources, order, key_of, labels, splits, failed, attrs=plan.attrs)
-    shutil.rmtree(parts_dir(plan.out), ignore_errors=True)
-    return n_rows, len(failed)
+    good, failed = np.ones(len(inputs), dtype=bool), FailedInputs()
+    if not failed_seen:
+        return good, failed
+    paths, keys = inputs.paths.tolist(), inputs.keys.tolist()
+    for i in [i for i, p in enumerate(paths) if p in failed_seen]:
+        key, error = failed_seen[paths[i]]
+        if key == keys[i] and (paths[i], key) not in embedded:
+            failed.add(paths[i], error, key)
+            good[i] = False
+    return good, failed

@@ -9,6 +9,8 @@ embedded. Finished rows are made durable every ``checkpoint_seconds`` as part fi
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import logging
 import shutil
 import sys
@@ -16,6 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from .. import __version__
 from .._metadata import installed_version
@@ -29,11 +33,14 @@ from .._runtime import (
 from ..config import ExtractConfig
 from ..engine.backbones import BackboneSpec, resolve_backbone
 from ..engine.onnx import load_verified, no_gpu_present, request_key
-from ..engine.sources import is_transient, open_source
+from ..engine.sources import ImageSource, is_transient, open_source
 from ..exceptions import CacheMismatchError, ConfigError, StoreError
 from ..recipe import DecodeOptions, EmbeddingRecipe, parse_views
 from ..store import (
     FORMAT_VERSION,
+    PathIndex,
+    RowIndex,
+    file_stamp,
     is_appended,
     list_parts,
     parts_dir,
@@ -44,11 +51,14 @@ from ..store import (
 __all__ = [
     "ExtractSummary",
     "ExtractionPlan",
+    "Inputs",
     "Previous",
+    "inputs_digest",
     "plan_extraction",
     "unchanged_store",
     "verified_cpu_graph",
     "versions",
+    "warm_check",
 ]
 
 logger = logging.getLogger(__name__)
@@ -79,14 +89,29 @@ class ExtractSummary:
 
 @dataclasses.dataclass
 class Previous:
-    """What ``--out`` (and its part files) already hold."""
+    """What ``--out`` (and its part files) already hold: its rows (path, content key, label,
+    split; one row per path) and its failed inputs."""
 
-    done: dict[str, str] = dataclasses.field(default_factory=dict)  # path -> key
+    rows: RowIndex = dataclasses.field(default_factory=lambda: RowIndex.of([], []))
     failed: dict[str, tuple[str, str]] = dataclasses.field(
         default_factory=dict
     )  # path -> (key, error)
     complete_attrs: dict[str, Any] | None = None  # attrs of a complete store at --out
-    labels: dict[str, tuple[int, str]] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class Inputs:
+    """The current inputs, as records and as columns, set against what ``--out`` holds."""
+
+    prev: Previous
+    records: list[Any]
+    keys: list[str]  # content key of each record
+    rows: RowIndex  # the records as columns, with their current keys
+    index: PathIndex  # over rows.paths
+    prev_at: np.ndarray  # the record each row of prev.rows is (any key), -1 when none
+    held: np.ndarray  # the row of prev.rows holding each record (any key), -1 when none
+    todo: list[int]  # indices of records to embed
+    digest: str | None = None  # inputs_digest(records, keys, class names), once computed
 
 
 def _check_recipe(path: Path, attrs: dict[str, Any], recipe: EmbeddingRecipe) -> None:
@@ -100,21 +125,20 @@ def _check_recipe(path: Path, attrs: dict[str, Any], recipe: EmbeddingRecipe) ->
 
 
 def _fill_from_complete(prev: Previous, out: Path, attrs: dict[str, Any]) -> None:
-
+    """Read a complete store's rows (without embeddings) and failures, once per run."""
+    stamp = file_stamp(out)
     table = read_rows_file(out, with_features=False)
     prev.complete_attrs = attrs
-    prev.done = dict(zip(table.paths, table.keys, strict=True))
-    prev.labels = {
-        p: (int(lab), s) for p, lab, s in zip(table.paths, table.labels, table.split, strict=True)
-    }
+    prev.rows = RowIndex(table.paths, table.keys, table.labels, table.split, stamp)
     failed = table.failed
     prev.failed = {
         p: (k, e) for p, k, e in zip(failed.paths, failed.keys, failed.errors, strict=True)
     }
 
 
-def _read_previous(out: Path, recipe: EmbeddingRecipe) -> Previous:
-
+def _read_previous(out: Path, recipe: EmbeddingRecipe, known: Previous | None = None) -> Previous:
+    """What ``out`` holds; ``known``: what the warm check already read from it (used when
+    ``out`` is still that file)."""
     prev = Previous()
     if out.exists():
         if out.is_dir():
@@ -125,22 +149,27 @@ def _read_previous(out: Path, recipe: EmbeddingRecipe) -> Previous:
         attrs = read_attrs(out)
         _check_recipe(out, attrs, recipe)
         if attrs.get("complete"):
-            _fill_from_complete(prev, out, attrs)
+            if known is not None and known.complete_attrs and known.rows.stamp == file_stamp(out):
+                prev = known
+            else:
+                _fill_from_complete(prev, out, attrs)
             # Left over from a run killed after its final merge; an appended store's rows
             # live there.
             if parts_dir(out).exists() and not is_appended(attrs):
                 shutil.rmtree(parts_dir(out))
             return prev
+    done: dict[str, str] = {}  # path -> key; a later part's row of a path wins
     for part in list_parts(out):
         table = read_rows_file(part, with_features=False)
         _check_recipe(part, table.attrs, recipe)
-        prev.done.update(zip(table.paths, table.keys, strict=True))
+        done.update(zip(table.paths, table.keys, strict=True))
         prev.failed.update(
             (p, (k, e))
             for p, k, e in zip(
                 table.failed.paths, table.failed.keys, table.failed.errors, strict=True
             )
         )
+    prev.rows = RowIndex.of(list(done), list(done.values()))
     return prev
 
 
@@ -185,6 +214,7 @@ class ExtractionPlan:
     keys: list[str]
     todo: list[int]
     prev: Previous
+    inputs: Inputs | None = None  # records, keys and todo as planned (None in a Dask shard's copy)
 
     @property
     def spec(self) -> BackboneSpec:
@@ -210,23 +240,72 @@ class ExtractionPlan:
         attrs = self.prev.complete_attrs
         if self.config.compact and attrs is not None and is_appended(attrs):
             return False
-        return _is_current(self.prev, self.source.class_names, self.records, self.todo)
+        inputs = self.inputs
+        if inputs is None:
+            inputs = _survey(self.source, self.prev, self.records, self.keys)
+        return _is_current(inputs, self.source.class_names)
+
+    def input_rows(self) -> RowIndex:
+        """The records as columns: path, current content key, label, split."""
+        if self.inputs is not None:
+            return self.inputs.rows
+        return _as_rows(self.records, self.keys)
 
 
-def _is_current(
-    prev: Previous, class_names: list[str], records: list[Any], todo: list[int]
-) -> bool:
-    current = {r.path: (r.label, r.split) for r in records}
-    return (
-        prev.complete_attrs is not None
-        and not todo
-        and prev.complete_attrs.get("class_names") == class_names
-        and set(prev.done) | set(prev.failed) == set(current)
-        and all(prev.labels[p] == current[p] for p in prev.done)
+def _is_current(inputs: Inputs, class_names: list[str]) -> bool:
+    """``--out`` is complete and holds exactly the inputs, each with its current content,
+    label and split (or as a failure not to retry), and nothing else."""
+    prev, rows, held = inputs.prev, inputs.rows, inputs.held
+    if prev.complete_attrs is None or inputs.todo:
+        return False
+    if prev.complete_attrs.get("class_names") != class_names:
+        return False
+    found = held >= 0
+    if int(found.sum()) != len(prev.rows):  # a stored row of an input gone
+        return False
+    failed = prev.failed
+    if failed and sum(p in failed for p in rows.paths.tolist()) != len(failed):
+        return False  # a failure recorded for an input gone
+    at = held[found]
+    return np.array_equal(prev.rows.labels[at], rows.labels[found]) and bool(
+        (prev.rows.split[at] == rows.split[found]).all()
     )
 
 
+def _as_rows(records: list[Any], keys: list[str]) -> RowIndex:
+    return RowIndex.of(
+        [r.path for r in records], keys, [r.label for r in records], [r.split for r in records]
+    )
+
+
+def _survey(
+    source: Any, prev: Previous, records: list[Any] | None = None, keys: list[str] | None = None
+) -> Inputs:
+    """The current inputs set against ``prev``: every input's content key, where ``prev``
+    holds it, and what is left to embed. Array operations: this runs over every input on
+    every run, a million of them for a large folder."""
+    if records is None:
+        records = _unique_records(source)
+    if keys is None:
+        keys = _keys_of(source, records)
+    rows = _as_rows(records, keys)
+    index = PathIndex(rows.paths)
+    prev_at = index.find(prev.rows.paths)
+    held = np.full(len(rows), -1, dtype=np.int64)
+    held[prev_at[prev_at >= 0]] = np.flatnonzero(prev_at >= 0)
+    return Inputs(prev, records, keys, rows, index, prev_at, held, _todo(rows, held, prev))
+
+
+def _keys_of(source: Any, records: list[Any]) -> list[str]:
+    if isinstance(source, ImageSource):
+        return source.keys(records)
+    return [source.key(r) for r in records]
+
+
 def _unique_records(source: Any) -> list[Any]:
+    records = list(source.records)
+    if len(set([r.path for r in records])) == len(records):  # noqa: C403 (a list is faster)
+        return records
     records, seen = [], set()
     for record in source.records:
         if record.path in seen:
@@ -239,19 +318,25 @@ def _unique_records(source: Any) -> list[Any]:
     return records
 
 
-def _todo(records: list[Any], keys: list[str], prev: Previous) -> list[int]:
+def _todo(rows: RowIndex, held: np.ndarray, prev: Previous) -> list[int]:
     """Indices of inputs neither embedded nor failed with their current content; a failure
     whose cause was outside the file (``TRANSIENT_PREFIX``) is retried."""
+    same = np.zeros(len(rows), dtype=bool)
+    found = held >= 0
+    same[found] = prev.rows.keys[held[found]] == rows.keys[found]
+    todo = np.flatnonzero(~same)
+    if prev.failed and todo.size:
 
-    def settled_failure(path: str, key: str) -> bool:
-        entry = prev.failed.get(path)
-        return entry is not None and entry[0] == key and not is_transient(entry[1])
+        def settled_failure(path: str, key: str) -> bool:
+            entry = prev.failed.get(path)
+            return entry is not None and entry[0] == key and not is_transient(entry[1])
 
-    return [
-        i
-        for i, (r, k) in enumerate(zip(records, keys, strict=True))
-        if prev.done.get(r.path) != k and not settled_failure(r.path, k)
-    ]
+        retry = [
+            not settled_failure(p, k)
+            for p, k in zip(rows.paths[todo], rows.keys[todo], strict=True)
+        ]
+        todo = todo[np.asarray(retry, dtype=bool)]
+    return todo.tolist()
 
 
 def _request(config: ExtractConfig) -> dict[str, Any]:
@@ -276,11 +361,64 @@ def _request(config: ExtractConfig) -> dict[str, Any]:
 def unchanged_store(config: ExtractConfig, source: Any) -> ExtractSummary | None:
     """The warm path: a complete store made for the same request over unchanged inputs is
     reported without importing torch or rebuilding the fingerprint; None when there is work."""
+    return warm_check(config, source)[0]
 
+
+def warm_check(config: ExtractConfig, source: Any) -> tuple[ExtractSummary | None, Inputs | None]:
+    """:func:`unchanged_store`, and what it read: when there is work, the inputs set against
+    the store (pass them to :func:`plan_extraction`, so nothing is read or listed twice);
+    None when it read nothing.
+
+    A store records :func:`inputs_digest` of the inputs it was finished for; when the current
+    inputs have the same digest and no failure is to be retried, the store is up to date
+    without reading its rows. Otherwise (or for a store without the digest) its row columns
+    are read and compared with the inputs."""
     out = Path(config.out)
+    attrs = _warm_candidate(config, out)
+    if attrs is None:
+        return None, None
+    started = time.perf_counter()
+    records = _unique_records(source)
+    keys = _keys_of(source, records)
+    digest = inputs_digest(records, keys, source.class_names)
+    if attrs.get("inputs_digest") == digest:
+        failed = read_rows_file(out, with_features=False, with_rows=False).failed
+        n_rows = int(attrs.get("n_rows", -1))
+        if n_rows + len(failed) == len(records) and not any(map(is_transient, failed.errors)):
+            seconds = time.perf_counter() - started
+            logger.debug("warm check: the inputs' digest is the store's (%.2f s)", seconds)
+            return ExtractSummary(
+                out, n_rows, int(attrs["feature_dim"]), len(failed), 0, seconds
+            ), None
+    prev = Previous()
+    _fill_from_complete(prev, out, attrs)
+    inputs = _survey(source, prev, records, keys)
+    inputs.digest = digest
+    logger.debug(
+        "warm check: %d inputs, %d rows held, %d to embed (%.2f s)",
+        len(inputs.records),
+        len(prev.rows),
+        len(inputs.todo),
+        time.perf_counter() - started,
+    )
+    if not _is_current(inputs, source.class_names):
+        return None, inputs
+    summary = ExtractSummary(
+        out,
+        len(prev.rows),
+        int(attrs["feature_dim"]),
+        len(prev.failed),
+        0,
+        time.perf_counter() - started,
+    )
+    return summary, None
+
+
+def _warm_candidate(config: ExtractConfig, out: Path) -> dict[str, Any] | None:
+    """The attributes of a complete store at ``out`` made for this very request (so its
+    fingerprint need not be rebuilt), in the layout the run wants; else None."""
     if config.overwrite or not out.is_file():
         return None
-    started = time.perf_counter()
     try:
         attrs = read_attrs(out)
     except StoreError:
@@ -289,20 +427,22 @@ def unchanged_store(config: ExtractConfig, source: Any) -> ExtractSummary | None
         return None
     if is_appended(attrs) == (config.compact or not parts_dir(out).exists()):
         return None  # leftover parts of a merged store, or an appended store to compact
-    prev = Previous()
-    _fill_from_complete(prev, out, attrs)
-    records = _unique_records(source)
-    keys = [source.key(r) for r in records]
-    if not _is_current(prev, source.class_names, records, _todo(records, keys, prev)):
-        return None
-    return ExtractSummary(
-        out,
-        len(prev.done),
-        int(attrs["feature_dim"]),
-        len(prev.failed),
-        0,
-        time.perf_counter() - started,
-    )
+    return attrs
+
+
+def inputs_digest(records: list[Any], keys: list[str], class_names: list[str]) -> str:
+    """A digest of a run's inputs, in order: each one's path, content key, label and split,
+    and the class names. :func:`~pipeline.extract.parts.finish_store` records it in the store
+    (attribute ``inputs_digest``), so that a later run over the same inputs knows the store
+    is current from one pass over its listing, without reading a million stored rows."""
+    digest = hashlib.blake2b(digest_size=20)
+    digest.update(json.dumps(class_names).encode() + len(records).to_bytes(8, "little"))
+    # No path, key or split holds a NUL byte: joined with NULs, the columns read back
+    # unambiguously.
+    text = "\0".join([*(r.path for r in records), *keys, *(r.split for r in records)])
+    digest.update(text.encode("utf-8", "surrogateescape"))
+    digest.update(np.asarray([r.label for r in records], dtype=np.int64).tobytes())
+    return digest.hexdigest()
 
 
 def _check_gpu_decode(config: ExtractConfig, device: str) -> None:
@@ -336,12 +476,13 @@ def verified_cpu_graph(config: ExtractConfig) -> Any:
 
 
 def plan_extraction(
-    config: ExtractConfig, source: Any = None, verified: Any = None
+    config: ExtractConfig, source: Any = None, verified: Any = None, known: Inputs | None = None
 ) -> ExtractionPlan:
     """Validate every input and option, read what ``--out`` holds, and list the work left.
 
     ``verified`` (a :class:`~pipeline.onnx_backend.VerifiedGraph` for this request) supplies
-    the resolved backbone without torch, for a CPU fp32 run.
+    the resolved backbone without torch, for a CPU fp32 run. ``known``: what
+    :func:`warm_check` read for ``source``, used when ``--out`` has not changed since.
 
     Raises :class:`~pipeline.exceptions.PipelineError` (a one-line message naming the flag or
     file) before anything is written when an input or option is unusable.
@@ -375,10 +516,18 @@ def plan_extraction(
         if out.exists():
             out.unlink()
         shutil.rmtree(parts_dir(out), ignore_errors=True)
-    prev = _read_previous(out, recipe)
-    records = _unique_records(source)
-    keys = [source.key(r) for r in records]
-    todo = _todo(records, keys, prev)
+    prev = _read_previous(out, recipe, known.prev if known is not None else None)
+    inputs = known if known is not None and known.prev is prev else _survey(source, prev)
     return ExtractionPlan(
-        config, source, recipe, str(device), out, attrs, records, keys, todo, prev
+        config,
+        source,
+        recipe,
+        str(device),
+        out,
+        attrs,
+        inputs.records,
+        inputs.keys,
+        inputs.todo,
+        prev,
+        inputs,
     )
