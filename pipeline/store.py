@@ -41,6 +41,7 @@ import numpy as np
 
 from ._io import atomic_path, is_locked
 from .exceptions import StoreError
+from .rows import RowSource, StoreRows, iter_blocks, materialize
 
 __all__ = [
     "FORMAT_VERSION",
@@ -393,10 +394,14 @@ def _check_sources(path: Path, features: h5py.Dataset) -> None:
         )
 
 
-def read_store(path: str | Path, *, require_complete: bool = True) -> FeatureTable:
-    """Read a whole feature store; an unfinished one is an error unless allowed."""
+def read_store(
+    path: str | Path, *, require_complete: bool = True, with_features: bool = True
+) -> FeatureTable:
+    """Read a whole feature store; an unfinished one is an error unless allowed.
+    ``with_features=False`` reads every row column but the embeddings (and views), which
+    are then read as needed through :class:`~pipeline.rows.StoreRows`."""
     path = Path(path)
-    table = read_rows_file(path)
+    table = read_rows_file(path, with_features=with_features)
     if require_complete and not table.attrs.get("complete", False):
         check_not_being_written(path)
         raise StoreError(
@@ -648,17 +653,19 @@ def load_features(
     The store's own ``test`` rows (else ``val`` rows) are the test set when it has them, and
     every other labelled row trains; otherwise a stratified, seeded holdout of ``test_size``
     is drawn. Labels are indices into ``class_names``; unlabelled rows are left out.
+    ``X_train`` and ``X_test`` are float32, each read straight from the store into its own
+    array (the store is never held whole in memory: peak about their size).
 
     Examples
     --------
     >>> X_train, y_train, X_test, y_test, names = load_features("artifacts/features.h5")  # doctest: +SKIP
     """
-    table = read_store(path)
-    check_finite(table, path)
-    X_train, y_train, X_test, y_test, _ = split_table(
-        table, path, test_size=test_size, random_state=random_state
-    )
-    return X_train, y_train, X_test, y_test, table.class_names
+    table = read_store(path, with_features=False)
+    train, test, _ = split_rows(table, path, test_size=test_size, random_state=random_state)
+    X_train, X_test = (materialize(StoreRows(path, rows)) for rows in (train, test))
+    check_finite(X_train, path, table.paths[train])
+    check_finite(X_test, path, table.paths[test])
+    return X_train, table.labels[train], X_test, table.labels[test], table.class_names
 
 
 def split_rows(
@@ -718,11 +725,19 @@ def split_table(
     return f[train], y[train], f[test], y[test], evaluation
 
 
-def check_finite(table: FeatureTable, path: str | Path) -> None:
-    """Raise a clear error if any stored embedding holds NaN or infinity."""
-    bad = ~np.isfinite(table.features).all(axis=1)
+def check_finite(
+    X: FeatureTable | RowSource | np.ndarray, path: str | Path, paths: Sequence[str] | None = None
+) -> None:
+    """Raise a clear one-line error if any row of ``X`` (a table's features, a row source or
+    an array, read block by block) holds NaN or infinity, naming up to 3 of ``paths`` (the
+    rows' source paths)."""
+    if isinstance(X, FeatureTable):
+        X, paths = X.features, X.paths
+    bad = np.zeros(len(X), dtype=bool)
+    for start, block in iter_blocks(X):
+        bad[start : start + len(block)] = ~np.isfinite(block).all(axis=1)
     if bad.any():
-        examples = table.paths[bad][:3].tolist()
+        examples = np.asarray(paths, dtype=object)[bad][:3].tolist() if paths is not None else []
         raise StoreError(
             f"{path}: {int(bad.sum())} row(s) hold NaN or infinite features (e.g. {examples}); "
             "re-extract with --precision fp32 and --overwrite"
