@@ -48,3 +48,26 @@ def test_a_fit_that_cannot_fit_in_memory_is_refused_before_reading(tmp_path, mon
     assert not out.exists()
     monkeypatch.setattr(memory, "available_bytes", lambda: 64 << 30)
     assert fit_main(["--features", str(store), "--clf", "logreg", "--out", str(out), "-q"]) == 0
+
+
+def _refusal(capsys, store, tmp_path, *flags: str) -> str:
+    out = tmp_path / "report"
+    assert fit_main(["--features", str(store), "--out", str(out), "-q", *flags]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith("error: --features: ") and not out.exists()
+    return err[0]
+
+
+def test_the_refusal_names_what_needs_the_most_and_what_to_do(tmp_path, monkeypatch, capsys):
+    from pipeline.estimators import TorchMLPClassifier
+
+    store = write_store(tmp_path / "f.h5", n_per_class=20, dim=16)
+    monkeypatch.setattr(memory, "available_bytes", lambda: 1 << 20)
+    monkeypatch.setattr(memory, "_AUDIT_MULTIPLE", 100.0)  # the audit needs the most
+    assert "pass --no-audit" in _refusal(capsys, store, tmp_path, "--clf", "logreg")
+    err = _refusal(capsys, store, tmp_path, "--clf", "logreg", "--no-audit")
+    assert "--no-audit" not in err and "logreg holds its training rows in memory" in err
+    # with the nn head declaring that it reads row sources, the advice names it
+    monkeypatch.setattr(TorchMLPClassifier, "accepts_row_source", True, raising=False)
+    err = _refusal(capsys, store, tmp_path, "--clf", "logreg", "--no-audit")
+    assert "use --clf nn" in err and "which read the store in blocks" in err

@@ -107,9 +107,12 @@ def _advice(parts: Mapping[str, int], plans: Mapping[str, str], streaming: list[
     elif largest is not None and plans.get(largest) != "stream":
         better = [n for n in streaming if n != largest]
         tips.append(
-            f"{largest} needs the rows in memory; "
-            + (f"--clf {' or '.join(better)} train from the store in blocks, " if better else "")
-            + "fit fewer classifiers at once"
+            f"{largest} holds its training rows in memory: fit fewer classifiers at once"
+            + (
+                f", or use --clf {'/'.join(better)}, which read the store in blocks"
+                if better
+                else ""
+            )
         )
     tips.append("free memory or use a machine with more, or extract a subset of the images "
                 "into another --out")  # fmt: skip
