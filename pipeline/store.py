@@ -64,6 +64,7 @@ __all__ = [
     "read_attrs",
     "read_rows_file",
     "read_store",
+    "reading_store",
     "row_datasets",
     "split_rows",
     "split_table",
@@ -304,6 +305,18 @@ def _unreadable(path: Path, exc: Exception) -> StoreError:
             "with --overwrite"
         )
     return StoreError(f"{path}: not a readable HDF5 feature store ({text})")
+
+
+@contextlib.contextmanager
+def reading_store(path: str | Path) -> Iterator[None]:
+    """Turn h5py's errors while reading ``path`` (a damaged chunk, a missing part file) into
+    the one-line :class:`StoreError` :func:`read_store` gives."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise StoreError(f"{path}: no such feature store") from None
+    except (OSError, KeyError) as exc:
+        raise _unreadable(Path(path), exc) from exc
 
 
 def read_attrs(path: str | Path) -> dict[str, Any]:
@@ -662,7 +675,8 @@ def load_features(
     """
     table = read_store(path, with_features=False)
     train, test, _ = split_rows(table, path, test_size=test_size, random_state=random_state)
-    X_train, X_test = (materialize(StoreRows(path, rows)) for rows in (train, test))
+    with reading_store(path):
+        X_train, X_test = (materialize(StoreRows(path, rows)) for rows in (train, test))
     check_finite(X_train, path, table.paths[train])
     check_finite(X_test, path, table.paths[test])
     return X_train, table.labels[train], X_test, table.labels[test], table.class_names
@@ -734,8 +748,9 @@ def check_finite(
     if isinstance(X, FeatureTable):
         X, paths = X.features, X.paths
     bad = np.zeros(len(X), dtype=bool)
-    for start, block in iter_blocks(X):
-        bad[start : start + len(block)] = ~np.isfinite(block).all(axis=1)
+    with reading_store(path):  # the first pass over a fit's rows: a damaged chunk shows here
+        for start, block in iter_blocks(X):
+            bad[start : start + len(block)] = ~np.isfinite(block).all(axis=1)
     if bad.any():
         examples = np.asarray(paths, dtype=object)[bad][:3].tolist() if paths is not None else []
         raise StoreError(

@@ -11,28 +11,31 @@ from ._fit_helpers import write_store
 
 
 def test_estimate_grows_with_rows_and_the_hungriest_part():
-    small = memory.estimate_fit_bytes(200_000, 1280, {"logreg": "scaled"}, audit=False)
-    big = memory.estimate_fit_bytes(1_000_000, 1280, {"logreg": "scaled"}, audit=False)
     matrix = 1_000_000 * 1280 * 4
-    own = memory._OWN[("scaled", "logreg")]
-    assert big - small == pytest.approx(0.8 * matrix * own, rel=1e-6)  # blocks: the same
-    # classifiers run one after another: the hungriest one counts, not the sum
-    both = {"logreg": "scaled", "nn": "stream"}
-    assert memory.estimate_fit_bytes(10_000, 64, both) == memory.estimate_fit_bytes(
-        10_000, 64, {"logreg": "scaled"}
-    )
-    # a classifier that streams holds no matrix; one read into a matrix holds it and copies
+    blocks = memory._READ_BLOCKS * 32768 * 1280 * 4
+    base = memory._BASE_BYTES
+    # logreg: the blocks while its scaled matrix fills, then the matrix alone
+    logreg = memory.estimate_fit_bytes(1_000_000, 1280, {"logreg": "scaled"}, audit=False)
+    assert logreg == pytest.approx(base + blocks + matrix, rel=1e-6)
+    small = memory.estimate_fit_bytes(200_000, 1280, {"logreg": "scaled"}, audit=False)
+    assert logreg - small == pytest.approx(0.8 * matrix, rel=1e-6)
+    # a classifier that streams holds no matrix: the blocks only, whatever the rows
     stream = memory.estimate_fit_bytes(1_000_000, 1280, {"nn": "stream"}, audit=False)
+    assert stream == pytest.approx(base + blocks, rel=1e-6) and stream < 2 << 30
+    assert memory.estimate_fit_bytes(10_000_000, 1280, {"nn": "stream"}, audit=False) == stream
+    # the same classifier read into a matrix: the matrix and its copies
     in_memory = memory.estimate_fit_bytes(1_000_000, 1280, {"nn": "matrix"}, audit=False)
-    assert stream < 2 << 30 < in_memory
-    assert in_memory - stream == pytest.approx(matrix * memory._PLAN_MULTIPLE["matrix"], rel=1e-6)
-    # the audit holds the labelled rows (plain view only); --no-audit drops it
+    assert in_memory == pytest.approx(base + matrix * memory._PLAN_MULTIPLE["matrix"], rel=1e-6)
+    # phases run one after another: the hungriest counts, not the sum
+    both = {"logreg": "scaled", "nn": "stream"}
+    assert memory.estimate_fit_bytes(1_000_000, 1280, both, audit=False) == logreg
+    # the audit holds the labelled rows' plain view only; --no-audit drops it
     parts = memory.fit_memory_parts(1_000_000, 1280, {"nn": "stream"}, n_views=1)
     assert parts["audit"] == pytest.approx(matrix * memory._AUDIT_MULTIPLE, rel=1e-6)
     assert "audit" not in memory.fit_memory_parts(1000, 16, {"nn": "stream"}, audit=False)
     # views widen the classifiers' matrices; knn's model keeps its rows for the rest of the run
-    one = memory.fit_memory_parts(1000, 16, {"svc": "matrix"})["svc"]
-    assert memory.fit_memory_parts(1000, 16, {"svc": "matrix"}, n_views=1)["svc"] == 2 * one
+    one = memory.fit_memory_parts(10**6, 16, {"svc": "matrix"})["svc"]
+    assert memory.fit_memory_parts(10**6, 16, {"svc": "matrix"}, n_views=1)["svc"] == 2 * one
     assert memory.fit_memory_parts(1000, 16, {"knn": "matrix"})["retained"] == 1000 * 16 * 4
 
 

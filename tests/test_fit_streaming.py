@@ -230,3 +230,20 @@ def test_load_features_reads_each_split_into_its_own_float32_array(tmp_path):
     np.testing.assert_array_equal(y_train, table.labels[train])
     np.testing.assert_array_equal(y_test, table.labels[test])
     assert names == CLASS_NAMES
+
+
+def test_a_damaged_chunk_read_in_blocks_is_the_one_line_checksum_error(tmp_path):
+    import h5py
+
+    path = write_store(tmp_path / "s.h5", n_per_class=30, dim=8)
+    with h5py.File(path, "r") as fh:
+        offset = fh["features"].id.get_chunk_info(0).byte_offset
+    with open(path, "r+b") as fh:
+        fh.seek(offset + 10)
+        byte = fh.read(1)
+        fh.seek(offset + 10)
+        fh.write(bytes([byte[0] ^ 0x01]))
+    with pytest.raises(StoreError, match="checksum mismatch"):
+        load_features(path)
+    with pytest.raises(StoreError, match="checksum mismatch"):
+        store.check_finite(rows.StoreRows(path), path)

@@ -419,7 +419,9 @@ def _unit_train_rows(
     if vectors.dtype != np.float32:
         return _normalise(vectors - shift), shift
     vectors -= shift
-    vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    for start in range(0, len(vectors), 8192):  # the squares norm makes: one slice at a time
+        part = vectors[start : start + 8192]
+        part /= np.maximum(np.linalg.norm(part, axis=1, keepdims=True), 1e-12)
     return vectors, shift
 
 

@@ -1,25 +1,29 @@
 """Will ``fit`` fit in memory? A check from the store's attributes, before any row is read.
 
 ``fit`` reads the store's rows in blocks (:mod:`pipeline.rows`) and hands each classifier the
-rows the way it can take them (:func:`pipeline.fit.streaming.fit_plan`), so its peak is
+rows the way it can take them (:func:`pipeline.fit.streaming.fit_plan`). Its phases run one
+after another, so its peak is
 
-    base + per-block working memory + the largest of (each classifier's own memory, the audit's)
+    base + the largest phase (each classifier's fit, the audit) + models kept (knn's rows)
 
 where, with M the bytes of the N x W float32 matrix (W: the embedding, times 1 + the views in
-use):
+use; N: every row of the store, an upper bound of the training rows):
 
-- a classifier that streams (``"stream"``: the final step reads row sources) holds no matrix;
-  only its own state (the nn head: its weights; xgboost: its quantised matrix, 1 byte a value);
-- ``"scaled"`` (``logreg``): one float32 matrix of the scaled rows, M;
-- ``"matrix"`` (``svc``, ``knn``, ``svc_approx``, views, ``--search``): the rows read into one
-  matrix, plus the copies the classifier's own pipeline makes (the scaler's, at least);
-- the data-quality audit: the labelled rows' plain embeddings in one matrix plus its probes'
+- reading costs a few blocks of working memory (a block, its covering read from the store,
+  the fancy-indexed and the transformed copies: about 4.5 blocks of W);
+- a classifier that streams (``"stream"``: its final step reads row sources) holds no matrix,
+  only its own state (the nn head: its weights; xgboost: its quantised copy, assumed 0.3 M);
+- ``"scaled"`` (``logreg``, ``svc``): the blocks, then one float32 matrix of the scaled rows, M,
+  which the classifier trains on (logreg: in place);
+- ``"matrix"`` (``knn``, ``svc_approx``, views, ``--search``; ``xgboost`` without streaming):
+  the blocks while the rows fill one matrix, then the classifier's copies of it;
+- the data-quality audit: the labelled rows' plain embeddings in one matrix, plus its probe's
   and nearest-neighbour index's copies (``--no-audit`` skips it);
 - ``knn`` keeps its normalised training rows after fitting (added to everything after it).
 
-The multiples were measured with ``benchmarks/scale.py`` on a 100k x 1280 store (README,
-"Memory"); a classifier not measured there gets the default of its plan, a lower bound: the
-check only refuses runs that cannot fit even so.
+Measured with ``benchmarks/scale.py`` and :mod:`tracemalloc` on a 101k x 1280 store
+(docs/benchmarks.md, "Scale"); a classifier not measured there gets its plan's default, a
+lower bound (the check only refuses runs that cannot fit even so).
 """
 
 from __future__ import annotations
@@ -35,39 +39,42 @@ from ..store import read_attrs
 __all__ = ["available_bytes", "check_fit_memory", "estimate_fit_bytes", "fit_memory_parts"]
 
 _GIB = 1 << 30
-# Resident memory before any row is read (interpreter, numpy, sklearn, h5py, torch): measured
-# as the peak of `fit --clf nn` on a tiny store.
+# Resident memory besides the rows (interpreter, numpy, scikit-learn, torch, h5py): the peak
+# RSS of fit on 101k rows less the peak of its numpy arrays (tracemalloc) was 0.52 GiB.
 _BASE_BYTES = _GIB // 2
-# Bytes per byte of M, by plan (see the module docstring); a name in _OWN overrides its plan's.
+# Working memory of reading, in blocks of the matrix's width (tracemalloc: 4.0 to 4.3).
+_READ_BLOCKS = 4.5
+# A classifier's own peak while it fits, per byte of M, by plan; (plan, name) overrides.
 _PLAN_MULTIPLE = {"stream": 0.0, "scaled": 1.0, "matrix": 2.0}
-_OWN = {("stream", "xgboost"): 0.3, ("scaled", "logreg"): 1.2, ("matrix", "logreg"): 2.2}
+_OWN = {("stream", "xgboost"): 0.3, ("matrix", "xgboost"): 2.65}
 # The audit's peak per byte of the labelled rows' plain embeddings (N x D float32).
-_AUDIT_MULTIPLE = 3.0
+_AUDIT_MULTIPLE = 2.0
 # Kept after fitting, per byte of M, for the rest of the run.
 _RETAINED = {"knn": 1.0}
 
 
-def _block_bytes(n_rows: int, dim: int, width: int) -> int:
-    """Working memory of reading blocks: a block, its transformed copy and the estimator's
-    temporaries (3 blocks of ``width``), and one covering read of scattered rows (``dim``)."""
-    block = min(n_rows, rows.BLOCK_ROWS) * width * 4
-    span = min(n_rows, 4 * rows.BLOCK_ROWS) * dim * 4
-    return 3 * block + span
+def _read_bytes(n_rows: int, width: int) -> int:
+    """Working memory of reading ``width``-wide blocks of at most ``n_rows`` rows."""
+    return int(_READ_BLOCKS * min(n_rows, rows.BLOCK_ROWS) * width * 4)
 
 
 def fit_memory_parts(
     n_rows: int, dim: int, plans: Mapping[str, str], *, n_views: int = 0, audit: bool = True
 ) -> dict[str, int]:
-    """Estimated peak bytes of each part of ``fit`` (``base``, ``blocks``, one per classifier
-    of ``plans`` (name -> :func:`~pipeline.fit.streaming.fit_plan`), ``audit``, ``retained``)
-    on an ``n_rows`` x ``dim`` store using ``n_views`` views."""
+    """Estimated peak bytes of each part of ``fit`` on an ``n_rows`` x ``dim`` store using
+    ``n_views`` views: ``base``, one per classifier of ``plans`` (name ->
+    :func:`~pipeline.fit.streaming.fit_plan`; reading and fitting), ``audit`` and
+    ``retained`` (models that keep rows)."""
     width = dim * (1 + n_views)
     matrix = n_rows * width * 4
-    parts = {"base": _BASE_BYTES, "blocks": _block_bytes(n_rows, dim, width)}
+    parts = {"base": _BASE_BYTES}
     for name, plan in plans.items():
-        parts[name] = int(matrix * _OWN.get((plan, name), _PLAN_MULTIPLE[plan]))
+        held = 0 if plan == "stream" else matrix  # filled while the blocks are read
+        own = matrix * _OWN.get((plan, name), _PLAN_MULTIPLE[plan])
+        parts[name] = int(max(_read_bytes(n_rows, width) + held, own))
     if audit:
-        parts["audit"] = int(n_rows * dim * 4 * _AUDIT_MULTIPLE)
+        plain = n_rows * dim * 4
+        parts["audit"] = int(max(_read_bytes(n_rows, dim) + plain, plain * _AUDIT_MULTIPLE))
     parts["retained"] = int(sum(matrix * _RETAINED.get(name, 0.0) for name in plans))
     return parts
 
@@ -75,10 +82,10 @@ def fit_memory_parts(
 def estimate_fit_bytes(
     n_rows: int, dim: int, plans: Mapping[str, str], *, n_views: int = 0, audit: bool = True
 ) -> int:
-    """Peak resident bytes of ``fit``: base + blocks + retained models + the largest of the
-    classifiers' and the audit's own memory (they run one after another)."""
+    """Peak resident bytes of ``fit``: base + retained models + the largest part (the
+    classifiers and the audit run one after another)."""
     parts = fit_memory_parts(n_rows, dim, plans, n_views=n_views, audit=audit)
-    fixed = parts.pop("base") + parts.pop("blocks") + parts.pop("retained")
+    fixed = parts.pop("base") + parts.pop("retained")
     return fixed + max(parts.values(), default=0)
 
 
@@ -99,7 +106,7 @@ def available_bytes() -> int | None:
 
 def _advice(parts: Mapping[str, int], plans: Mapping[str, str], streaming: list[str]) -> str:
     """What to do, starting with the part that needs the most."""
-    own = {k: v for k, v in parts.items() if k not in ("base", "blocks", "retained")}
+    own = {k: v for k, v in parts.items() if k not in ("base", "retained")}
     largest = max(own, key=own.__getitem__) if own else None
     tips = []
     if largest == "audit":
