@@ -130,6 +130,13 @@ def test_an_untagged_final_step_gets_one_scaled_float32_matrix(tmp_path, small_b
 
 def test_plans_of_the_registry_and_of_other_estimators():
     assert fit_plan(make_classifier("logreg")) == "scaled"
+    assert fit_plan(make_classifier("svc")) == "scaled"  # one scaled matrix, not two
+    for name in ("nn", "xgboost"):  # stream once their estimators declare the tag
+        final = make_classifier(name).steps[-1][1]
+        expected = (
+            "stream" if rows.accepts_row_source(final) else {"nn": "scaled"}.get(name, "matrix")
+        )
+        assert fit_plan(make_classifier(name)) == expected
     assert fit_plan(make_classifier("knn")) == "matrix"  # no scaler, no tag
     assert fit_plan(make_classifier("svc_approx")) == "matrix"  # Nystroem has no partial_fit
     assert fit_plan(_Centroids()) == "stream" and fit_plan(_Untagged()) == "matrix"
@@ -247,3 +254,26 @@ def test_a_damaged_chunk_read_in_blocks_is_the_one_line_checksum_error(tmp_path)
         load_features(path)
     with pytest.raises(StoreError, match="checksum mismatch"):
         store.check_finite(rows.StoreRows(path), path)
+
+
+def test_dask_xgboost_gets_the_store_rows_not_a_matrix(tmp_path, monkeypatch):
+    """``--dask`` hands ``fit_xgboost_dask`` the training rows as ``StoreRows`` (its workers
+    read them); here a stand-in fits in-process instead of on a cluster."""
+    from pipeline.fit import dask as fit_dask
+
+    path = write_store(tmp_path / "s.h5", n_per_class=30, dim=8)
+    seen = []
+
+    def fake(estimator, X, y, address):
+        seen.append((X, address))
+        return estimator.fit(np.asarray(X), y)
+
+    monkeypatch.setattr(fit_dask, "fit_xgboost_dask", fake)
+    out = tmp_path / "out"
+    argv = ["--features", str(path), "--clf", "xgboost", "--dask", "local:1", "--out", str(out)]
+    assert fit_main([*argv, "-q", "--no-audit", "--set", "xgboost.n_estimators=5"]) == 0
+    ((X, address),) = seen
+    assert isinstance(X, rows.StoreRows) and address == "local:1"
+    report_rows = load_probabilities(out / "predictions.npz")["row"]
+    assert len(X) + len(report_rows) == 90 and X.datasets == ("features",)
+    assert np.all(np.diff(X.rows) > 0) and not set(X.rows) & set(report_rows)
