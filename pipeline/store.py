@@ -666,8 +666,9 @@ def load_features(
     The store's own ``test`` rows (else ``val`` rows) are the test set when it has them, and
     every other labelled row trains; otherwise a stratified, seeded holdout of ``test_size``
     is drawn. Labels are indices into ``class_names``; unlabelled rows are left out.
-    ``X_train`` and ``X_test`` are float32, each read straight from the store into its own
-    array (the store is never held whole in memory: peak about their size).
+    Rows come in store order. ``X_train`` and ``X_test`` are float32, each read straight from
+    the store into its own array, block by block (the store is never held whole in memory:
+    the peak is about their size).
 
     Examples
     --------
@@ -675,6 +676,8 @@ def load_features(
     """
     table = read_store(path, with_features=False)
     train, test, _ = split_rows(table, path, test_size=test_size, random_state=random_state)
+    # store order: each block is one contiguous read, not a scan of the whole store's span
+    train, test = np.sort(train), np.sort(test)
     with reading_store(path):
         X_train, X_test = (materialize(StoreRows(path, rows)) for rows in (train, test))
     check_finite(X_train, path, table.paths[train])

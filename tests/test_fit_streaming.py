@@ -233,9 +233,9 @@ def test_load_features_reads_each_split_into_its_own_float32_array(tmp_path):
     train, test, _ = store.split_rows(table, path, test_size=0.3, random_state=1)
     for X, idx in ((X_train, train), (X_test, test)):
         assert X.dtype == np.float32 and X.flags.c_contiguous
-        np.testing.assert_array_equal(X, table.features[idx])  # the split's order, unsorted
-    np.testing.assert_array_equal(y_train, table.labels[train])
-    np.testing.assert_array_equal(y_test, table.labels[test])
+        np.testing.assert_array_equal(X, table.features[np.sort(idx)])  # in store order
+    np.testing.assert_array_equal(y_train, table.labels[np.sort(train)])
+    np.testing.assert_array_equal(y_test, table.labels[np.sort(test)])
     assert names == CLASS_NAMES
 
 
