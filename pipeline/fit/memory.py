@@ -10,7 +10,9 @@ where, with M the bytes of the N x W float32 matrix (W: the embedding, times 1 +
 use; N: every row of the store, an upper bound of the training rows):
 
 - reading costs a few blocks of working memory (a block, its covering read from the store,
-  the fancy-indexed and the transformed copies: about 4.5 blocks of W);
+  the fancy-indexed and the transformed copies: about 4.5 blocks of W): blocks of
+  :data:`~pipeline.store.READ_BLOCK_ROWS` (8192) where fit reads rows into a matrix, of the
+  estimator's own size (up to :data:`~pipeline.rows.BLOCK_ROWS`, 32768) where it streams;
 - a classifier that streams (``"stream"``: its final step reads row sources) holds no matrix:
   it reads blocks while it trains, so its peak is the blocks plus its own state (the nn head:
   its torch runtime and weights, 0.4 GiB; xgboost: its binned copy and training state, 0.5 M);
@@ -37,7 +39,7 @@ from pathlib import Path
 
 from .. import rows
 from ..exceptions import StoreError
-from ..store import read_attrs
+from ..store import read_attrs, read_block_rows
 
 __all__ = ["available_bytes", "check_fit_memory", "estimate_fit_bytes", "fit_memory_parts"]
 
@@ -61,9 +63,9 @@ _AUDIT_MULTIPLE = 2.0
 _RETAINED = {"knn": 1.0}
 
 
-def _read_bytes(n_rows: int, width: int) -> int:
-    """Working memory of reading ``width``-wide blocks of at most ``n_rows`` rows."""
-    return int(_READ_BLOCKS * min(n_rows, rows.BLOCK_ROWS) * width * 4)
+def _read_bytes(n_rows: int, width: int, block_rows: int) -> int:
+    """Working memory of reading ``width``-wide blocks of ``block_rows`` (at most ``n_rows``)."""
+    return int(_READ_BLOCKS * min(n_rows, block_rows) * width * 4)
 
 
 def fit_memory_parts(
@@ -76,16 +78,18 @@ def fit_memory_parts(
     width = dim * (1 + n_views)
     matrix = n_rows * width * 4
     parts = {"base": _BASE_BYTES}
-    read = _read_bytes(n_rows, width)
+    fill = _read_bytes(n_rows, width, read_block_rows())  # fit's own reads into a matrix
+    stream = _read_bytes(n_rows, width, rows.BLOCK_ROWS)  # a streaming estimator's blocks
     for name, plan in plans.items():
         own = matrix * _OWN.get((plan, name), _PLAN_MULTIPLE[plan])
         if plan == "stream":  # reads blocks while it trains
-            parts[name] = int(read + own + _STREAM_FIXED.get(name, 0))
+            parts[name] = int(stream + own + _STREAM_FIXED.get(name, 0))
         else:  # the blocks while the matrix fills, then the classifier's copies
-            parts[name] = int(max(read + matrix, own))
+            parts[name] = int(max(fill + matrix, own))
     if audit:
         plain = n_rows * dim * 4
-        parts["audit"] = int(max(_read_bytes(n_rows, dim) + plain, plain * _AUDIT_MULTIPLE))
+        fill = _read_bytes(n_rows, dim, read_block_rows())
+        parts["audit"] = int(max(fill + plain, plain * _AUDIT_MULTIPLE))
     parts["retained"] = int(sum(matrix * _RETAINED.get(name, 0.0) for name in plans))
     return parts
 

@@ -21,7 +21,7 @@ import numpy as np
 from .. import __version__
 from .._io import atomic_path
 from ..rows import StoreRows, materialize
-from ..store import reading_store
+from ..store import read_block_rows, reading_store
 from .data_quality import audit_table, leakage_warning
 from .decision_chart import write_decision_png
 from .html_report import _confusion_chart, compact_result, write_html_report
@@ -81,7 +81,7 @@ def _labelled(table: FeatureTable, split: np.ndarray, store: Path) -> FeatureTab
     Issue rows are mapped back to store rows by :func:`audit_table`'s caller."""
     labelled = np.flatnonzero(table.labels >= 0)
     with reading_store(store):
-        features = materialize(StoreRows(store, labelled))
+        features = materialize(StoreRows(store, labelled), read_block_rows())
     return dataclasses.replace(
         table,
         features=features,

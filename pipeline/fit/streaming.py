@@ -28,6 +28,7 @@ from typing import Any, Literal
 import numpy as np
 
 from .. import rows
+from ..store import read_block_rows
 
 __all__ = ["Plan", "fit_plan", "fit_rows", "predict_rows"]
 
@@ -79,10 +80,10 @@ def fit_rows(estimator: Any, X: Any, y: Any, block_rows: int | None = None) -> A
     """Fit ``estimator`` on the rows of ``X`` (a row source or an array) and labels ``y``.
 
     Returns ``estimator``, fitted in place, as ``estimator.fit(np.asarray(X), y)`` would; only
-    the memory differs (see :func:`fit_plan`). ``block_rows`` defaults to
-    :data:`pipeline.rows.BLOCK_ROWS`.
+    the memory differs (see :func:`fit_plan`). ``block_rows`` (what this function reads at once;
+    a streaming final step reads its own) defaults to :func:`pipeline.store.read_block_rows`.
     """
-    block_rows = block_rows or rows.BLOCK_ROWS
+    block_rows = block_rows or read_block_rows()
     plan = fit_plan(estimator)
     if plan == "matrix":
         return estimator.fit(rows.materialize(X, block_rows), y)
@@ -102,7 +103,7 @@ def predict_rows(
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """``(predict, predict_proba)`` of ``fitted`` on the rows of ``X``, computed block by
     block (``predict_proba`` None when ``fitted`` has none); rows in ``X``'s order."""
-    block_rows = block_rows or rows.BLOCK_ROWS
+    block_rows = block_rows or read_block_rows()
     has_proba = hasattr(fitted, "predict_proba")
     preds, probas = [], []
     for _, block in rows.iter_blocks(X, block_rows):
