@@ -4,6 +4,7 @@ Usage::
 
     python benchmarks/scale.py                       # 100k rows in /tmp/pipeline-scale
     python benchmarks/scale.py --rows 1000000 --clf logreg nn xgboost --root /big/disk
+    python benchmarks/scale.py --fit-only --no-load --clf nn --fit-args "--no-audit --set nn.max_iter=3"
 
 A store of N rows is fabricated cheaply but exactly as extraction writes it (or reused, when
 an earlier run with the same ``--root`` left it: its +1 % step is undone first): a folder of N
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -230,10 +232,27 @@ def run(args: argparse.Namespace) -> list[tuple[str, ...]]:
     root = Path(args.root)
     root.mkdir(parents=True, exist_ok=True)
     images, store = root / f"images-{args.rows}", root / f"store-{args.rows}.h5"
-    fab = fabricate(images, store, args.rows, root)
-    os.sync()  # the store's gigabytes on disk now, not written back during the timed steps
-    print(f"store of {args.rows} rows ready in {fab:.0f} s -> {store} "
-          f"({store.stat().st_size / 2**30:.2f} GiB)", flush=True)  # fmt: skip
+    if not (args.fit_only and store.exists()):
+        fab = fabricate(images, store, args.rows, root)
+        os.sync()  # the store's gigabytes on disk now, not written back during the timed steps
+        print(f"store of {args.rows} rows ready in {fab:.0f} s -> {store} "
+              f"({store.stat().st_size / 2**30:.2f} GiB)", flush=True)  # fmt: skip
+    table = [] if args.fit_only else _extract_steps(args, root, images, store)
+    if args.load:
+        loads = [measure(["load_features", str(store)]) for _ in range(args.repeat)]
+        table.append(_row("load_features", loads))
+    fit_args = shlex.split(args.fit_args)
+    for clf in args.clf:
+        fit = measure(["pipeline.fit", "--features", str(store), "--clf", clf,
+                       "--out", str(root / f"fit-{clf}"), *fit_args])  # fmt: skip
+        table.append(_row(f"fit --clf {clf} {args.fit_args}".rstrip(), [fit]))
+    return table
+
+
+def _extract_steps(
+    args: argparse.Namespace, root: Path, images: Path, store: Path
+) -> list[tuple[str, ...]]:
+    """The warm re-run and the +1 % update of ``store`` (which appends to it)."""
     extract = ["pipeline.extract", "--data", str(images), "--out", str(store), "--no-progress"]
     table = []
     warm = [measure(extract) for _ in range(args.repeat)]
@@ -247,13 +266,6 @@ def run(args: argparse.Namespace) -> list[tuple[str, ...]]:
     table.append(_row(f"+1 % ({new} new)", [update],
                       f"embedding {embed:.1f} s, rest {update['seconds'] - embed:.1f} s; "
                       f"store {size / 2**30:.2f} -> {_store_bytes(store) / 2**30:.2f} GiB"))  # fmt: skip
-    if args.load:
-        loads = [measure(["load_features", str(store)]) for _ in range(args.repeat)]
-        table.append(_row("load_features", loads))
-    for clf in args.clf:
-        fit = measure(["pipeline.fit", "--features", str(store), "--clf", clf,
-                       "--out", str(root / f"fit-{clf}")])  # fmt: skip
-        table.append(_row(f"fit --clf {clf}", [fit]))
     return table
 
 
@@ -285,7 +297,17 @@ def main() -> None:
         "--no-load",
         dest="load",
         action="store_false",
-        help="skip load_features (it needs ~2.5x the feature matrix in memory)",
+        help="skip load_features (it holds the train and test rows in memory)",
+    )
+    parser.add_argument(
+        "--fit-args",
+        default="",
+        help='extra flags for every fit, one string (e.g. "--no-audit --set nn.max_iter=3")',
+    )
+    parser.add_argument(
+        "--fit-only",
+        action="store_true",
+        help="only the load_features and fit steps (on the store under --root if it exists)",
     )
     args = parser.parse_args()
     started = time.perf_counter()

@@ -1,7 +1,8 @@
 """Stage two: fit and compare classifiers on a feature store (``python -m pipeline.fit``).
 
 :mod:`.evaluation` checks the store's labels, splits, fits and scores each classifier and
-assembles the report; :mod:`.report` holds the metrics, plots and report files;
+assembles the report; :mod:`.streaming` fits and predicts them on the store's rows read in
+blocks, and :mod:`.memory` checks beforehand that the run fits in memory; :mod:`.report` holds the metrics, plots and report files;
 :mod:`.model_file` the ``models/<clf>.joblib`` format that ``predict`` reads; :mod:`.dask`
 XGBoost on a Dask cluster; :mod:`.cli` the command line. Stage two never touches images.
 """

@@ -241,7 +241,7 @@ def find_label_issues(
     rows, y, names, folds = judged
     folds = int(min(n_folds, folds))
     proba = out_of_fold_proba(
-        features[rows],
+        _rows_of(features, rows),
         y,
         seed=seed,
         n_folds=max(2, folds),
@@ -315,6 +315,14 @@ def _normalise(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     return x / np.maximum(norms, 1e-12)
+
+
+def _rows_of(features: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``features[rows]``, without a copy when ``rows`` are all rows in order (the audit's
+    matrix is the one O(rows) allocation of ``fit`` it must not double)."""
+    if len(rows) == len(features) and np.array_equal(rows, np.arange(len(features))):
+        return features
+    return features[rows]
 
 
 def find_duplicates(
@@ -401,6 +409,22 @@ def find_duplicates(
     return table
 
 
+def _unit_train_rows(
+    features: np.ndarray, train: np.ndarray, center: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """``_normalise(features[train] - shift)`` and ``shift`` (the train rows' mean, or 0),
+    with float32 rows computed in place in the one copy ``features[train]`` makes."""
+    vectors = features[train]
+    shift = vectors.mean(axis=0) if center else np.zeros(features.shape[1], vectors.dtype)
+    if vectors.dtype != np.float32:
+        return _normalise(vectors - shift), shift
+    vectors -= shift
+    for start in range(0, len(vectors), 8192):  # the squares norm makes: one slice at a time
+        part = vectors[start : start + 8192]
+        part /= np.maximum(np.linalg.norm(part, axis=1, keepdims=True), 1e-12)
+    return vectors, shift
+
+
 def _duplicate_pairs(
     features: np.ndarray,
     train: np.ndarray,
@@ -419,9 +443,9 @@ def _duplicate_pairs(
         h = content_hashes[i]
         if h is not None:
             first_train.setdefault(h, int(i))
-    shift = features[train].mean(axis=0) if center else np.zeros(features.shape[1])
+    train_vectors, shift = _unit_train_rows(features, train, center)
     index = NearestNeighbors(n_neighbors=1, algorithm="brute", metric="euclidean")
-    index.fit(_normalise(features[train] - shift))
+    index.fit(train_vectors)
     for start in range(0, len(query), batch_size):
         batch = query[start : start + batch_size]
         query_vectors = _normalise(features[batch] - shift)
@@ -470,7 +494,7 @@ def audit_table(
     label_names = np.full(len(table.labels), "", dtype=object)
     label_names[labelled] = names[table.labels[labelled]]
     issues = find_label_issues(
-        table.features[labelled],
+        _rows_of(table.features, labelled),
         label_names[labelled],
         paths=table.paths[labelled].tolist(),
         splits=table.split[labelled].tolist(),
@@ -484,7 +508,7 @@ def audit_table(
     paths = table.paths[rows].tolist()
     hashes, unreadable = content_hashes(paths) if len(rows) else ([], {})
     duplicates = find_duplicates(
-        table.features[rows],
+        _rows_of(table.features, rows),
         paths,
         table.split[rows].tolist(),
         hashes,

@@ -26,7 +26,8 @@ from .. import __version__
 from ..classifiers import ALL_CLASSIFIERS, CLASSIFIER_NAMES, make_classifier
 from ..config import FitConfig
 from ..exceptions import ConfigError, StoreError
-from ..store import FeatureTable, check_finite, read_store, split_rows
+from ..rows import RowSource, StoreRows, materialize
+from ..store import FeatureTable, check_finite, read_attrs, read_store, split_rows, view_dataset
 from .evidence import bootstrap_intervals, compare_to_best, cv_interval, separability_warning
 from .memory import check_fit_memory
 from .model_file import BACKBONE_KEYS
@@ -35,7 +36,8 @@ from .predictions import align_proba
 from .report import classification_metrics, format_table, summarize_folds
 from .run_outputs import write_outputs
 from .search import SEARCH_OPTIONS, run_search
-from .views import ViewsClassifier, views_report, views_used, wide_features, with_views
+from .streaming import Plan, fit_plan, fit_rows, predict_rows
+from .views import ViewsClassifier, views_report, views_used, with_views
 
 __all__ = ["parse_clf", "run_fit"]
 
@@ -144,28 +146,30 @@ def _build(name: str, config: FitConfig):
         raise ValueError(f"[fit.{name}] / --set {name}.KEY=VALUE: {exc}") from exc
 
 
-def _fit_xgboost_dask(estimator: Any, X: np.ndarray, y: np.ndarray, address: str) -> Any:
+def _fit_xgboost_dask(estimator: Any, X: RowSource, y: np.ndarray, address: str) -> Any:
     """Fit the xgboost pipeline on the Dask cluster at ``address`` (``local[:N]`` or
-    ``tcp://HOST:PORT``); see :func:`pipeline.fit.dask.fit_xgboost_dask`. The result
-    predicts the original labels and pickles without the cluster."""
+    ``tcp://HOST:PORT``); see :func:`pipeline.fit.dask.fit_xgboost_dask`. ``X`` goes as the
+    store's rows (never read here: the workers read them). The result predicts the original
+    labels and pickles without the cluster."""
     from .dask import fit_xgboost_dask  # lazy: imports the estimators (torch, sklearn)
 
     return fit_xgboost_dask(estimator, X, y, address)
 
 
-def _fit_one(name: str, estimator: Any, X: np.ndarray, y: np.ndarray, config: FitConfig) -> Any:
+def _fit_one(name: str, estimator: Any, X: RowSource, y: np.ndarray, config: FitConfig) -> Any:
     if config.dask and name == "xgboost":
         return _fit_xgboost_dask(estimator, X, y, config.dask)
     if config.dask:
         logger.info("--dask: %s is not distributed; it trains in-process on the embeddings", name)
-    return estimator.fit(X, y)
+    return fit_rows(estimator, X, y)
 
 
 def _fit_or_search(
-    name: str, estimator: Any, X: np.ndarray, y: np.ndarray, config: FitConfig
+    name: str, estimator: Any, X: RowSource, y: np.ndarray, config: FitConfig
 ) -> tuple[Any, float, dict[str, Any] | None]:
     """Fit ``estimator`` on ``(X, y)``, or with ``--search`` choose its hyperparameters by inner
-    CV on these rows only and refit; ``(fitted, seconds, search info or None)``."""
+    CV on these rows only and refit; ``(fitted, seconds, search info or None)``. The search
+    reads the rows into one matrix; a plain fit reads them as :func:`fit_rows` plans."""
     if not config.search_enabled:
         started = time.perf_counter()
         fitted = _fit_one(name, estimator, X, y, config)
@@ -173,6 +177,7 @@ def _fit_or_search(
     if config.dask:
         logger.info("--search: %s is searched in-process (--dask is not used)", name)
     views = isinstance(estimator, ViewsClassifier)
+    X = materialize(X)
     fitted, info = run_search(
         name,
         estimator.estimator if views else estimator,
@@ -192,15 +197,16 @@ def _fit_or_search(
 
 
 def _predict(
-    fitted: Any, X: np.ndarray, labels: Sequence[str]
+    fitted: Any, X: RowSource, labels: Sequence[str]
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """Predicted class names, probabilities in ``labels`` order (one-hot for a classifier
-    without ``predict_proba``) and the prediction time."""
+    without ``predict_proba``) and the prediction time (classes and probabilities, read block
+    by block)."""
     started = time.perf_counter()
-    y_pred = np.asarray(fitted.predict(X))
+    y_pred, raw = predict_rows(fitted, X)
     seconds = time.perf_counter() - started
-    if hasattr(fitted, "predict_proba"):
-        proba = align_proba(fitted.predict_proba(X), fitted.classes_, labels)
+    if raw is not None:
+        proba = align_proba(raw, fitted.classes_, labels)
     else:
         proba = (y_pred[:, None] == np.asarray(labels)[None, :]).astype(np.float64)
     return y_pred, proba, seconds
@@ -220,9 +226,9 @@ class _Outcome:
 def _evaluate(
     name: str,
     estimator: Any,
-    X_train: np.ndarray,
+    X_train: RowSource,
     y_train: np.ndarray,
-    X_test: np.ndarray,
+    X_test: RowSource,
     y_test: np.ndarray,
     labels: Sequence[str],
     config: FitConfig,
@@ -273,9 +279,8 @@ def _cross_validate(name: str, estimator: Any, data: _Data, config: FitConfig) -
     proba = np.zeros((len(y), len(labels)))
     folds = []
     for k, (train, test) in enumerate(data.folds):
-        fold = _evaluate(
-            name, clone(estimator), X[train], y[train], X[test], y[test], labels, config
-        )
+        X_fit, X_eval = X.subset(train), X.subset(test)  # fold rows stay ascending
+        fold = _evaluate(name, clone(estimator), X_fit, y[train], X_eval, y[test], labels, config)
         y_pred[test], proba[test] = fold.y_pred, fold.proba
         folds.append(fold.result)
         logger.debug(
@@ -324,18 +329,22 @@ def _compare(outcomes: Mapping[str, _Outcome], data: _Data, config: FitConfig) -
 
 @dataclasses.dataclass
 class _Data:
-    """The labelled rows of a store, ready for holdout (train/test) or cross-validation."""
+    """The labelled rows of a store, ready for holdout (train/test) or cross-validation.
+
+    ``X_train`` / ``X_test`` are the store's rows (:class:`~pipeline.rows.StoreRows`, in
+    ascending store order, views as extra columns), read only as each classifier needs them.
+    """
 
     evaluation: str  # "cv", or how split_rows chose the test rows
     labels: list[str]  # class names present, in class order
     n_train: int
     n_test: int
-    X_train: np.ndarray  # under cv: every labelled row
+    X_train: RowSource  # under cv: every labelled row
     y_train: np.ndarray  # class names
-    train_rows: np.ndarray  # store row of each X_train row
+    train_rows: np.ndarray  # store row of each X_train row (ascending)
     eval_rows: np.ndarray  # store row of each evaluated row (predictions.csv order)
     eval_split: list[str]  # predictions.csv's split column: store split, "holdout", "foldK"
-    X_test: np.ndarray | None = None  # None under cv
+    X_test: RowSource | None = None  # None under cv
     y_test: np.ndarray | None = None
     folds: list[tuple[np.ndarray, np.ndarray]] = dataclasses.field(default_factory=list)
 
@@ -345,34 +354,38 @@ class _Data:
         return self.y_train if self.y_test is None else self.y_test
 
 
-def _cv_data(table: FeatureTable, path: Path, config: FitConfig) -> _Data:
+def _cv_data(table: FeatureTable, path: Path, datasets: Sequence[str], config: FitConfig) -> _Data:
     from sklearn.model_selection import StratifiedKFold
 
     class_names = [str(c) for c in table.class_names]
     rows = np.flatnonzero(table.labels >= 0)
-    X, y_idx = table.features[rows], table.labels[rows]
+    y_idx = table.labels[rows]
     _check_labels(path, y_idx, None, class_names)
     _check_cv(path, y_idx, config.cv, class_names)
     labels = [class_names[i] for i in sorted(set(y_idx.tolist()))]
     splitter = StratifiedKFold(n_splits=config.cv, shuffle=True, random_state=config.seed)
-    folds = list(splitter.split(X, y_idx))
+    folds = list(splitter.split(np.zeros((len(rows), 1)), y_idx))
     fold_of = np.empty(len(rows), dtype=object)
     for k, (_, test) in enumerate(folds):
         fold_of[test] = f"fold{k + 1}"
     y = np.asarray(class_names)[y_idx]
-    n = len(rows)
+    n, X = len(rows), StoreRows(path, rows, datasets)
     return _Data("cv", labels, n, n, X, y, rows, rows, fold_of.tolist(), folds=folds)
 
 
-def _load_data(table: FeatureTable, path: Path, config: FitConfig) -> _Data:
-    """Check the labels and cut the store's rows for the evaluation ``config`` asks for."""
+def _load_data(
+    table: FeatureTable, path: Path, datasets: Sequence[str], config: FitConfig
+) -> _Data:
+    """Check the labels and cut the store's rows for the evaluation ``config`` asks for; the
+    rows of ``datasets`` (``features`` and the views in use) side by side."""
     if config.cv:
-        return _cv_data(table, path, config)
+        return _cv_data(table, path, datasets, config)
     class_names = [str(c) for c in table.class_names]
     name_of = np.asarray(class_names)
     train, test, evaluation = split_rows(
         table, path, test_size=config.test_size, random_state=config.seed
     )
+    train, test = np.sort(train), np.sort(test)  # ascending: blocks read from the store in order
     y_train_idx, y_test_idx = table.labels[train], table.labels[test]
     _check_labels(path, y_train_idx, y_test_idx, class_names)
     used = sorted(set(y_train_idx.tolist()) | set(y_test_idx.tolist()))
@@ -382,14 +395,21 @@ def _load_data(table: FeatureTable, path: Path, config: FitConfig) -> _Data:
         [class_names[i] for i in used],
         len(train),
         len(test),
-        table.features[train],
+        StoreRows(path, train, datasets),
         name_of[y_train_idx],
         train,
         test,
         [str(s) for s in split],
-        table.features[test],
+        StoreRows(path, test, datasets),
         name_of[y_test_idx],
     )
+
+
+def _check_data_finite(path: Path, table: FeatureTable, data: _Data) -> None:
+    """One pass over every row the run reads (train and evaluated rows, every dataset in
+    use), block by block: a NaN or infinity is a one-line error naming example paths."""
+    rows = np.union1d(data.train_rows, data.eval_rows)
+    check_finite(StoreRows(path, rows, data.X_train.datasets), path, table.paths[rows])
 
 
 def _run_one(name: str, built: tuple[Any, dict[str, Any]], data: _Data, config: FitConfig):
@@ -415,41 +435,66 @@ def _run_one(name: str, built: tuple[Any, dict[str, Any]], data: _Data, config: 
     return outcome
 
 
-def _open_store(config: FitConfig, names: Sequence[str]) -> tuple[Path, FeatureTable]:
+def _store_path(config: FitConfig) -> Path:
     path = Path(config.features)
     if not path.is_file():
         raise StoreError(
             f"no such file: {path}; run `python -m pipeline.extract --out {path}` first",
             param="features",
         )
-    check_fit_memory(path, names)  # before reading: say what to do when it will not fit
-    table = read_store(path)
-    check_finite(table, path)
-    return path, table
+    return path
+
+
+def _plans(built: Mapping[str, tuple[Any, Any]], names: Sequence[str], config: FitConfig):
+    """How each classifier of ``names`` will read the rows (:func:`fit_plan`): ``--search``
+    reads them into a matrix; xgboost on ``--dask`` streams (its workers read the store)."""
+    plans: dict[str, Plan] = {}
+    for name in names:
+        if config.search_enabled:
+            plans[name] = "matrix"
+        elif config.dask and name == "xgboost":
+            plans[name] = "stream"
+        else:
+            plans[name] = fit_plan(built[name][0])
+    return plans
+
+
+def _check_memory(
+    path: Path,
+    built: Mapping[str, tuple[Any, Any]],
+    names: Sequence[str],
+    datasets: Sequence[str],
+    config: FitConfig,
+) -> None:
+    """Refuse a run that will not fit in memory (:func:`check_fit_memory`), before reading."""
+    every = _plans(built, CLASSIFIER_NAMES, config)
+    check_fit_memory(
+        path,
+        {name: every[name] for name in names},
+        n_views=len(datasets) - 1,
+        audit=config.audit,
+        streaming=[n for n, plan in every.items() if plan == "stream" and len(datasets) == 1],
+    )
 
 
 def _use_views(
-    table: FeatureTable,
-    path: Path,
+    attrs: Mapping[str, Any],
     built: dict[str, tuple[Any, dict[str, Any]]],
     names: Sequence[str],
     config: FitConfig,
-) -> FeatureTable:
-    """With a store's views in use (TTA, ``--augment``): the table whose ``features`` hold each
-    row's views as extra columns (so every split keeps an image with its views), and the
-    classifiers of ``names`` wrapped in :class:`~pipeline.fit.views.ViewsClassifier`."""
-    views = views_used(table.attrs, config.tta, config.augment)
-    if not views:
-        return table
-    wide = dataclasses.replace(table, features=wide_features(table, views))
-    check_finite(wide, path)
-    for name in names:
+) -> tuple[str, ...]:
+    """The store datasets the classifiers read: ``features``, plus each view's embeddings with
+    a store's views in use (TTA, ``--augment``), as extra columns of each row (so every split
+    keeps an image with its views); the classifiers of ``names`` are then wrapped in
+    :class:`~pipeline.fit.views.ViewsClassifier`."""
+    views = views_used(attrs, config.tta, config.augment)
+    for name in names if views else ():
         estimator, params = built[name]
         built[name] = (
             with_views(name, estimator, views, config.tta, config.augment, config.dask),
             params,
         )
-    return wide
+    return ("features", *(view_dataset(v) for v in views))
 
 
 def _check_search(names: Sequence[str], config: FitConfig) -> None:
@@ -546,13 +591,18 @@ def run_fit(config: FitConfig) -> dict[str, Any]:
     _check_search(names, config)
     out = Path(config.out)
     check_out_dir(out)  # before any training: a bad --out costs nothing
-    path, table = _open_store(config, names)
+    path = _store_path(config)
+    attrs = read_attrs(path)
     # Build every estimator first, so a bad hyperparameter (even of a classifier not run this
     # time, such as a typo in --set) fails before any training.
     built = {name: _build(name, config) for name in CLASSIFIER_NAMES}
     if config.dask and "xgboost" not in names:
         logger.warning("--dask only affects xgboost, which is not among --clf %s", config.clf)
-    data = _load_data(_use_views(table, path, built, names, config), path, config)
+    datasets = _use_views(attrs, built, names, config)
+    _check_memory(path, built, names, datasets, config)  # before reading: say what to do
+    table = read_store(path, with_features=False)  # row columns only; features in blocks
+    data = _load_data(table, path, datasets, config)
+    _check_data_finite(path, table, data)
     _log_plan(path, data, names, config)
     outcomes = {name: _run_one(name, built[name], data, config) for name in names}
     _compare(outcomes, data, config)

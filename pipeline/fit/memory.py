@@ -1,39 +1,107 @@
 """Will ``fit`` fit in memory? A check from the store's attributes, before any row is read.
 
-``fit`` reads the whole feature matrix (N x D float32) into memory and copies parts of it
-(the labelled rows, the train/test split, a classifier's own float64 or scaled copy), so its
-peak grows with N x D. The multiples below were measured with ``benchmarks/scale.py`` on 100k x
-1280 stores (docs/benchmarks.md, "Scale"): reading and splitting peaked at 1.71 GiB for a
-0.49 GiB matrix, ``fit --clf logreg`` at 2.74 GiB. Classifiers not measured there get the
-reading multiple, so for them the estimate is a lower bound; the check only refuses runs that
-cannot fit even so.
+``fit`` reads the store's rows in blocks (:mod:`pipeline.rows`) and hands each classifier the
+rows the way it can take them (:func:`pipeline.fit.streaming.fit_plan`). Its phases run one
+after another, so its peak is
+
+    base + the largest phase (each classifier's fit, the audit) + models kept (knn's rows)
+
+where, with M the bytes of the N x W float32 matrix (W: the embedding, times 1 + the views in
+use; N: every row of the store, an upper bound of the training rows):
+
+- reading costs a few blocks of working memory (a block, its covering read from the store,
+  the fancy-indexed and the transformed copies: about 4.5 blocks of W): blocks of
+  :data:`~pipeline.store.READ_BLOCK_ROWS` (8192) where fit reads rows into a matrix, of the
+  estimator's own size (up to :data:`~pipeline.rows.BLOCK_ROWS`, 32768) where it streams;
+- a classifier that streams (``"stream"``: its final step reads row sources) holds no matrix:
+  it reads blocks while it trains, so its peak is the blocks plus its own state (the nn head:
+  its torch runtime and weights, 0.4 GiB; xgboost: its binned copy and training state, 0.5 M);
+- ``"scaled"`` (``logreg``, ``svc``): the blocks, then one float32 matrix of the scaled rows, M,
+  which the classifier trains on (logreg: in place);
+- ``"matrix"`` (``knn``, ``svc_approx``, views, ``--search``; ``xgboost`` without streaming):
+  the blocks while the rows fill one matrix, then the classifier's copies of it;
+- the data-quality audit: the labelled rows' plain embeddings in one matrix, plus its probe's
+  and nearest-neighbour index's copies (``--no-audit`` skips it);
+- ``knn`` keeps its normalised training rows after fitting (added to everything after it).
+
+Measured with ``benchmarks/scale.py`` and :mod:`tracemalloc` on a 101k x 1280 store, streaming
+``nn`` and ``xgboost`` with their branches merged (docs/benchmarks.md, "fit reading the store
+in blocks"): the estimates were within 10 % of the measured peaks. A classifier not measured
+there gets its plan's default, a lower bound (the check only refuses runs that cannot fit even
+so).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping
 from pathlib import Path
 
+from .. import rows
 from ..exceptions import StoreError
-from ..store import read_attrs
+from ..store import read_attrs, read_block_rows
 
-__all__ = ["available_bytes", "check_fit_memory", "estimate_fit_bytes"]
+__all__ = ["available_bytes", "check_fit_memory", "estimate_fit_bytes", "fit_memory_parts"]
 
 _GIB = 1 << 30
-# Resident memory before any row is read (interpreter, numpy, sklearn, h5py): an assumed
-# 0.25 GiB, the order of what a warm extract re-run peaks at (0.22 GiB).
-_BASE_BYTES = _GIB // 4
-# Peak bytes per byte of the N x D float32 matrix (see the module docstring).
-_READ_MULTIPLE = 3.0
-_MULTIPLES = {"logreg": 5.2}
+# Resident memory besides the rows (interpreter, numpy, scikit-learn, torch, h5py): the peak
+# RSS of fit on 101k rows less the peak of its numpy arrays (tracemalloc) was 0.52 GiB.
+_BASE_BYTES = _GIB // 2
+# Working memory of reading, in blocks of the matrix's width (tracemalloc: 4.0 to 4.3).
+_READ_BLOCKS = 4.5
+# A classifier's own peak while it fits, per byte of M, by plan; (plan, name) overrides.
+_PLAN_MULTIPLE = {"stream": 0.0, "scaled": 1.0, "matrix": 2.0}
+_OWN = {("stream", "xgboost"): 0.5, ("matrix", "xgboost"): 2.65}
+# What a streaming classifier holds besides its blocks whatever the rows (the nn head's torch
+# runtime: peak RSS at 101k rows, 1.58 GiB, less base and reading). xgboost's 0.5 M: 1.44 GiB
+# at 101k rows here, 1.59 GiB at 160k x 1280 (xgbstream branch, benchmarks/xgboost_rows.py).
+_STREAM_FIXED = {"nn": 0.4 * _GIB}
+# The audit's peak per byte of the labelled rows' plain embeddings (N x D float32): its label
+# check peaked at 1.78x, its duplicate check at 1.88x (tracemalloc, 101k rows).
+_AUDIT_MULTIPLE = 2.0
+# Kept after fitting, per byte of M, for the rest of the run.
+_RETAINED = {"knn": 1.0}
 
 
-def estimate_fit_bytes(n_rows: int, dim: int, names: Sequence[str]) -> int:
-    """Peak resident bytes ``fit --clf names`` needs for an ``n_rows`` x ``dim`` store."""
-    matrix = n_rows * dim * 4
-    multiple = max((_MULTIPLES.get(name, _READ_MULTIPLE) for name in names), default=0.0)
-    return int(_BASE_BYTES + matrix * max(multiple, _READ_MULTIPLE))
+def _read_bytes(n_rows: int, width: int, block_rows: int) -> int:
+    """Working memory of reading ``width``-wide blocks of ``block_rows`` (at most ``n_rows``)."""
+    return int(_READ_BLOCKS * min(n_rows, block_rows) * width * 4)
+
+
+def fit_memory_parts(
+    n_rows: int, dim: int, plans: Mapping[str, str], *, n_views: int = 0, audit: bool = True
+) -> dict[str, int]:
+    """Estimated peak bytes of each part of ``fit`` on an ``n_rows`` x ``dim`` store using
+    ``n_views`` views: ``base``, one per classifier of ``plans`` (name ->
+    :func:`~pipeline.fit.streaming.fit_plan`; reading and fitting), ``audit`` and
+    ``retained`` (models that keep rows)."""
+    width = dim * (1 + n_views)
+    matrix = n_rows * width * 4
+    parts = {"base": _BASE_BYTES}
+    fill = _read_bytes(n_rows, width, read_block_rows())  # fit's own reads into a matrix
+    stream = _read_bytes(n_rows, width, rows.BLOCK_ROWS)  # a streaming estimator's blocks
+    for name, plan in plans.items():
+        own = matrix * _OWN.get((plan, name), _PLAN_MULTIPLE[plan])
+        if plan == "stream":  # reads blocks while it trains
+            parts[name] = int(stream + own + _STREAM_FIXED.get(name, 0))
+        else:  # the blocks while the matrix fills, then the classifier's copies
+            parts[name] = int(max(fill + matrix, own))
+    if audit:
+        plain = n_rows * dim * 4
+        fill = _read_bytes(n_rows, dim, read_block_rows())
+        parts["audit"] = int(max(fill + plain, plain * _AUDIT_MULTIPLE))
+    parts["retained"] = int(sum(matrix * _RETAINED.get(name, 0.0) for name in plans))
+    return parts
+
+
+def estimate_fit_bytes(
+    n_rows: int, dim: int, plans: Mapping[str, str], *, n_views: int = 0, audit: bool = True
+) -> int:
+    """Peak resident bytes of ``fit``: base + retained models + the largest part (the
+    classifiers and the audit run one after another)."""
+    parts = fit_memory_parts(n_rows, dim, plans, n_views=n_views, audit=audit)
+    fixed = parts.pop("base") + parts.pop("retained")
+    return fixed + max(parts.values(), default=0)
 
 
 def available_bytes() -> int | None:
@@ -51,20 +119,50 @@ def available_bytes() -> int | None:
         return None
 
 
-def check_fit_memory(path: Path, names: Sequence[str]) -> None:
-    """Refuse, with what to do, a fit whose estimated peak exceeds the available memory."""
+def _advice(parts: Mapping[str, int], plans: Mapping[str, str], streaming: list[str]) -> str:
+    """What to do, starting with the part that needs the most."""
+    own = {k: v for k, v in parts.items() if k not in ("base", "retained")}
+    largest = max(own, key=own.__getitem__) if own else None
+    tips = []
+    if largest == "audit":
+        tips.append("pass --no-audit (the data-quality audit holds the labelled rows in memory)")
+    elif largest is not None and plans.get(largest) != "stream":
+        better = [n for n in streaming if n != largest]
+        tips.append(
+            f"{largest} holds its training rows in memory: fit fewer classifiers at once"
+            + (
+                f", or use --clf {'/'.join(better)}, which read the store in blocks"
+                if better
+                else ""
+            )
+        )
+    tips.append("free memory or use a machine with more, or extract a subset of the images "
+                "into another --out")  # fmt: skip
+    return "; ".join(tips)
+
+
+def check_fit_memory(
+    path: Path,
+    plans: Mapping[str, str],
+    *,
+    n_views: int = 0,
+    audit: bool = True,
+    streaming: list[str] | None = None,
+) -> None:
+    """Refuse, with what to do, a fit whose estimated peak exceeds the available memory.
+
+    ``plans``: each classifier to fit -> its :func:`~pipeline.fit.streaming.fit_plan`;
+    ``streaming``: the classifiers that would stream (named in the advice)."""
     attrs = read_attrs(path)
     n_rows, dim = int(attrs.get("n_rows", 0)), int(attrs.get("feature_dim", 0))
-    # The store is read with every view (``/views/<name>/features``): each one more matrix.
-    width = dim * (1 + len(attrs.get("views") or []))
-    needed, free = estimate_fit_bytes(n_rows, width, names), available_bytes()
+    parts = fit_memory_parts(n_rows, dim, plans, n_views=n_views, audit=audit)
+    needed = estimate_fit_bytes(n_rows, dim, plans, n_views=n_views, audit=audit)
+    free = available_bytes()
     if free is None or needed <= free:
         return
     raise StoreError(
-        f"{path}: fitting {', '.join(names)} on {n_rows} rows x {width} features (views "
-        f"included) needs about "
-        f"{needed / _GIB:.1f} GiB of memory, {free / _GIB:.1f} GiB is available; free memory "
-        "or use a machine with more, fit fewer classifiers at once, or extract a subset of "
-        "the images into another --out",
+        f"{path}: fitting {', '.join(plans)} on {n_rows} rows x {dim * (1 + n_views)} features "
+        f"(views included) needs about {needed / _GIB:.1f} GiB of memory, "
+        f"{free / _GIB:.1f} GiB is available; " + _advice(parts, plans, streaming or []),
         param="features",
     )

@@ -20,6 +20,8 @@ import numpy as np
 
 from .. import __version__
 from .._io import atomic_path
+from ..rows import StoreRows, materialize
+from ..store import read_block_rows, reading_store
 from .data_quality import audit_table, leakage_warning
 from .decision_chart import write_decision_png
 from .html_report import _confusion_chart, compact_result, write_html_report
@@ -72,12 +74,32 @@ def _save_models(out: Path, report: dict[str, Any], outcomes: Sequence[Any]) -> 
         )
 
 
+def _labelled(table: FeatureTable, split: np.ndarray, store: Path) -> FeatureTable:
+    """The labelled rows of ``table`` with ``split`` and their plain embeddings, read from
+    ``store`` into one float32 matrix: the audit's memory (labelled rows x dims x 4 bytes, plus
+    its probes' copies), the one part of ``fit`` that holds the rows whatever the classifier.
+    Issue rows are mapped back to store rows by :func:`audit_table`'s caller."""
+    labelled = np.flatnonzero(table.labels >= 0)
+    with reading_store(store):
+        features = materialize(StoreRows(store, labelled), read_block_rows())
+    return dataclasses.replace(
+        table,
+        features=features,
+        labels=table.labels[labelled],
+        paths=table.paths[labelled],
+        split=split[labelled],
+        keys=table.keys[labelled],
+        views={},
+    )
+
+
 def _audit(
-    table: FeatureTable, data: Any, config: FitConfig
+    table: FeatureTable, data: Any, config: FitConfig, store: Path
 ) -> tuple[pd.DataFrame | None, pd.DataFrame | None, dict[str, str], list[str]]:
     """Label issues and duplicates across *this run's* split: ``(issues, duplicates,
     unreadable, notes)``. Holdout: the drawn test rows against the train rows; --cv: every row
-    is tested once, so there is no split to leak across and duplicates are not checked."""
+    is tested once, so there is no split to leak across and duplicates are not checked.
+    Only the labelled rows are audited (all that fit reads); ``issues["row"]`` is a store row."""
     if not config.audit:
         return None, None, {}, ["data-quality audit skipped (--no-audit)"]
     split = np.full(len(table.labels), "", dtype=object)
@@ -91,8 +113,9 @@ def _audit(
         split[data.train_rows] = "train"
         split[data.eval_rows] = "test"
     started = time.perf_counter()
-    audited = dataclasses.replace(table, split=split)
-    issues, duplicates, unreadable = audit_table(audited, seed=config.seed)
+    issues, duplicates, unreadable = audit_table(_labelled(table, split, store), seed=config.seed)
+    if len(issues):
+        issues["row"] = np.flatnonzero(table.labels >= 0)[issues["row"].to_numpy(dtype=int)]
     logger.info(
         "audit: %d likely label issue(s), %d duplicate(s) in %.1f s (--no-audit skips it)",
         len(issues),
@@ -107,7 +130,7 @@ def _write_html(
 ) -> None:
     import pandas as pd
 
-    issues, duplicates, unreadable, notes = _audit(table, data, config)
+    issues, duplicates, unreadable, notes = _audit(table, data, config, Path(report["features"]))
     report["notes"] += notes
     leak = leakage_warning(duplicates) if duplicates is not None else None
     if leak:  # the CLI prints report["warnings"]
