@@ -33,7 +33,8 @@ def test_estimate_grows_with_rows_and_the_hungriest_part():
     assert memory.estimate_fit_bytes(1_000_000, 1280, both, audit=False) == logreg
     # the audit holds the labelled rows' plain view only; --no-audit drops it
     parts = memory.fit_memory_parts(1_000_000, 1280, {"nn": "stream"}, n_views=1)
-    assert parts["audit"] == pytest.approx(matrix * memory._AUDIT_MULTIPLE, rel=1e-6)
+    audit = matrix * memory._AUDIT_MULTIPLE + memory._AUDIT_FIXED
+    assert parts["audit"] == pytest.approx(audit, rel=1e-6)
     assert "audit" not in memory.fit_memory_parts(1000, 16, {"nn": "stream"}, audit=False)
     # views widen the classifiers' matrices; knn's model keeps its rows for the rest of the run
     one = memory.fit_memory_parts(10**6, 16, {"svc": "matrix"})["svc"]

@@ -15,7 +15,8 @@ use; N: every row of the store, an upper bound of the training rows):
   estimator's own size (up to :data:`~pipeline.rows.BLOCK_ROWS`, 32768) where it streams;
 - a classifier that streams (``"stream"``: its final step reads row sources) holds no matrix:
   it reads blocks while it trains, so its peak is the blocks plus its own state (the nn head:
-  its torch runtime and weights, 0.4 GiB; xgboost: its binned copy and training state, 0.5 M);
+  its torch runtime and weights, 0.25 GiB; xgboost: its binned copy and training state,
+  0.95 M);
 - ``"scaled"`` (``logreg``, ``svc``): the blocks, then one float32 matrix of the scaled rows, M,
   which the classifier trains on (logreg: in place);
 - ``"matrix"`` (``knn``, ``svc_approx``, views, ``--search``; ``xgboost`` without streaming):
@@ -51,14 +52,21 @@ _BASE_BYTES = _GIB // 2
 _READ_BLOCKS = 4.5
 # A classifier's own peak while it fits, per byte of M, by plan; (plan, name) overrides.
 _PLAN_MULTIPLE = {"stream": 0.0, "scaled": 1.0, "matrix": 2.0}
-_OWN = {("stream", "xgboost"): 0.5, ("matrix", "xgboost"): 2.65}
-# What a streaming classifier holds besides its blocks whatever the rows (the nn head's torch
-# runtime: peak RSS at 101k rows, 1.58 GiB, less base and reading). xgboost's 0.5 M: 1.44 GiB
-# at 101k rows here, 1.59 GiB at 160k x 1280 (xgbstream branch, benchmarks/xgboost_rows.py).
-_STREAM_FIXED = {"nn": 0.4 * _GIB}
+# Measured at 101k x 1280 (peak RSS less base): xgboost read whole 2.65 M; the nn head given its
+# scaled matrix (without streaming) copies its training and validation rows: 2 M.
+_OWN = {("stream", "xgboost"): 0.95, ("matrix", "xgboost"): 2.65, ("scaled", "nn"): 2.0}
+# A streaming classifier's own blocks (rows; default rows.BLOCK_ROWS) and what it holds
+# besides them whatever the rows (the nn head's torch runtime). Peak RSS less base and reading:
+# nn 1.46 GiB at 101k rows; xgboost (binned copy, training state: 0.95 M) 1.12 GiB at 101k
+# rows, 1.59 GiB at 200k x 1280 (xgbstream branch, benchmarks/xgboost_rows.py).
+_STREAM_BLOCK_ROWS = {"xgboost": 8192}
+_STREAM_FIXED = {"nn": _GIB // 4}
 # The audit's peak per byte of the labelled rows' plain embeddings (N x D float32): its label
-# check peaked at 1.78x, its duplicate check at 1.88x (tracemalloc, 101k rows).
-_AUDIT_MULTIPLE = 2.0
+# check peaked at 1.78x, its duplicate check at 1.88x (tracemalloc, 101k rows), 2.1x in RSS
+# above its imports; plus what a fit run holds by then besides the base (the report's
+# libraries and tables): fit --clf logreg peaked at 1.81 GiB at 101k rows.
+_AUDIT_MULTIPLE = 2.1
+_AUDIT_FIXED = 0.3 * _GIB
 # Kept after fitting, per byte of M, for the rest of the run.
 _RETAINED = {"knn": 1.0}
 
@@ -79,17 +87,18 @@ def fit_memory_parts(
     matrix = n_rows * width * 4
     parts = {"base": _BASE_BYTES}
     fill = _read_bytes(n_rows, width, read_block_rows())  # fit's own reads into a matrix
-    stream = _read_bytes(n_rows, width, rows.BLOCK_ROWS)  # a streaming estimator's blocks
     for name, plan in plans.items():
         own = matrix * _OWN.get((plan, name), _PLAN_MULTIPLE[plan])
-        if plan == "stream":  # reads blocks while it trains
+        if plan == "stream":  # reads its own blocks while it trains
+            block_rows = _STREAM_BLOCK_ROWS.get(name, rows.BLOCK_ROWS)
+            stream = _read_bytes(n_rows, width, block_rows)
             parts[name] = int(stream + own + _STREAM_FIXED.get(name, 0))
         else:  # the blocks while the matrix fills, then the classifier's copies
             parts[name] = int(max(fill + matrix, own))
     if audit:
         plain = n_rows * dim * 4
         fill = _read_bytes(n_rows, dim, read_block_rows())
-        parts["audit"] = int(max(fill + plain, plain * _AUDIT_MULTIPLE))
+        parts["audit"] = int(_AUDIT_FIXED + max(fill + plain, plain * _AUDIT_MULTIPLE))
     parts["retained"] = int(sum(matrix * _RETAINED.get(name, 0.0) for name in plans))
     return parts
 
