@@ -277,3 +277,27 @@ def test_dask_xgboost_gets_the_store_rows_not_a_matrix(tmp_path, monkeypatch):
     report_rows = load_probabilities(out / "predictions.npz")["row"]
     assert len(X) + len(report_rows) == 90 and X.datasets == ("features",)
     assert np.all(np.diff(X.rows) > 0) and not set(X.rows) & set(report_rows)
+
+
+def test_the_audit_of_a_store_beyond_its_row_limit_is_skipped_and_said(
+    tmp_path, monkeypatch, caplog
+):
+    """Beyond AUDIT_MAX_ROWS labelled rows the audit (quadratic duplicate search) does not run;
+    the run says so in the log and in report.json's notes, and writes no audit table."""
+    import json
+    import logging
+
+    from pipeline.fit import run_outputs
+
+    path = write_store(tmp_path / "s.h5", n_per_class=20, dim=8)
+    out = tmp_path / "out"
+    monkeypatch.setattr(run_outputs, "AUDIT_MAX_ROWS", 59)
+    with caplog.at_level(logging.WARNING):
+        assert fit_main(["--features", str(path), "--clf", "logreg", "--out", str(out), "-q"]) == 0
+    notes = json.loads((out / "report.json").read_text())["notes"]
+    assert any("audit skipped: 60 labelled rows are more than 59" in n for n in notes), notes
+    assert "audit skipped" in caplog.text
+    assert not (out / "label_issues.csv").exists()
+    monkeypatch.setattr(run_outputs, "AUDIT_MAX_ROWS", 60)  # at the limit it runs
+    assert fit_main(["--features", str(path), "--clf", "logreg", "--out", str(out), "-q"]) == 0
+    assert (out / "label_issues.csv").exists()

@@ -57,6 +57,11 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+#: Beyond this many labelled rows ``fit`` skips the audit, with a warning and a report note:
+#: the near-duplicate search compares every test row with every train row (194-330 s at 101k
+#: rows on this project's 2-core machine, docs/benchmarks.md; hours at 1M).
+AUDIT_MAX_ROWS = 150_000
+
 #: Cosine similarity of *centred* embeddings (the mean train embedding subtracted) at or above
 #: which a test/val row counts as a near duplicate of a train row. Chosen on MobileNetV2
 #: (IMAGENET1K_V1) embeddings of cifar10-mini, where the most similar distinct test/train pair

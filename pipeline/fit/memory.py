@@ -41,6 +41,7 @@ from pathlib import Path
 from .. import rows
 from ..exceptions import StoreError
 from ..store import read_attrs, read_block_rows
+from .data_quality import AUDIT_MAX_ROWS
 
 __all__ = ["available_bytes", "check_fit_memory", "estimate_fit_bytes", "fit_memory_parts"]
 
@@ -164,6 +165,8 @@ def check_fit_memory(
     ``streaming``: the classifiers that would stream (named in the advice)."""
     attrs = read_attrs(path)
     n_rows, dim = int(attrs.get("n_rows", 0)), int(attrs.get("feature_dim", 0))
+    # fit skips the audit beyond AUDIT_MAX_ROWS labelled rows (n_rows bounds them from above)
+    audit = audit and n_rows <= AUDIT_MAX_ROWS
     parts = fit_memory_parts(n_rows, dim, plans, n_views=n_views, audit=audit)
     needed = estimate_fit_bytes(n_rows, dim, plans, n_views=n_views, audit=audit)
     free = available_bytes()

@@ -22,7 +22,7 @@ from .. import __version__
 from .._io import atomic_path
 from ..rows import StoreRows, materialize
 from ..store import read_block_rows, reading_store
-from .data_quality import audit_table, leakage_warning
+from .data_quality import AUDIT_MAX_ROWS, audit_table, leakage_warning
 from .decision_chart import write_decision_png
 from .html_report import _confusion_chart, compact_result, write_html_report
 from .model_file import MODEL_FORMAT_VERSION, save_model
@@ -102,6 +102,15 @@ def _audit(
     Only the labelled rows are audited (all that fit reads); ``issues["row"]`` is a store row."""
     if not config.audit:
         return None, None, {}, ["data-quality audit skipped (--no-audit)"]
+    n_labelled = int((table.labels >= 0).sum())
+    if n_labelled > AUDIT_MAX_ROWS:
+        note = (
+            f"data-quality audit skipped: {n_labelled} labelled rows are more than "
+            f"{AUDIT_MAX_ROWS} (its duplicate search grows with test x train rows); audit a "
+            "subset: extract a sample of the images into another --out and fit that"
+        )
+        logger.warning("%s", note)
+        return None, None, {}, [note]
     split = np.full(len(table.labels), "", dtype=object)
     notes = []
     if config.cv:
