@@ -79,3 +79,25 @@ def test_consecutive_rows_read_straight_into_the_block(store):
     source = StoreRows(path, np.arange(100, 400))
     np.testing.assert_array_equal(source.read(10, 200), features[110:300])
     np.testing.assert_array_equal(materialize(source, 64), features[100:400])
+
+
+def test_a_store_replaced_while_being_read_is_an_error_not_other_rows(store):
+    """An extract that replaces the store mid-fit (rows renumbered) must not feed the reader
+    other images' rows: every read checks the file is the one the source was made from."""
+    from pipeline.exceptions import StoreError
+
+    path, features, _ = store
+    source = StoreRows(path, np.arange(10))
+    np.testing.assert_array_equal(source.read(0, 10), features[:10])
+    replacement = path.with_name("new.h5")
+    with h5py.File(replacement, "w") as fh:
+        fh.create_dataset("features", data=features[::-1])
+    replacement.replace(path)
+    for read in (
+        lambda s: s.read(0, 10),
+        lambda s: s.take([3, 1]),
+        lambda s: s.subset([0]).take([0]),
+    ):
+        with pytest.raises(StoreError, match="the store changed while it was being read"):
+            read(source)
+    np.testing.assert_array_equal(StoreRows(path, [0]).take([0]), features[-1:])  # a new source
