@@ -97,7 +97,7 @@ def _make_runner(plan: ExtractionPlan, verified: Any) -> Any:
     """The verified ONNX graph when there is one, else the runner make_runner chooses (and
     records, so that the next run of this request can skip torch)."""
 
-    threads = inference_threads(plan.workers)
+    threads = inference_threads()
     if verified is not None:
         try:
             runner = verified.runner(threads)
