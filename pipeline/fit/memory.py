@@ -43,6 +43,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from .. import rows
 from ..exceptions import StoreError
@@ -55,6 +56,7 @@ __all__ = [
     "estimate_fit_bytes",
     "fit_memory_parts",
     "held_out_share",
+    "peak_bytes",
 ]
 
 _GIB = 1 << 30
@@ -144,20 +146,16 @@ def fit_memory_parts(
     return parts
 
 
-def estimate_fit_bytes(
-    n_rows: int,
-    dim: int,
-    plans: Mapping[str, str],
-    *,
-    n_views: int = 0,
-    audit: bool = True,
-    held_out: Mapping[str, float] | None = None,
-) -> int:
-    """Peak resident bytes of ``fit``: base + row columns + retained models + the largest
-    part (the classifiers and the audit run one after another)."""
-    parts = fit_memory_parts(n_rows, dim, plans, n_views=n_views, audit=audit, held_out=held_out)
-    fixed = sum(parts.pop(name) for name in _THROUGHOUT)
-    return fixed + max(parts.values(), default=0)
+def estimate_fit_bytes(n_rows: int, dim: int, plans: Mapping[str, str], **options: Any) -> int:
+    """Peak resident bytes of ``fit`` (``options``: those of :func:`fit_memory_parts`)."""
+    return peak_bytes(fit_memory_parts(n_rows, dim, plans, **options))
+
+
+def peak_bytes(parts: Mapping[str, int]) -> int:
+    """The peak of :func:`fit_memory_parts`: base + row columns + retained models + the
+    largest of the other parts (the classifiers and the audit run one after another)."""
+    phases = [size for name, size in parts.items() if name not in _THROUGHOUT]
+    return sum(parts[name] for name in _THROUGHOUT) + max(phases, default=0)
 
 
 def available_bytes() -> int | None:
@@ -216,7 +214,7 @@ def check_fit_memory(
     # fit skips the audit beyond AUDIT_MAX_ROWS labelled rows (n_rows bounds them from above)
     audit = audit and n_rows <= AUDIT_MAX_ROWS
     parts = fit_memory_parts(n_rows, dim, plans, n_views=n_views, audit=audit, held_out=held_out)
-    needed = estimate_fit_bytes(n_rows, dim, plans, n_views=n_views, audit=audit, held_out=held_out)
+    needed = peak_bytes(parts)
     free = available_bytes()
     if free is None or needed <= free:
         return
