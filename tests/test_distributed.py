@@ -28,6 +28,7 @@ from pipeline.extract import (
 from pipeline.store import list_parts, parts_dir, read_rows_file, read_store
 
 from ._fit_helpers import write_store
+from ._precision import assert_embeddings_match
 from .conftest import TINY_MODEL, write_images
 
 distributed = pytest.importorskip("distributed")
@@ -88,7 +89,7 @@ def assert_same_store(path: Path, reference: Path) -> None:
     assert got.failed.paths == want.failed.paths and len(got.failed.paths) == 1
     assert got.attrs["fingerprint"] == want.attrs["fingerprint"]
     assert got.attrs["complete"] is True or got.attrs["complete"] == 1
-    np.testing.assert_allclose(got.features, want.features, rtol=1e-4, atol=1e-5)
+    assert_embeddings_match(got.features, want.features, want.attrs["precision"])
     assert not parts_dir(path).exists()
 
 
