@@ -194,6 +194,9 @@ class TorchMLPClassifier(ClassifierMixin, BaseEstimator):
     #: ``fit`` (and ``predict_proba``) take a :class:`~pipeline.rows.RowSource` and read it
     #: one block at a time.
     accepts_row_source = True
+    #: ``predict`` is ``classes_[argmax(predict_proba)]`` (see
+    #: :func:`pipeline.fit.streaming.predicts_argmax_proba`).
+    predict_is_argmax_proba = True
 
     def __init__(
         self,
@@ -651,6 +654,8 @@ class XGBoostClassifier(ClassifierMixin, BaseEstimator):
     """
 
     accepts_row_source = True
+    #: ``predict`` is ``classes_[argmax(predict_proba)]``.
+    predict_is_argmax_proba = True
 
     def __init__(
         self,
