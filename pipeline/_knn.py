@@ -66,6 +66,10 @@ class CosineKNNClassifier(ClassifierMixin, BaseEstimator):
     ['a']
     """
 
+    #: ``predict`` is ``classes_[argmax(predict_proba)]``, whatever ``weights`` (see
+    #: :func:`pipeline.fit.streaming.predicts_argmax_proba`).
+    predict_is_argmax_proba = True
+
     def __init__(
         self,
         n_neighbors: int | None = None,

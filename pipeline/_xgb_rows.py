@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 import xgboost
 
-from .rows import RowSource, iter_blocks, materialize
+from .rows import RowSource, iter_blocks
 
-__all__ = ["BLOCK_ROWS", "RowSourceIter", "quantile_matrix", "take_spread"]
+__all__ = ["BLOCK_ROWS", "RowSourceIter", "quantile_matrix"]
 
 #: Rows per batch handed to XGBoost (40 MiB of 1280 float32 features). Smaller than
 #: :data:`pipeline.rows.BLOCK_ROWS`: building a QuantileDMatrix of 160,000 x 1280 rows from a
@@ -73,12 +73,3 @@ def quantile_matrix(
         raise ValueError(f"{owner}: {len(source)} rows but {len(labels)} labels")
     rows = BLOCK_ROWS if block_rows is None else int(block_rows)
     return xgboost.QuantileDMatrix(RowSourceIter(source, labels, rows, owner), **kwargs)
-
-
-def take_spread(source: RowSource, positions: np.ndarray) -> np.ndarray:
-    """``source.take(positions)`` for sorted ``positions`` spread over the source (a held-out
-    share), read in pieces that each span about :data:`BLOCK_ROWS` source rows: a store reads
-    the range covering a piece's rows, which for one piece of thinly spread rows would be
-    far larger than the rows themselves."""
-    per_piece = max(1, BLOCK_ROWS * len(positions) // max(1, len(source)))
-    return materialize(source.subset(positions), per_piece)

@@ -194,6 +194,9 @@ class TorchMLPClassifier(ClassifierMixin, BaseEstimator):
     #: ``fit`` (and ``predict_proba``) take a :class:`~pipeline.rows.RowSource` and read it
     #: one block at a time.
     accepts_row_source = True
+    #: ``predict`` is ``classes_[argmax(predict_proba)]`` (see
+    #: :func:`pipeline.fit.streaming.predicts_argmax_proba`).
+    predict_is_argmax_proba = True
 
     def __init__(
         self,
@@ -651,6 +654,8 @@ class XGBoostClassifier(ClassifierMixin, BaseEstimator):
     """
 
     accepts_row_source = True
+    #: ``predict`` is ``classes_[argmax(predict_proba)]``.
+    predict_is_argmax_proba = True
 
     def __init__(
         self,
@@ -821,7 +826,7 @@ class XGBoostClassifier(ClassifierMixin, BaseEstimator):
         eval set; other tree methods need the floats: a plain ``DMatrix`` of all rows."""
         import xgboost
 
-        from ._xgb_rows import quantile_matrix, take_spread  # lazy: imports xgboost
+        from ._xgb_rows import quantile_matrix  # lazy: imports xgboost
 
         early = len(val_positions) > 0
         train = source.subset(train_positions) if early else source
@@ -832,14 +837,12 @@ class XGBoostClassifier(ClassifierMixin, BaseEstimator):
             dtrain = quantile_matrix(train, y_train, owner=type(self).__name__, **binned)
             if not early:
                 return dtrain, []
-            X_val = take_spread(source, val_positions)
+            X_val = source.take(val_positions)  # a store reads covering ranges of capped size
             return dtrain, [(xgboost.QuantileDMatrix(X_val, y_val, ref=dtrain, **binned), _VAL)]
         dtrain = xgboost.DMatrix(materialize(train), y_train, **common)
         if not early:
             return dtrain, []
-        return dtrain, [
-            (xgboost.DMatrix(take_spread(source, val_positions), y_val, **common), _VAL)
-        ]
+        return dtrain, [(xgboost.DMatrix(source.take(val_positions), y_val, **common), _VAL)]
 
     def predict_proba(self, X: ArrayLike) -> NDArray[np.float64]:
         """Class probabilities; columns follow ``classes_``."""

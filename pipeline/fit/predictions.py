@@ -14,12 +14,15 @@ import csv
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import ArrayLike
 
 from .._io import atomic_path
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = [
     "CSV_COLUMNS",
@@ -75,8 +78,9 @@ def write_predictions(
     proba: Mapping[str, ArrayLike],
     preds: Mapping[str, Sequence[str]] | None = None,
     rows: ArrayLike | None = None,
-) -> dict[str, Path]:
-    """Write ``<out_dir>/predictions.csv`` and ``<out_dir>/predictions.npz``.
+) -> pd.DataFrame:
+    """Write ``<out_dir>/predictions.csv`` and ``<out_dir>/predictions.npz``; return the CSV's
+    rows.
 
     Parameters
     ----------
@@ -104,8 +108,10 @@ def write_predictions(
 
     Returns
     -------
-    dict
-        ``{"csv": Path, "npz": Path}``.
+    DataFrame
+        The rows of ``predictions.csv`` (columns :data:`CSV_COLUMNS`) with the values the file
+        holds: ``confidence`` as written (6 significant digits), ``correct`` as bool; what
+        reading the file back would give, without reading it (``fit``'s HTML report uses it).
     """
     out_dir = Path(out_dir)
     paths = [str(p) for p in paths]
@@ -127,7 +133,7 @@ def write_predictions(
     clfs = list(proba)
     all_proba, all_pred = _stack_predictions(proba, preds, n, names, index_of)
     csv_path = out_dir / PREDICTIONS_CSV
-    _write_csv(csv_path, clfs, paths, split_col, label_col, names, all_proba, all_pred)
+    confidence = _write_csv(csv_path, clfs, paths, split_col, label_col, names, all_proba, all_pred)
     npz_path = out_dir / PREDICTIONS_NPZ
     row_index = np.full(n, -1, dtype=np.int64) if rows is None else np.asarray(rows, np.int64)
     if row_index.shape != (n,):
@@ -145,7 +151,7 @@ def write_predictions(
             pred=all_pred,
         )
     logger.info("predictions of %d classifier(s) on %d rows written to %s", len(clfs), n, csv_path)
-    return {"csv": csv_path, "npz": npz_path}
+    return _frame(clfs, paths, split_col, label_col, names[all_pred].reshape(-1), confidence)
 
 
 def _stack_predictions(
@@ -187,15 +193,18 @@ def _write_csv(
     names: np.ndarray,
     all_proba: np.ndarray,
     all_pred: np.ndarray,
-) -> None:
-    """Write ``predictions.csv`` atomically: one row per evaluated image per classifier."""
+) -> np.ndarray:
+    """Write ``predictions.csv`` atomically: one row per evaluated image per classifier; return
+    the ``confidence`` column as written (the text parsed back, float64)."""
     n = len(paths)
+    written = []
     with atomic_path(csv_path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         writer.writerow(CSV_COLUMNS)
         for c, clf in enumerate(clfs):
             pred_codes = all_pred[c]
-            confidence = all_proba[c][np.arange(n), pred_codes]
+            confidence = [f"{v:.6g}" for v in all_proba[c][np.arange(n), pred_codes].tolist()]
+            written.append(np.asarray(confidence, dtype=np.float64))
             pred_names = names[pred_codes]
             correct = pred_names == label_col
             writer.writerows(
@@ -205,11 +214,39 @@ def _write_csv(
                     label_col.tolist(),
                     [clf] * n,
                     pred_names.tolist(),
-                    [f"{v:.6g}" for v in confidence.tolist()],
+                    confidence,
                     correct.astype(int).tolist(),
                     strict=True,
                 )
             )
+    return np.concatenate(written)
+
+
+def _frame(
+    clfs: list[str],
+    paths: list[str],
+    split_col: list[str],
+    label_col: np.ndarray,
+    pred_col: np.ndarray,
+    confidence: np.ndarray,
+) -> pd.DataFrame:
+    """``predictions.csv``'s rows (classifier after classifier) as a DataFrame: text columns
+    of pandas' ``str`` dtype, ``confidence`` float64, ``correct`` bool."""
+    import pandas as pd
+
+    k = len(clfs)
+    label = np.tile(label_col.astype(object), k)
+    text = {
+        "path": np.tile(np.asarray(paths, dtype=object), k),
+        "split": np.tile(np.asarray(split_col, dtype=object), k),
+        "label": label,
+        "clf": np.repeat(np.asarray(clfs, dtype=object), len(paths)),
+        "pred": pred_col.astype(object),
+    }
+    frame = pd.DataFrame({name: pd.Series(column, dtype=str) for name, column in text.items()})
+    frame["confidence"] = confidence
+    frame["correct"] = pred_col == label
+    return frame
 
 
 def read_predictions(path: str | Path) -> list[dict[str, str]]:

@@ -26,7 +26,7 @@ from .data_quality import AUDIT_MAX_ROWS, audit_table, leakage_warning
 from .decision_chart import write_decision_png
 from .html_report import _confusion_chart, compact_result, write_html_report
 from .model_file import MODEL_FORMAT_VERSION, save_model
-from .predictions import PREDICTIONS_CSV, write_predictions
+from .predictions import write_predictions
 from .report import write_report_json, write_report_md
 from .views import saved_estimator, saved_views
 
@@ -135,10 +135,14 @@ def _audit(
 
 
 def _write_html(
-    out: Path, report: dict[str, Any], table: FeatureTable, data: Any, config: FitConfig
+    out: Path,
+    report: dict[str, Any],
+    table: FeatureTable,
+    data: Any,
+    config: FitConfig,
+    predictions: pd.DataFrame,
 ) -> None:
-    import pandas as pd
-
+    """``report.html`` from the run's predictions (the rows of ``predictions.csv``)."""
     issues, duplicates, unreadable, notes = _audit(table, data, config, Path(report["features"]))
     report["notes"] += notes
     leak = leakage_warning(duplicates) if duplicates is not None else None
@@ -147,8 +151,6 @@ def _write_html(
         report["warnings"].append(leak.removeprefix("warning: "))
     failed = dict(zip(table.failed.paths, table.failed.errors, strict=True))
     failed.update(unreadable)
-    predictions = pd.read_csv(out / PREDICTIONS_CSV, dtype={"path": str, "label": str, "pred": str})
-    predictions["correct"] = predictions["correct"].astype(bool)
     write_html_report(
         out,
         report=report,
@@ -174,7 +176,7 @@ def write_outputs(
     """
     labels = report["class_names"]
     _save_models(out, report, outcomes)
-    write_predictions(
+    predictions = write_predictions(
         out,
         paths=table.paths[data.eval_rows].tolist(),
         split=data.eval_split,
@@ -189,7 +191,7 @@ def write_outputs(
         title = f"{r['clf']} ({data.evaluation}, row-normalised)"
         write_confusion_png(out / r["confusion_png"], r["confusion_matrix"], labels, title)
     write_decision_png(out / "comparison.png", report["results"])
-    _write_html(out, report, table, data, config)
+    _write_html(out, report, table, data, config, predictions)
     compact = {
         **report,
         "results": [

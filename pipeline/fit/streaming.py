@@ -18,7 +18,9 @@ up front. :func:`fit_rows` trains each estimator the cheapest way it allows (:fu
 
 Whatever the plan, the result is ``estimator`` fitted in place: an ordinary fitted
 ``Pipeline``, saved and used by ``pipeline.predict`` as before. :func:`predict_rows` predicts
-block by block. Plain arrays work everywhere (they are read as row sources of themselves).
+block by block, in one pass where the labels are the probabilities' arg-max
+(:func:`predicts_argmax_proba`). Plain arrays work everywhere (they are read as row sources
+of themselves).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import numpy as np
 from .. import rows
 from ..store import read_block_rows
 
-__all__ = ["Plan", "fit_plan", "fit_rows", "predict_rows"]
+__all__ = ["Plan", "fit_plan", "fit_rows", "predict_rows", "predicts_argmax_proba"]
 
 Plan = Literal["stream", "scaled", "matrix"]
 
@@ -98,18 +100,59 @@ def fit_rows(estimator: Any, X: Any, y: Any, block_rows: int | None = None) -> A
     return estimator
 
 
+def predicts_argmax_proba(estimator: Any) -> bool:
+    """Is ``estimator.predict(X)`` exactly ``classes_[argmax(estimator.predict_proba(X))]``,
+    ties going to the first class, whatever ``X``? Then :func:`predict_rows` derives the
+    labels from the probabilities instead of predicting twice.
+
+    True for an estimator whose class declares ``predict_is_argmax_proba = True`` (ours: the
+    ``nn`` head, ``xgboost``, ``knn``, the views wrapper) and for scikit-learn's
+    ``CalibratedClassifierCV`` (``svc``, ``svc_approx``: its ``predict`` is that arg-max),
+    matched by exact type, since a subclass may predict otherwise. False for anything else:
+    ``LogisticRegression`` predicts from its decision function (``> 0`` in the binary case),
+    which differs from the arg-max of the rounded probabilities when the scores nearly tie
+    (a binary score of 1e-20 gives probabilities 0.5 / 0.5, class 0, but predicts class 1)."""
+    if getattr(type(estimator), "predict_is_argmax_proba", False):
+        return True
+    from sklearn.calibration import CalibratedClassifierCV
+
+    return type(estimator) is CalibratedClassifierCV
+
+
+def _prediction_steps(fitted: Any) -> tuple[Any, Any]:
+    """``(transform or None, final estimator)``: a ``Pipeline``'s leading steps as one
+    transform (what its ``predict`` and ``predict_proba`` both apply first) and its last step;
+    anything else is its own final estimator."""
+    parts = _steps(fitted)
+    if parts is None:
+        return None, fitted
+    leading, final = parts
+    return (fitted[:-1].transform if leading else None), final
+
+
 def predict_rows(
     fitted: Any, X: Any, block_rows: int | None = None
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """``(predict, predict_proba)`` of ``fitted`` on the rows of ``X``, computed block by
-    block (``predict_proba`` None when ``fitted`` has none); rows in ``X``'s order."""
+    block (``predict_proba`` None when ``fitted`` has none); rows in ``X``'s order.
+
+    A ``Pipeline``'s leading steps transform each block once for both. The labels are the
+    arg-max of the probabilities when that is exactly what ``predict`` returns
+    (:func:`predicts_argmax_proba`: one pass), else ``predict``'s own."""
     block_rows = block_rows or read_block_rows()
     has_proba = hasattr(fitted, "predict_proba")
+    transform, final = _prediction_steps(fitted)
+    one_pass = has_proba and predicts_argmax_proba(final)
     preds, probas = [], []
     for _, block in rows.iter_blocks(X, block_rows):
-        preds.append(np.asarray(fitted.predict(block)))
+        Xt = block if transform is None else transform(block)
         if has_proba:
-            probas.append(np.asarray(fitted.predict_proba(block), dtype=np.float64))
+            proba = np.asarray(final.predict_proba(Xt))
+            probas.append(proba.astype(np.float64, copy=False))
+        if one_pass:
+            preds.append(np.asarray(final.classes_)[proba.argmax(axis=1)])
+        else:
+            preds.append(np.asarray(final.predict(Xt)))
     if not preds:  # no rows: let the estimator say what an empty prediction is
         empty = np.empty((0, X.shape[1]), dtype=np.float32)
         return np.asarray(fitted.predict(empty)), (

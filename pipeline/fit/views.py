@@ -120,6 +120,9 @@ class ViewsClassifier:
     """
 
     _estimator_type = "classifier"
+    #: ``predict`` is ``classes_[argmax(predict_proba)]`` (see
+    #: :func:`pipeline.fit.streaming.predicts_argmax_proba`).
+    predict_is_argmax_proba = True
 
     def __init__(
         self, estimator: Any, views: Sequence[str] = ("flip",), tta: bool = True,
