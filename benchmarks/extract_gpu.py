@@ -18,9 +18,12 @@ All on the same generated photo-like 500x375 JPEGs (``--distinct`` different ima
   stops. ``--cudnn-benchmark`` adds the same with ``torch.backends.cudnn.benchmark = True``
   (ours leaves it off);
 - decoding: PIL decode + resize + crop in this process on one core (what one decoding worker
-  does per image), and with ``--workers-sweep 1,2,...``, per worker count, decode-only through
-  ours' decoding engine (DataLoader processes, pinned memory on CUDA; nothing sent to the
-  device) beside ours' loop and end to end with ``--workers N`` (one run each).
+  does per image); with ``--workers-sweep 1,2,...``, per worker count, ours' decoding engine
+  alone (DataLoader processes, pinned memory on CUDA, nothing sent to the device; batches of
+  ``--sweep-batch`` so that every worker gets several, timed from the first batch); with
+  ``--ours-sweep``, ours' loop and end to end with ``--workers N`` (one run each, on the first
+  ``--sweep-images`` JPEGs). A DataLoader worker makes whole batches, so ours at batch 256 keeps
+  at most images / 256 workers busy: a short run cannot show what many workers do.
 
 Prints markdown tables ready to paste, headed by the machine (GPU, cores, torch), and writes
 every number to ``--json``. ``--device cpu`` runs the same on a CPU (no ``--gpu-decode``
@@ -142,26 +145,33 @@ class _Load:
         return decode_image(self.paths[i])
 
 
-def decode_only(paths: list[str], model: str, weights: str, device: str, workers: int) -> float:
-    """images/s of ours' decoding engine alone: ``workers`` processes (0: this thread)."""
-    from pipeline._runtime import auto_batch_size
+def decode_only(
+    paths: list[str], model: str, weights: str, device: str, workers: int, batch_size: int
+) -> float:
+    """images/s of ours' decoding engine alone: ``workers`` processes (0: this thread), pinned
+    memory on CUDA. Timed from the first batch on (worker start-up left out), unless there is
+    only one batch."""
     from pipeline.engine.backbones import resolve_backbone
     from pipeline.engine.decoding import iter_batches
 
     pre = resolve_backbone(model, weights).preprocessing
-    cuda = device.startswith("cuda")
-    started, n = time.perf_counter(), 0
-    for batch in iter_batches(
+    batches = iter_batches(
         _Load(paths),
         len(paths),
         pre,
-        batch_size=auto_batch_size(device),
+        batch_size=batch_size,
         workers=workers,
         processes=True,
-        pin_memory=cuda,
-    ):
+        pin_memory=device.startswith("cuda"),
+    )
+    started = time.perf_counter()
+    first = len(next(batches).indices)
+    after_first, n = time.perf_counter(), 0
+    for batch in batches:
         n += len(batch.indices)
-    return n / (time.perf_counter() - started)
+    if n == 0:
+        return first / (after_first - started)
+    return n / (time.perf_counter() - after_first)
 
 
 def parse_args() -> argparse.Namespace:
@@ -180,12 +190,17 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--forward-min-batches", type=int, default=20)
     parser.add_argument("--cudnn-benchmark", action="store_true")
     parser.add_argument("--decode-images", type=int, default=300, help="one-core decode; 0: skip")
-    parser.add_argument("--workers-sweep", default="", help="e.g. 1,2,4,8,15; empty: skip")
-    parser.add_argument("--sweep-images", type=int, default=1500)
+    parser.add_argument(
+        "--workers-sweep", default="", help="decode-only with these workers, e.g. 1,2,4,8,15"
+    )
+    parser.add_argument("--sweep-batch", type=int, default=32, help="batch of that decode-only")
+    parser.add_argument("--ours-sweep", default="", help="ours with these --workers, e.g. 1,4,8")
+    parser.add_argument("--sweep-images", type=int, default=1000, help="images of --ours-sweep")
     parser.add_argument("--json", type=Path, help="write every number here")
     args = parser.parse_args()
     args.size = tuple(int(v) for v in args.size.lower().split("x"))
     args.sweep = [int(w) for w in args.workers_sweep.split(",") if w.strip()]
+    args.ours_sweep = [int(w) for w in args.ours_sweep.split(",") if w.strip()]
     return args
 
 
@@ -198,9 +213,10 @@ def ours_flags(args: argparse.Namespace) -> dict[str, list[str]]:
     return variants
 
 
-def measure_ours(args, data: Path, tmp: Path) -> dict[str, dict[str, list[float]]]:
+def measure_ours(args, data: Path, tmp: Path, runs: dict[str, dict[str, list[float]]]) -> None:
+    """Fill ``runs[variant]["total" | "loop"]``, one repeat at a time."""
     variants = ours_flags(args)
-    runs: dict[str, dict[str, list[float]]] = {k: {"total": [], "loop": []} for k in variants}
+    runs.update({k: {"total": [], "loop": []} for k in variants})
     for r in range(args.repeats):
         for name, flags in variants.items():
             total, loop = run_ours(data, tmp / f"ours-{r}.h5", flags)
@@ -210,26 +226,20 @@ def measure_ours(args, data: Path, tmp: Path) -> dict[str, dict[str, list[float]
             f"{k} {v['total'][-1]:.1f} (loop {v['loop'][-1]:.1f})" for k, v in runs.items()
         )
         print(f"run {r + 1}: {line} images/s", flush=True)
-    return runs
 
 
-def measure_decoding(args, paths: list[str], data_sweep: Path, tmp: Path) -> dict[str, Any]:
-    found: dict[str, Any] = {"one_core": [], "sweep": []}
-    if args.decode_images:
-        subset = paths[: args.decode_images]
-        for _ in range(args.repeats):
-            found["one_core"].append(decode_only(subset, args.model, args.weights, "cpu", 0))
-        print(f"decode-only, one core: {found['one_core']} images/s", flush=True)
-    common = ours_flags(args)["ours"]
-    sweep_paths = paths[: args.sweep_images]
+def measure_decoding(args, paths: list[str], data_sweep: Path, tmp: Path, found: dict) -> None:
+    """Fill ``found``: decode-only per worker count, then ours per worker count."""
+    model, weights = args.model, args.weights
     for w in args.sweep:
-        dec = decode_only(sweep_paths, args.model, args.weights, args.device, w)
+        dec = decode_only(paths, model, weights, args.device, w, args.sweep_batch)
+        found["sweep"].setdefault(w, {})["decode_only"] = dec
+        print(f"decode-only, {w} workers: {dec:.1f} images/s", flush=True)
+    common = ours_flags(args)["ours"]
+    for w in args.ours_sweep:
         total, loop = run_ours(data_sweep, tmp / f"sweep-{w}.h5", [*common, "--workers", str(w)])
-        found["sweep"].append(
-            {"workers": w, "decode_only": dec, "ours_loop": loop, "ours_total": total}
-        )
-        print(f"workers {w}: decode-only {dec:.1f}, ours loop {loop:.1f}, end to end {total:.1f}")
-    return found
+        found["sweep"].setdefault(w, {}).update(ours_loop=loop, ours_total=total)
+        print(f"ours, --workers {w}: loop {loop:.1f}, end to end {total:.1f} images/s", flush=True)
 
 
 def link_subset(paths: list[str], root: Path) -> Path:
@@ -242,12 +252,16 @@ def link_subset(paths: list[str], root: Path) -> Path:
 
 
 def print_tables(args, facts: dict[str, Any]) -> None:
+    if not facts.get("forward_only"):
+        print("no forward-only measurement: no tables")
+        return
     fwd = statistics.median(facts["forward_only"])
     rt = facts["runtime"]
     print(f"\nMachine: {facts['machine']}")
     print(
         f"Model {args.model} (weights {facts['weights']}), {rt['precision']}, batch "
-        f"{rt['batch_size']}, channels-last; {args.images} JPEGs {args.size[0]}x{args.size[1]} "
+        f"{rt['batch_size']}, channels-last, {rt['workers']} decoding workers (ours' default "
+        f"here); {args.images} JPEGs {args.size[0]}x{args.size[1]} "
         f"({min(args.images, args.distinct)} distinct); medians of {args.repeats}.\n"
     )
     print(
@@ -255,6 +269,8 @@ def print_tables(args, facts: dict[str, Any]) -> None:
     )
     print("|---|---|---|---|---|")
     for name, v in facts["ours"].items():
+        if not v["total"]:
+            continue
         t, lp = statistics.median(v["total"]), statistics.median(v["loop"])
         print(f"| {name} | {t:.1f} | {lp:.1f} | {t / fwd:.3f} | {lp / fwd:.3f} |")
     label = f"forward-only ({rt['precision']}, channels-last, batch {rt['batch_size']})"
@@ -269,59 +285,46 @@ def print_tables(args, facts: dict[str, Any]) -> None:
         f"\nRuns (end to end): {runs}; forward-only "
         + " / ".join(f"{x:.1f}" for x in facts["forward_only"])
     )
-    print_decoding(facts, fwd)
+    print_decoding(args, facts, fwd)
 
 
-def print_decoding(facts: dict[str, Any], fwd: float) -> None:
+def print_decoding(args, facts: dict[str, Any], fwd: float) -> None:
     dec = facts["decoding"]
     if not dec["one_core"] and not dec["sweep"]:
         return
     print(
-        "\n| decoding workers | decode-only images/s | per worker | ours: loop images/s | ours: end to end images/s |"
+        f"\n| decoding workers | decode-only images/s (batch {args.sweep_batch}, from the first "
+        f"batch) | per worker | ours: loop images/s ({min(args.images, args.sweep_images)} "
+        "JPEGs) | ours: end to end |"
     )
     print("|---|---|---|---|---|")
     if dec["one_core"]:
         one = statistics.median(dec["one_core"])
         print(f"| 0 (one core, this process) | {one:.1f} | {one:.1f} | | |")
-    for s in dec["sweep"]:
-        w = s["workers"]
-        print(
-            f"| {w} | {s['decode_only']:.1f} | {s['decode_only'] / w:.1f} | "
-            f"{s['ours_loop']:.1f} | {s['ours_total']:.1f} |"
-        )
+    for w, row in sorted(dec["sweep"].items()):
+        d = row.get("decode_only")
+        cells = [f"{d:.1f}", f"{d / w:.1f}"] if d else ["", ""]
+        cells += [f"{row[k]:.1f}" if k in row else "" for k in ("ours_loop", "ours_total")]
+        print(f"| {w} | " + " | ".join(cells) + " |")
     if dec["one_core"]:
         print(
             f"\nOne core decodes {one:.1f} images/s; forward-only runs {fwd:.1f} images/s: "
-            f"feeding it takes about {math.ceil(fwd / one)} cores at that rate "
-            f"(this machine has {machine.cores()})."
+            f"feeding it takes about {math.ceil(fwd / one)} cores at that rate (this machine "
+            f"has {machine.cores()}; ours decodes with {facts['runtime']['workers']} workers "
+            "by default)."
+        )
+    measured = {w: r["decode_only"] for w, r in dec["sweep"].items() if "decode_only" in r}
+    if measured:
+        w, best = max(measured.items(), key=lambda kv: kv[1])
+        verdict = "reaches" if best >= fwd else "stays below"
+        print(
+            f"Decoding alone peaks at {best:.1f} images/s ({w} workers): it {verdict} forward-only."
         )
 
 
-def main() -> None:
-    args = parse_args()
-    print(f"machine: {machine.describe(args.device)}", flush=True)
-    facts: dict[str, Any] = {
-        "machine": machine.describe(args.device),
-        "args": vars(args) | {"json": str(args.json)},
-    }
-    with tempfile.TemporaryDirectory() as tmp_name:
-        tmp = Path(tmp_name)
-        started = time.perf_counter()
-        paths = make_images(tmp / "photos", args.images, args.distinct, args.size)
-        sweep_data = link_subset(paths[: args.sweep_images], tmp / "sweep") if args.sweep else None
-        print(f"{len(paths)} images made in {time.perf_counter() - started:.1f} s", flush=True)
-        facts["decoding"] = measure_decoding(args, paths, sweep_data, tmp)
-        facts["ours"] = measure_ours(args, tmp / "photos", tmp)
-    forward = ForwardOnly(args.model, args.weights, args.device, args.precision, args.batch_size)
-    rt = forward.runtime
-    facts["runtime"] = {
-        "device": str(rt.device),
-        "precision": rt.precision,
-        "batch_size": rt.batch_size,
-    }
-    from pipeline.engine.backbones import resolve_backbone
-
-    facts["weights"] = resolve_backbone(args.model, args.weights).weights or "random init"
+def measure(args, facts: dict[str, Any], forward: ForwardOnly) -> None:
+    """Forward-only first, then ours, then decoding: a run stopped early (Ctrl-C, a time
+    limit's SIGINT) keeps what it measured, most important first."""
     facts["forward_only"] = forward.measure(
         args.repeats, args.forward_seconds, args.forward_min_batches
     )
@@ -330,6 +333,48 @@ def main() -> None:
         facts["forward_only_cudnn_benchmark"] = forward.measure(
             args.repeats, args.forward_seconds, args.forward_min_batches, True
         )
+        print(f"forward-only, cudnn.benchmark: {facts['forward_only_cudnn_benchmark']}")
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        started = time.perf_counter()
+        paths = make_images(tmp / "photos", args.images, args.distinct, args.size)
+        sweep_data = (
+            link_subset(paths[: args.sweep_images], tmp / "sweep") if args.ours_sweep else None
+        )
+        print(f"{len(paths)} images made in {time.perf_counter() - started:.1f} s", flush=True)
+        one_core = facts["decoding"]["one_core"]
+        for _ in range(args.repeats if args.decode_images else 0):
+            subset = paths[: args.decode_images]
+            one_core.append(decode_only(subset, args.model, args.weights, "cpu", 0, 32))
+        print(f"decode-only, one core: {one_core} images/s", flush=True)
+        measure_ours(args, tmp / "photos", tmp, facts["ours"])
+        measure_decoding(args, paths, sweep_data, tmp, facts["decoding"])
+
+
+def main() -> None:
+    args = parse_args()
+    print(f"machine: {machine.describe(args.device)}", flush=True)
+    forward = ForwardOnly(args.model, args.weights, args.device, args.precision, args.batch_size)
+    rt = forward.runtime
+    from pipeline.engine.backbones import resolve_backbone
+
+    facts: dict[str, Any] = {
+        "machine": machine.describe(args.device),
+        "args": vars(args) | {"json": str(args.json)},
+        "runtime": {
+            "device": str(rt.device),
+            "precision": rt.precision,
+            "batch_size": rt.batch_size,
+            "workers": rt.workers,
+        },
+        "weights": resolve_backbone(args.model, args.weights).weights or "random init",
+        "ours": {},
+        "decoding": {"one_core": [], "sweep": {}},
+    }
+    try:
+        measure(args, facts, forward)
+    except KeyboardInterrupt:
+        print("\nINTERRUPTED: the tables hold what was measured before", flush=True)
     print_tables(args, facts)
     if args.json:
         args.json.write_text(json.dumps(facts, indent=1, default=str))

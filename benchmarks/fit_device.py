@@ -74,16 +74,15 @@ def one_fit(name: str, device: str, data: tuple[np.ndarray, ...]) -> dict[str, A
     }
 
 
-def measure(name: str, device: str, args: argparse.Namespace, data: tuple) -> dict[str, Any]:
-    runs: list[dict[str, Any]] = []
-    note = ""
+def measure(name: str, device: str, args: argparse.Namespace, data: tuple, result: dict) -> None:
+    """Fill ``result`` ("runs", "note") one fit at a time."""
+    result.update(runs=[], note="")
     for r in range(args.repeats):
-        runs.append(one_fit(name, device, data))
-        print(f"{name} on {device}, run {r + 1}: {runs[-1]}", flush=True)
-        if runs[-1]["fit_s"] > args.max_seconds and r + 1 < args.repeats:
-            note = f"1 run: the first took > {args.max_seconds:.0f} s"
+        result["runs"].append(one_fit(name, device, data))
+        print(f"{name} on {device}, run {r + 1}: {result['runs'][-1]}", flush=True)
+        if result["runs"][-1]["fit_s"] > args.max_seconds and r + 1 < args.repeats:
+            result["note"] = f"1 run: the first took > {args.max_seconds:.0f} s"
             break
-    return {"runs": runs, "note": note}
 
 
 def available(name: str) -> bool:
@@ -106,6 +105,8 @@ def print_table(args: argparse.Namespace, facts: dict[str, Any]) -> None:
     print("|---|---|---|---|---|---|---|---|")
     for (name, _device), result in facts["results"].items():
         runs = result["runs"]
+        if not runs:
+            continue
         fit_s, predict_s, accuracy = (
             statistics.median(r[key] for r in runs) for key in ("fit_s", "predict_s", "accuracy")
         )
@@ -142,10 +143,15 @@ def main() -> None:
     print(f"machine: {facts['machine']}", flush=True)
     X, y = synthetic(args.rows + args.test_rows, args.dim, 10, args.separation, args.noise, 0)
     data = (X[: args.rows], y[: args.rows], X[args.rows :], y[args.rows :])
-    for name in args.clf.split(","):
-        if available(name):
-            for device in devices:
-                facts["results"][(name, device)] = measure(name, device, args, data)
+    try:
+        for name in args.clf.split(","):
+            if available(name):
+                for device in devices:
+                    measure(
+                        name, device, args, data, facts["results"].setdefault((name, device), {})
+                    )
+    except KeyboardInterrupt:
+        print("\nINTERRUPTED: the table holds what was measured before", flush=True)
     print_table(args, facts)
     if args.json:
         results = {f"{k[0]} {k[1]}": v for k, v in facts["results"].items()}

@@ -30,8 +30,9 @@
 #                                             first; pytest-xdist -n 12, --timeout=60 per test;
 #                                             the tests that need xgboost deselected
 #   extract_mobilenet_v2  ~120 s (limit 140): ours, --gpu-decode, forward-only (+cudnn.benchmark),
-#                                             1,500 JPEGs x 3 repeats; decoding on one core and
-#                                             the sweep over 1,2,4,8,15 workers (1,000 JPEGs)
+#                                             1,500 JPEGs x 3 repeats; decoding on one core,
+#                                             decode-only with 1,2,4,8,15 workers, ours with
+#                                             --workers 1,2,4,8 (1,000 JPEGs)
 #   extract_convnext_base  ~85 s (limit 100): the same, convnext_base with random weights, no sweep
 #   precision              ~55 s (limit  90): fp32 / bf16 / fp16 on generated cifar10-mini-like
 #                          +55 s              data; then on .devcarry/cifar10-mini if carried
@@ -52,8 +53,8 @@ prepare() {
     # wheels (versions from constraints.txt) and cifar10-mini when ../shared has it.
     git check-ignore -q .devcarry || { echo "add /.devcarry/ to .git/info/exclude" >&2; exit 2; }
     mkdir -p .devcarry/torch/hub/checkpoints .devcarry/whl
-    cp -n ~/.cache/torch/hub/checkpoints/mobilenet_v2-b0353104.pth \
-        .devcarry/torch/hub/checkpoints/ || exit 2
+    local ckpt=.devcarry/torch/hub/checkpoints/mobilenet_v2-b0353104.pth
+    [ -f "$ckpt" ] || cp ~/.cache/torch/hub/checkpoints/mobilenet_v2-b0353104.pth "$ckpt" || exit 2
     local pins=() p
     for p in $WHEELS; do pins+=("$(grep -i "^$p==" constraints.txt)"); done
     "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
@@ -169,8 +170,8 @@ extract() {  # extract MODEL WEIGHTS [more flags]
 }
 
 extract_mobilenet_v2() {
-    local sweep=(--workers-sweep 1,2,4,8,15 --sweep-images 1000)
-    [ "$TINY" = 1 ] && sweep=(--workers-sweep 1,2 --sweep-images 8)
+    local sweep=(--workers-sweep 1,2,4,8,15 --ours-sweep 1,2,4,8 --sweep-images 1000)
+    [ "$TINY" = 1 ] && sweep=(--workers-sweep 1,2 --sweep-batch 4 --ours-sweep 1 --sweep-images 8)
     extract mobilenet_v2 IMAGENET1K_V1 "${sweep[@]}"
 }
 
@@ -251,7 +252,7 @@ report() {
         case $s in facts | tests) continue ;; esac
         [ -f "$OUT/$s.log" ] || continue
         echo "## $s"
-        grep -E "^(Machine|Model|Data|Runs|One core|xgboost:|[0-9,]+ train)|^\|" "$OUT/$s.log"
+        grep -E "^(Machine|Model|Data|Runs|One core|Decoding alone|INTERRUPTED|xgboost:|[0-9,]+ train)|^\|" "$OUT/$s.log"
         echo
     done
 }

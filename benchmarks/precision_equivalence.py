@@ -208,8 +208,8 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def measure(args: argparse.Namespace, data: Path) -> dict[str, Any]:
-    facts: dict[str, Any] = {"extract_seconds": {}, "agreement": {}, "fits": {}}
+def measure(args: argparse.Namespace, data: Path, facts: dict[str, Any]) -> None:
+    """Fill ``facts`` step by step (a run stopped early keeps what it measured)."""
     for p in args.precisions:
         store = args.work / f"{p}.h5"
         store.unlink(missing_ok=True)
@@ -219,19 +219,12 @@ def measure(args: argparse.Namespace, data: Path) -> dict[str, Any]:
             facts["agreement"][p] = embedding_agreement(store, args.work / "fp32.h5")
     for p, seed in [(p, 0) for p in args.precisions] + [("fp32", 1)]:
         key = p if seed == 0 else f"{p}, seed 1"
-        facts["fits"][key] = fit(args, args.work / f"{p}.h5", args.work / f"fit-{p}-{seed}", seed)
-        print(
-            f"fit {key}: "
-            + ", ".join(f"{c} {v['accuracy']:.4f}" for c, v in facts["fits"][key].items()),
-            flush=True,
-        )
-    ref = facts["fits"]["fp32"]
-    facts["paired"] = {
-        key: {clf: paired(ref[clf], runs[clf]) for clf in args.clf}
-        for key, runs in facts["fits"].items()
-        if key != "fp32"
-    }
-    return facts
+        runs = fit(args, args.work / f"{p}.h5", args.work / f"fit-{p}-{seed}", seed)
+        facts["fits"][key] = runs
+        print(f"fit {key}: " + ", ".join(f"{c} {v['accuracy']:.4f}" for c, v in runs.items()))
+        if key != "fp32":
+            ref = facts["fits"]["fp32"]
+            facts["paired"][key] = {clf: paired(ref[clf], runs[clf]) for clf in args.clf}
 
 
 def print_tables(args: argparse.Namespace, facts: dict[str, Any], data_name: str) -> None:
@@ -244,6 +237,8 @@ def print_tables(args: argparse.Namespace, facts: dict[str, Any], data_name: str
         "| precision vs fp32 | images | cosine min | cosine p01 | cosine median | max abs diff / norm: max | median | extract s |"
     )
     print("|---|---|---|---|---|---|---|---|")
+    if "fp32" not in facts["extract_seconds"]:
+        return
     print(f"| fp32 (reference) | | | | | | | {facts['extract_seconds']['fp32']:.1f} |")
     for p, a in facts["agreement"].items():
         print(
@@ -287,7 +282,11 @@ def main() -> None:
     from pipeline.engine.backbones import resolve_backbone
 
     facts["weights"] = resolve_backbone(args.model, args.weights).weights or "random init"
-    facts |= measure(args, data)
+    facts |= {"extract_seconds": {}, "agreement": {}, "fits": {}, "paired": {}}
+    try:
+        measure(args, data, facts)
+    except KeyboardInterrupt:
+        print("\nINTERRUPTED: the tables hold what was measured before", flush=True)
     print_tables(args, facts, name)
     if args.json:
         args.json.write_text(json.dumps(facts | {"data": name}, indent=1, default=str))
