@@ -26,20 +26,21 @@
 # and the previous GPU reading: MobileNetV2 ours ~180 images/s end to end, ~5 s start-up) and
 # the limit each runs under:
 #   facts                  ~10 s (limit  20): nvidia-smi, torch/CUDA/cuDNN, GPU, cores, packages
-#   tests                 ~100 s (limit 110): the suite with CUDA visible, the GPU-relevant files
+#   tests                 ~100 s (limit 105): the suite with CUDA visible, the GPU-relevant files
 #                                             first; pytest-xdist -n 12, --timeout=60 per test;
 #                                             the tests that need xgboost deselected
 #   extract_mobilenet_v2  ~120 s (limit 140): ours, --gpu-decode, forward-only (+cudnn.benchmark),
 #                                             1,500 JPEGs x 3 repeats; decoding on one core,
 #                                             decode-only with 1,2,4,8,15 workers, ours with
 #                                             --workers 1,2,4,8 (1,000 JPEGs)
-#   extract_convnext_base  ~85 s (limit 100): the same, convnext_base with random weights, no sweep
-#   precision              ~55 s (limit  90): fp32 / bf16 / fp16 on generated cifar10-mini-like
-#                          +55 s              data; then on .devcarry/cifar10-mini if carried
+#   extract_convnext_base  ~95 s (limit 105): the same, convnext_base with random weights, no sweep
+#   precision              ~65 s (limit  90): fp32 / bf16 / fp16 (+ fp32 on the CPU) on generated
+#                          +65 s              cifar10-mini-like data; then on .devcarry/cifar10-mini
 #                                             (cut at the limit if need be: it comes last)
 #   fit_device             ~60 s (limit  65): nn on CUDA vs CPU, 50,000 x 1,280 rows; xgboost
 #                                             is skipped there (not installed)
-# Estimates total ~485 s (with both precision data sets); limits 525 s + ~5 s of installing.
+# Estimates total ~475 s (precision stopped at its limit); limits 530 s + ~5 s of installing.
+# Every benchmark prints its tables with what it measured when its limit stops it.
 set -u -o pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -91,6 +92,8 @@ if torch.cuda.is_available():
     print(f"GPU: {torch.cuda.get_device_name(0)}, {p.total_memory / 2**30:.0f} GiB, "
           f"{p.multi_processor_count} SMs, capability {p.major}.{p.minor}, "
           f"bf16: {torch.cuda.is_bf16_supported()}")
+print(f"TF32 allowed: cuDNN convolutions {torch.backends.cudnn.allow_tf32}, "
+      f"matmuls {torch.backends.cuda.matmul.allow_tf32}")
 print(f"cores (affinity): {len(os.sched_getaffinity(0))}; TORCH_HOME {os.environ.get('TORCH_HOME')}")
 for name in ("xgboost", "dask", "distributed", "cleanlab", "onnxruntime", "h5py", "sklearn",
              "xdist", "pytest_timeout"):
@@ -198,8 +201,8 @@ fit_device() {
 
 limit_of() {
     case $1 in
-        facts) echo 20 ;; tests) echo 110 ;; extract_mobilenet_v2) echo 140 ;;
-        extract_convnext_base) echo 100 ;; precision) echo 90 ;; fit_device) echo 65 ;;
+        facts) echo 20 ;; tests) echo 105 ;; extract_mobilenet_v2) echo 140 ;;
+        extract_convnext_base) echo 105 ;; precision) echo 90 ;; fit_device) echo 65 ;;
         *) echo 60 ;;
     esac
 }
@@ -252,7 +255,8 @@ report() {
         case $s in facts | tests) continue ;; esac
         [ -f "$OUT/$s.log" ] || continue
         echo "## $s"
-        grep -E "^(Machine|Model|Data|Runs|One core|Decoding alone|INTERRUPTED|xgboost:|[0-9,]+ train)|^\|" "$OUT/$s.log"
+        grep -E "^(INTERRUPTED|xgboost:)" "$OUT/$s.log"
+        sed -n '/^Machine:/,$p' "$OUT/$s.log"  # the tables come last, headed by the machine
         echo
     done
 }

@@ -92,9 +92,9 @@ def run(cmd: list[str]) -> float:
     return time.perf_counter() - started
 
 
-def extract(args: argparse.Namespace, data: Path, precision: str, out: Path) -> float:
+def extract(args: argparse.Namespace, data: Path, precision: str, out: Path, device: str) -> float:
     py = [sys.executable, "-m", "pipeline.extract", "--data", str(data), "--out", str(out)]
-    flags = ["--model", args.model, "--weights", args.weights, "--device", args.device]
+    flags = ["--model", args.model, "--weights", args.weights, "--device", device]
     flags += ["--precision", precision, "--backend", "torch", "--no-progress", "-q"]
     return run([*py, *flags])
 
@@ -208,15 +208,28 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
+def tf32_settings() -> str:
+    """Whether fp32 convolutions and matmuls may use TF32 on a GPU (torch's defaults)."""
+    import torch
+
+    return (
+        f"torch.backends.cudnn.allow_tf32={torch.backends.cudnn.allow_tf32}, "
+        f"cuda.matmul.allow_tf32={torch.backends.cuda.matmul.allow_tf32}"
+    )
+
+
 def measure(args: argparse.Namespace, data: Path, facts: dict[str, Any]) -> None:
     """Fill ``facts`` step by step (a run stopped early keeps what it measured)."""
-    for p in args.precisions:
-        store = args.work / f"{p}.h5"
+    # On a GPU, "fp32" convolutions may run in TF32 (PyTorch's default for cuDNN on Ampere and
+    # later): fp32 on the CPU shows how far that reference is from plain fp32.
+    cpu_too = [("fp32 on the CPU", "fp32", "cpu")] if args.device_type == "cuda" else []
+    for name, p, device in [(p, p, args.device) for p in args.precisions] + cpu_too:
+        store = args.work / f"{name.replace(' ', '-')}.h5"
         store.unlink(missing_ok=True)
-        facts["extract_seconds"][p] = extract(args, data, p, store)
-        print(f"extract {p}: {facts['extract_seconds'][p]:.1f} s", flush=True)
-        if p != "fp32":
-            facts["agreement"][p] = embedding_agreement(store, args.work / "fp32.h5")
+        facts["extract_seconds"][name] = extract(args, data, p, store, device)
+        print(f"extract {name}: {facts['extract_seconds'][name]:.1f} s", flush=True)
+        if name != "fp32":
+            facts["agreement"][name] = embedding_agreement(store, args.work / "fp32.h5")
     for p, seed in [(p, 0) for p in args.precisions] + [("fp32", 1)]:
         key = p if seed == 0 else f"{p}, seed 1"
         runs = fit(args, args.work / f"{p}.h5", args.work / f"fit-{p}-{seed}", seed)
@@ -231,7 +244,8 @@ def print_tables(args: argparse.Namespace, facts: dict[str, Any], data_name: str
     print(f"\nMachine: {facts['machine']}")
     print(
         f"Data: {data_name}; {args.model} (weights {facts['weights']}) on {args.device_type}, "
-        f"`--backend torch` for every precision; stage two on {args.fit_device}, seed 0.\n"
+        f"`--backend torch` for every precision ({facts['tf32']}); stage two on "
+        f"{args.fit_device}, seed 0.\n"
     )
     print(
         "| precision vs fp32 | images | cosine min | cosine p01 | cosine median | max abs diff / norm: max | median | extract s |"
@@ -282,6 +296,7 @@ def main() -> None:
     from pipeline.engine.backbones import resolve_backbone
 
     facts["weights"] = resolve_backbone(args.model, args.weights).weights or "random init"
+    facts["tf32"] = tf32_settings()
     facts |= {"extract_seconds": {}, "agreement": {}, "fits": {}, "paired": {}}
     try:
         measure(args, data, facts)
