@@ -147,7 +147,7 @@ def fabricate(images: Path, store: Path, rows: int, work: Path) -> float:
     config = ExtractConfig.from_file(None, data=str(images), out=str(store), progress=False)
     plan = plan_extraction(config, verified=verified_cpu_graph(config))
     dim = len(next(iter(by_name.values())))
-    begin_parts(plan, dim, backend)
+    plan = begin_parts(plan, dim, backend)
     writer = PartWriter(plan, dim, "part-", update_index=False)
     block = (16 << 20) // (dim * 4)  # what PartWriter's memory bound flushes
     for start in range(0, len(plan.todo), block):

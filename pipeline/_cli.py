@@ -1,6 +1,7 @@
 """Shared CLI plumbing: the argument parser (one-line usage errors, ``--version``), verbosity
 flags, logging set-up (only CLIs configure logging), and :func:`run_cli`, the one place where
-library errors become a one-line message and exit code 2."""
+library errors become a one-line message and exit code 2; :func:`run_command` is a CLI's
+``main``: parse, set up logging, run."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import errno
 import logging
 import re
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NoReturn
 
 from . import __version__
@@ -21,6 +22,7 @@ __all__ = [
     "add_verbosity",
     "error_line",
     "run_cli",
+    "run_command",
     "setup_logging",
     "validated",
 ]
@@ -118,6 +120,26 @@ def run_cli(
     except KeyboardInterrupt as exc:  # a library may say what it saved before it stopped
         print(exc.args[0] if exc.args else interrupted, file=sys.stderr)
         return 130
+
+
+def run_command(
+    parser: argparse.ArgumentParser,
+    argv: Sequence[str] | None,
+    command: Callable[[argparse.Namespace], int],
+    *,
+    flags: Mapping[str, str] | None = None,
+    interrupted: str = "interrupted",
+) -> int:
+    """A CLI's ``main``: parse ``argv`` with ``parser``, set up logging, and return
+    ``command(args)``'s exit code, all under :func:`run_cli` (so a usage error too is one line
+    and exit code 2)."""
+
+    def body() -> int:
+        args = parser.parse_args(argv)
+        setup_logging(args)
+        return command(args)
+
+    return run_cli(body, flags=flags, interrupted=interrupted)
 
 
 def _disk_full_line(exc: OSError) -> str:

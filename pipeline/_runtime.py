@@ -93,9 +93,11 @@ def auto_workers(device: Any) -> int:
     return min(cores, 8)
 
 
-def inference_threads(workers: int) -> int:
-    """Threads for the forward pass: every core; they do not spin, so decoding threads get the
-    cores whenever the forward pass waits."""
+def inference_threads() -> int:
+    """Threads for the forward pass: every core, whatever the number of decoding workers; they
+    do not spin, so decoding threads get the cores whenever the forward pass waits (measured in
+    benchmarks/extract_throughput.py: non-spinning threads on all cores beat spinning ones
+    beside two decoding threads)."""
     return cpu_cores()
 
 
@@ -147,6 +149,6 @@ def resolve_runtime(
         precision=resolve_precision(precision, resolved),
         batch_size=batch_size or auto_batch_size(resolved),
         workers=workers,
-        threads=inference_threads(workers),
+        threads=inference_threads(),
         backend=backend,
     )

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ._cli import ArgumentParser, add_verbosity, run_cli, setup_logging, validated
+from ._cli import ArgumentParser, add_verbosity, run_command, validated
 from ._io import atomic_path
 from ._runtime import BACKENDS, check_device, resolve_runtime
 from .engine.runners import embed_images, make_runner
@@ -244,31 +244,30 @@ def build_parser(prog: str = "python -m pipeline.predict") -> argparse.ArgumentP
 
 def main(argv: Sequence[str] | None = None, *, prog: str = "python -m pipeline.predict") -> int:
     """CLI entry point; returns the exit code (0 ok, 2 bad usage or input)."""
-    parser = build_parser(prog)
+    flags = {"model_path": "--model", "inputs": "IMAGE_OR_DIR"}
+    return run_command(build_parser(prog), argv, _predict, flags=flags)
 
-    def body() -> int:
-        args = parser.parse_args(argv)
-        setup_logging(args)
-        _check_out(args.out)
-        predictions = run_predict(
-            args.model,
-            args.inputs,
-            batch_size=args.batch_size,
-            workers=args.workers,
-            device=args.device,
-            backend=args.backend,
-        )
-        _write_csv(predictions, args.out)
-        failed = sum(1 for p in predictions if p.error)
-        logger.info(
-            "%d images, %d predicted, %d unreadable",
-            len(predictions),
-            len(predictions) - failed,
-            failed,
-        )
-        return 0
 
-    return run_cli(body, flags={"model_path": "--model", "inputs": "IMAGE_OR_DIR"})
+def _predict(args: argparse.Namespace) -> int:
+    """The command: predict the images, write the CSV."""
+    _check_out(args.out)
+    predictions = run_predict(
+        args.model,
+        args.inputs,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        device=args.device,
+        backend=args.backend,
+    )
+    _write_csv(predictions, args.out)
+    failed = sum(1 for p in predictions if p.error)
+    logger.info(
+        "%d images, %d predicted, %d unreadable",
+        len(predictions),
+        len(predictions) - failed,
+        failed,
+    )
+    return 0
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import pytest
 from pipeline.exceptions import StoreError
 from pipeline.store import parts_dir, read_store
 
+from ._precision import assert_embeddings_match
 from .conftest import TINY_MODEL, write_images
 
 REPO = Path(__file__).resolve().parent.parent
@@ -49,6 +50,7 @@ def plain_h5py(path: Path) -> dict[str, np.ndarray]:
             "split": fh["split"].asstr()[...],
             "keys": fh["keys"].asstr()[...],
             "failed": fh["failed/paths"].asstr()[...],
+            "precision": fh.attrs["precision"],
         }
 
 
@@ -59,8 +61,8 @@ def assert_same_store(a: Path, b: Path, ordered: bool = True) -> None:
     for name in ("labels", "paths", "split", "keys"):
         assert list(x[name][order_x]) == list(y[name][order_y]), name
     assert sorted(x["failed"]) == sorted(y["failed"])
-    np.testing.assert_allclose(x["features"][order_x], y["features"][order_y], rtol=1e-4,
-                               atol=1e-5)  # fmt: skip
+    assert x["precision"] == y["precision"]
+    assert_embeddings_match(x["features"][order_x], y["features"][order_y], y["precision"])
 
 
 def test_update_writes_only_new_rows_and_plain_h5py_sees_the_current_images(image_dir, tmp_path):

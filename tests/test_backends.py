@@ -65,7 +65,8 @@ def test_output_mismatch_falls_back_to_torch(monkeypatch, caplog):
 
 
 def test_stores_from_either_backend_are_interchangeable(image_dir, tmp_path):
-    base = ["--data", str(image_dir), *TINY_MODEL, "--no-progress", "-q"]
+    # --device cpu: ONNX Runtime runs fp32 on CPU only (on a GPU machine auto is CUDA + bf16).
+    base = ["--data", str(image_dir), *TINY_MODEL, "--device", "cpu", "--no-progress", "-q"]
     assert main([*base, "--out", str(tmp_path / "t.h5"), "--backend", "torch"]) == 0
     assert main([*base, "--out", str(tmp_path / "o.h5"), "--backend", "onnxruntime"]) == 0
     t, o = read_store(tmp_path / "t.h5"), read_store(tmp_path / "o.h5")
@@ -84,3 +85,17 @@ def test_several_model_families_build_and_export(tmp_path):
         runner = make_runner(spec, CPU, "fp32", "auto")
         out = runner(np.zeros((1, spec.input_size, spec.input_size, 3), np.uint8))
         assert out.shape == (1, dim) and np.isfinite(out).all(), name
+
+
+@pytest.mark.parametrize(("precision", "tf32_inside"), [("fp32", False), ("bf16", True)])
+def test_fp32_means_fp32_on_a_gpu_too(monkeypatch, precision, tf32_inside):
+    """torch lets cuDNN run fp32 convolutions in TF32 by default (10-bit mantissa, kernels
+    chosen per batch shape): an fp32 run turns that off while the network runs, and back."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    runner = make_runner(resolve_backbone("squeezenet1_1", "none"), CPU, precision, "torch")
+    seen = []
+    runner.module.register_forward_pre_hook(
+        lambda module, args: seen.append(torch.backends.cudnn.allow_tf32)
+    )
+    runner(np.zeros((1, 224, 224, 3), np.uint8))
+    assert seen == [tf32_inside] and torch.backends.cudnn.allow_tf32

@@ -6,7 +6,7 @@ import pickle
 
 import pytest
 
-from pipeline._cli import error_line, run_cli
+from pipeline._cli import ArgumentParser, add_verbosity, error_line, run_cli, run_command
 from pipeline._cluster import parse_dask_spec
 from pipeline.config import FitConfig, parse_set_overrides
 from pipeline.exceptions import ConfigError, PipelineError, StoreError
@@ -57,6 +57,26 @@ def test_run_cli_exit_codes(capsys):
     assert run_cli(interrupted, interrupted="stopped") == 130
     assert capsys.readouterr().err == "stopped\n"
     assert run_cli(lambda: 0) == 0
+
+
+def test_run_command_parses_then_runs_under_run_cli(capsys):
+    parser = ArgumentParser(prog="tool")
+    parser.add_argument("--n", type=int, required=True)
+    add_verbosity(parser)
+    seen = []
+
+    def command(args) -> int:
+        seen.append(args.n)
+        if args.n < 0:
+            raise ConfigError("must be positive", param="n")
+        return 0
+
+    assert run_command(parser, ["--n", "3", "-q"], command) == 0 and seen == [3]
+    # a usage error and a library error alike: one line, exit code 2, the flag named
+    assert run_command(parser, ["--n", "x"], command) == 2
+    assert capsys.readouterr().err.startswith("error: --n: invalid int value: 'x'")
+    assert run_command(parser, ["--n", "-1"], command, flags={"n": "-N"}) == 2
+    assert capsys.readouterr().err == "error: -N: must be positive\n" and seen == [3, -1]
 
 
 def test_errors_pickle_with_their_parameter():  # Dask ships them between processes

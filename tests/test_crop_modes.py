@@ -15,6 +15,7 @@ from pipeline.extract import main as extract_main
 from pipeline.recipe import DecodeOptions, EmbeddingRecipe
 from pipeline.store import read_store
 
+from ._precision import assert_embeddings_match
 from .conftest import TINY_MODEL, write_images
 
 PRESET = resolve_backbone("mobilenet_v2", "IMAGENET1K_V1").preprocessing  # 256 -> 224, bilinear
@@ -88,7 +89,7 @@ def test_extract_embedder_and_predict_apply_the_crop_mode(tmp_path, capsys):
     by_path = dict(zip(squash.paths, squash.features, strict=True))
     got = embedder.fit_transform([str(p) for p in paths])
     want = np.stack([by_path[str(p)] for p in paths])
-    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    assert_embeddings_match(got, want, squash.attrs["precision"])
     with pytest.raises(ValueError, match="crop_mode"):
         ImageEmbedder(crop_mode="zoom").fit()
 

@@ -28,6 +28,7 @@ from pipeline.extract import (
 from pipeline.store import list_parts, parts_dir, read_rows_file, read_store
 
 from ._fit_helpers import write_store
+from ._precision import assert_embeddings_match
 from .conftest import TINY_MODEL, write_images
 
 distributed = pytest.importorskip("distributed")
@@ -88,16 +89,16 @@ def assert_same_store(path: Path, reference: Path) -> None:
     assert got.failed.paths == want.failed.paths and len(got.failed.paths) == 1
     assert got.attrs["fingerprint"] == want.attrs["fingerprint"]
     assert got.attrs["complete"] is True or got.attrs["complete"] == 1
-    np.testing.assert_allclose(got.features, want.features, rtol=1e-4, atol=1e-5)
+    assert_embeddings_match(got.features, want.features, want.attrs["precision"])
     assert not parts_dir(path).exists()
 
 
 def run_sharded(cfg: ExtractConfig, client, shard_size: int) -> tuple[int, float]:
     """What run_extraction does with --dask, with a chosen shard size."""
     plan = plan_extraction(cfg)
-    n, seconds = pdist.run_dask_extraction(plan, client=client, shard_size=shard_size)
-    finish_store(plan)
-    return n, seconds
+    done = pdist.run_dask_extraction(plan, client=client, shard_size=shard_size)
+    finish_store(done.plan)
+    return done.n_embedded, done.seconds
 
 
 def test_parse_dask_spec():
@@ -172,7 +173,7 @@ def test_rerun_after_interruption_recomputes_only_unfinished_shards(
     from pipeline.engine.runners import make_runner
 
     runner = make_runner(plan.spec, __import__("torch").device("cpu"), plan.precision)
-    begin_parts(plan, runner.feature_dim, runner.backend)
+    plan = begin_parts(plan, runner.feature_dim, runner.backend)
     embed_into_parts(plan, shards[0], runner, prefix="part-shard00000-", update_index=False)
     embed_into_parts(plan, shards[1][:8], runner, prefix="part-shard00001-", update_index=False)
     saved = {p: (p.stat().st_mtime_ns, p.stat().st_ino) for p in list_parts(out)}
@@ -182,10 +183,10 @@ def test_rerun_after_interruption_recomputes_only_unfinished_shards(
 
     rerun = plan_extraction(cfg)
     assert len(rerun.todo) == N_IMAGES + 1 - done - failed_before
-    n, _ = pdist.run_dask_extraction(rerun, client=client, shard_size=8)
-    assert n == N_IMAGES - done  # only the images no part file held
+    resumed = pdist.run_dask_extraction(rerun, client=client, shard_size=8)
+    assert resumed.n_embedded == N_IMAGES - done  # only the images no part file held
     assert {p: (p.stat().st_mtime_ns, p.stat().st_ino) for p in saved} == saved  # untouched
-    finish_store(rerun)
+    finish_store(resumed.plan)
     assert_same_store(out, reference)
 
 
@@ -226,7 +227,7 @@ def test_killed_client_resumes_without_recomputing_finished_shards(
 
 def test_a_shard_retry_skips_rows_its_first_attempt_saved(images, tmp_path):
     plan = plan_extraction(config(images, tmp_path / "retry.h5"))
-    begin_parts(plan, 576, "torch")
+    plan = begin_parts(plan, 576, "torch")
     shard = pdist._shard_plan(plan, plan.todo[:10])
     first = pdist._embed_shard(pdist._shard_plan(plan, plan.todo[:4]), 3, "r", "torch")
     again = pdist._embed_shard(shard, 3, "r", "torch")

@@ -22,6 +22,7 @@ from pipeline.engine.backbones import AUTO_WEIGHTS
 from pipeline.extract import main
 from pipeline.store import parts_dir, read_store
 
+from ._precision import assert_embeddings_match, default_precision, other_precision
 from .conftest import TINY_MODEL, write_images
 
 REPO = Path(__file__).resolve().parent.parent
@@ -84,7 +85,7 @@ def test_store_layout_follows_the_contract(image_dir, tmp_path, capsys):
     ):
         assert key in attrs, key
     assert attrs["complete"] and attrs["model"] == "squeezenet1_1" and attrs["weights"] == "none"
-    assert attrs["precision"] == "fp32" and attrs["feature_dim"] == 512
+    assert attrs["precision"] == default_precision() and attrs["feature_dim"] == 512
     assert "crop_size=[224]" in attrs["preprocessing"]
     table = read_store(out)
     assert table.class_names == ["cat", "dog"] and table.attrs["versions"]["torch"]
@@ -96,7 +97,7 @@ def test_batch_size_one_equals_batched(image_dir, tmp_path):
     assert extract(image_dir, tmp_path / "b.h5", "--batch-size", "5", "--workers", "1") == 0
     a, b = read_store(tmp_path / "a.h5"), read_store(tmp_path / "b.h5")
     assert list(a.paths) == list(b.paths)
-    np.testing.assert_allclose(a.features, b.features, rtol=1e-4, atol=1e-5)
+    assert_embeddings_match(a.features, b.features, a.attrs["precision"])
 
 
 def test_incremental_run_embeds_only_new_changed_and_drops_removed(image_dir, tmp_path, caplog):
@@ -141,7 +142,8 @@ def test_fingerprint_guard_refuses_to_mix_and_overwrite_replaces(image_dir, tmp_
     assert code == 2 and len(err.splitlines()) == 1
     assert "another backbone" in err and "--overwrite" in err and "shufflenet_v2_x0_5" in err
     assert out.read_bytes() == digest
-    assert extract(image_dir, out, "--precision", "bf16") == 2  # precision is part of it too
+    other = other_precision(read_store(out).attrs["precision"])
+    assert extract(image_dir, out, "--precision", other) == 2  # precision is part of it too
     assert out.read_bytes() == digest
     assert extract(image_dir, out, *other_model, "--overwrite") == 0
     assert read_store(out).attrs["model"] == "shufflenet_v2_x0_5"
@@ -240,38 +242,46 @@ def _wait_for_parts(out: Path, count: int, proc: subprocess.Popen, timeout: floa
     pytest.fail("no part files appeared")
 
 
-def _kill_after_parts(data: Path, out: Path, parts: int) -> None:
+def _kill_after_parts(data: Path, out: Path, parts: int, *extra: str) -> None:
     """Run the CLI in a subprocess, checkpointing every batch; SIGKILL it once ``parts``
     part files exist."""
     argv = [sys.executable, "-m", "pipeline.extract", "--data", str(data), "--out", str(out),
             *TINY_MODEL, "--batch-size", "2", "--workers", "0", "--checkpoint-seconds", "0",
-            "--no-progress", "-q"]  # fmt: skip
+            "--no-progress", "-q", *extra]  # fmt: skip
     proc = subprocess.Popen(argv, cwd=REPO, stderr=subprocess.PIPE, text=True)
     _wait_for_parts(out, parts, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
 
 
-def test_resume_after_kill_9_equals_an_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize(("precision", "per_class"), [("auto", 20), ("bf16", 6)])
+def test_resume_after_kill_9_equals_an_uninterrupted_run(tmp_path, precision, per_class):
+    """``auto`` is fp32 on CPU and bf16 on a GPU; ``bf16`` runs the half-precision path here
+    too (torch autocast on CPU, slow there: fewer images). Batches of 2, then 3, then the
+    default size: equal to the precision's rounding (see ``assert_embeddings_match``)."""
     data = tmp_path / "images"
-    write_images(data, {"a": 20, "b": 20})
+    n_images = 2 * per_class
+    write_images(data, {"a": per_class, "b": per_class})
     (data / "a" / "broken.jpg").write_bytes(b"\xff\xd8\xff broken")
     out = tmp_path / "killed.h5"
-    _kill_after_parts(data, out, 3)
+    chosen = ["--precision", precision]
+    _kill_after_parts(data, out, 3, *chosen)
     # The interrupted store is a readable, incomplete store holding the rows done so far.
     with h5py.File(out, "r") as fh:
         assert not fh.attrs["complete"]
         n_partial = fh["features"].shape[0]
-        assert 4 <= n_partial < 40 and np.isfinite(fh["features"][:]).all()
-    assert extract(data, out, "--batch-size", "3") == 0
+        assert 4 <= n_partial < n_images and np.isfinite(fh["features"][:]).all()
+    assert extract(data, out, "--batch-size", "3", *chosen) == 0
     resumed = read_store(out)
-    assert extract(data, tmp_path / "clean.h5") == 0
+    assert extract(data, tmp_path / "clean.h5", *chosen) == 0
     clean = read_store(tmp_path / "clean.h5")
-    assert list(resumed.paths) == list(clean.paths) and len(set(resumed.paths)) == 40
+    expected = default_precision() if precision == "auto" else precision
+    assert resumed.attrs["precision"] == clean.attrs["precision"] == expected
+    assert list(resumed.paths) == list(clean.paths) and len(set(resumed.paths)) == n_images
     assert (
         list(resumed.failed.paths) == list(clean.failed.paths) == [str(data / "a" / "broken.jpg")]
     )
-    np.testing.assert_allclose(resumed.features, clean.features, rtol=1e-4, atol=1e-5)
+    assert_embeddings_match(resumed.features, clean.features, expected)
     assert not parts_dir(out).exists()
 
 
@@ -329,4 +339,5 @@ def test_warm_rerun_over_an_unchanged_folder_does_not_import_torch(image_dir, tm
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
     # Another request (here: precision) goes the full way, and is refused as another backbone.
-    assert extract(image_dir, out, "--precision", "bf16") == 2
+    other = other_precision(read_store(out).attrs["precision"])
+    assert extract(image_dir, out, "--precision", other) == 2

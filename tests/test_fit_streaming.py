@@ -171,12 +171,14 @@ def test_fit_equals_the_in_memory_fit_of_the_same_rows(tmp_path, small_blocks, c
     probabilities) as the classifier fitted on the train rows read whole."""
     split = ["test" if i % 4 == 0 else "train" for i in range(90)]
     path = write_store(tmp_path / "s.h5", n_per_class=30, dim=8, split=split)
-    extra = ["--set", "nn.max_iter=30"] if clf == "nn" else []
+    # nn on the CPU whatever the machine: this compares two fits to 1e-6.
+    extra = ["--set", "nn.max_iter=30", "--set", "nn.device=cpu"] if clf == "nn" else []
     got = _fit_run(tmp_path, path, clf, *extra)
     X_train, y_train, X_test, y_test, names = load_features(path)
     params = {**default_params(clf), "random_state": 0}
     if clf == "nn":
         params.update(max_iter=30, hidden_layer_sizes=tuple(params["hidden_layer_sizes"]))
+        params.update(device="cpu")
     names = np.asarray(names)
     expected = make_classifier(clf, **params).fit(X_train, names[y_train])
     np.testing.assert_array_equal(got["row"], np.flatnonzero(np.asarray(split) == "test"))

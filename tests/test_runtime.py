@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline._runtime import BACKENDS, resolve_runtime
+from pipeline._runtime import BACKENDS, cpu_cores, resolve_runtime
 from pipeline.exceptions import ConfigError
 
 
@@ -18,6 +18,12 @@ def test_auto_values_resolve_for_the_cpu():
 def test_explicit_values_are_kept():
     runtime = resolve_runtime("cpu", "bf16", batch_size=3, workers=0, backend="torch")
     assert (runtime.precision, runtime.batch_size, runtime.workers) == ("bf16", 3, 0)
+
+
+@pytest.mark.parametrize("workers", [0, 1, 7])
+def test_the_forward_pass_gets_every_core_whatever_the_decoding_workers(workers):
+    # Its threads do not spin, so decoding threads take the cores while it waits.
+    assert resolve_runtime("cpu", workers=workers).threads == cpu_cores()
 
 
 @pytest.mark.parametrize(

@@ -19,6 +19,7 @@ from pipeline.engine.preprocess import make_view
 from pipeline.extract import main as extract_main
 from pipeline.store import parts_dir, read_store
 
+from ._precision import assert_embeddings_match
 from .conftest import TINY_MODEL, write_images
 from .test_extract import _wait_for_parts
 
@@ -48,8 +49,10 @@ def assert_views_aligned(got_path: Path, want_path: Path) -> None:
     assert got.attrs["views"] == ["flip"] and set(got.views) == {"flip"}
     order = {p: i for i, p in enumerate(want.paths)}
     rows = [order[p] for p in got.paths]
-    np.testing.assert_allclose(got.features, want.features[rows], rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(got.views["flip"], want.views["flip"][rows], rtol=1e-4, atol=1e-5)
+    precision = want.attrs["precision"]
+    assert got.attrs["precision"] == precision
+    assert_embeddings_match(got.features, want.features[rows], precision)
+    assert_embeddings_match(got.views["flip"], want.views["flip"][rows], precision)
 
 
 def test_flip_of_the_crop_is_the_crop_of_the_mirrored_image():
@@ -139,7 +142,7 @@ def test_image_embedder_views_return_the_mean_over_views(tmp_path):
     rows = [row[p] for p in paths]
     want = (table.features[rows] + table.views["flip"][rows]) / 2
     embedder = ImageEmbedder(model="squeezenet1_1", weights=None, views="flip")
-    np.testing.assert_allclose(embedder.fit_transform(paths), want, rtol=1e-4, atol=1e-5)
+    assert_embeddings_match(embedder.fit_transform(paths), want, table.attrs["precision"])
     with pytest.raises(ValueError, match="views"):
         ImageEmbedder(views=["rotate"]).fit()
 

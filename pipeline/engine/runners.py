@@ -10,6 +10,7 @@ channels-last. torch is imported only when a function here needs it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -85,6 +86,22 @@ def _crops_module(backbone: Backbone) -> Any:
     return FromCrops().eval().requires_grad_(False)
 
 
+@contextlib.contextmanager
+def full_fp32() -> Iterator[None]:
+    """cuDNN convolutions in fp32 rather than TF32 (torch's default for them on a GPU, with a
+    10-bit mantissa): an fp32 store's rows then agree to fp32 rounding whatever the batch or
+    device that computed them. No effect on a CPU."""
+    import torch
+
+    cudnn = torch.backends.cudnn
+    before = cudnn.allow_tf32
+    cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        cudnn.allow_tf32 = before
+
+
 class TorchRunner:
     """Runs a backbone on uint8 (N, H, W, 3) crops; returns float32 numpy embeddings."""
 
@@ -112,7 +129,8 @@ class TorchRunner:
                 with torch.autocast(self.device.type, dtype=dtype):
                     out = self.module(images)
             else:
-                out = self.module(images)
+                with full_fp32():
+                    out = self.module(images)
         return out.float().cpu().numpy()
 
 

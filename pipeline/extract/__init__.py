@@ -9,12 +9,13 @@ part files, and :mod:`.executors` runs the work in-process or on Dask.
 from __future__ import annotations
 
 from .cli import build_parser, main
-from .executors import DaskExecutor, InProcessExecutor, run_extraction
+from .executors import DaskExecutor, Embedded, InProcessExecutor, run_extraction
 from .parts import begin_parts, embed_into_parts, finish_store
 from .plan import ExtractionPlan, ExtractSummary, plan_extraction
 
 __all__ = [
     "DaskExecutor",
+    "Embedded",
     "ExtractSummary",
     "ExtractionPlan",
     "InProcessExecutor",

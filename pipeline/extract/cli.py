@@ -6,7 +6,7 @@ import argparse
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .._cli import ArgumentParser, add_verbosity, run_cli, setup_logging, validated
+from .._cli import ArgumentParser, add_verbosity, run_command, validated
 from .._runtime import BACKENDS, PRECISIONS, check_device
 from ..config import ExtractConfig
 from ..engine.preprocess import CROP_MODES
@@ -93,29 +93,28 @@ def build_parser(prog: str = "python -m pipeline.extract") -> argparse.ArgumentP
 
 def main(argv: Sequence[str] | None = None, *, prog: str = "python -m pipeline.extract") -> int:
     """CLI entry point; returns the exit code (0 ok, 2 bad usage or input)."""
-    parser = build_parser(prog)
-
-    def body() -> int:
-        args = parser.parse_args(argv)
-        setup_logging(args)
-        overrides = {
-            k: v
-            for k, v in vars(args).items()
-            if k not in ("config", "verbose", "quiet") and v is not None
-        }
-        config = ExtractConfig.from_file(args.config, **overrides)
-        summary = run_extraction(config)
-        print(summary.line())
-        if summary.n_rows == 0 and summary.n_failed > 0:
-            # The store, with its /failed records, is written all the same.
-            raise ConfigError(
-                f"every input failed ({summary.n_failed}); the reasons are in /failed of "
-                f"{summary.out}",
-                param="data",
-            )
-        return 0
-
-    return run_cli(
-        body,
+    return run_command(
+        build_parser(prog),
+        argv,
+        _extract,
         interrupted="interrupted; run the same command to resume (part files already written are kept)",
     )
+
+
+def _extract(args: argparse.Namespace) -> int:
+    """The command: flags over the config file, run, print the summary line."""
+    overrides = {
+        k: v
+        for k, v in vars(args).items()
+        if k not in ("config", "verbose", "quiet") and v is not None
+    }
+    config = ExtractConfig.from_file(args.config, **overrides)
+    summary = run_extraction(config)
+    print(summary.line())
+    if summary.n_rows == 0 and summary.n_failed > 0:
+        # The store, with its /failed records, is written all the same.
+        raise ConfigError(
+            f"every input failed ({summary.n_failed}); the reasons are in /failed of {summary.out}",
+            param="data",
+        )
+    return 0

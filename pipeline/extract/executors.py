@@ -53,6 +53,7 @@ from .plan import (
 
 __all__ = [
     "DaskExecutor",
+    "Embedded",
     "Executor",
     "InProcessExecutor",
     "ShardResult",
@@ -72,10 +73,21 @@ _RUNNERS: dict[tuple[Any, ...], Any] = {}
 _RUNNERS_LOCK = threading.Lock()
 
 
-class Executor(Protocol):
-    """Embeds ``plan.todo`` into part files of ``plan.out``; returns (embedded, seconds)."""
+@dataclasses.dataclass(frozen=True)
+class Embedded:
+    """What an executor did: the plan it wrote with (as returned by
+    :func:`~pipeline.extract.parts.begin_parts`, which :func:`~pipeline.extract.parts.finish_store`
+    takes), the images it embedded and the seconds spent embedding."""
 
-    def __call__(self, plan: ExtractionPlan, verified: Any = None) -> tuple[int, float]: ...
+    plan: ExtractionPlan
+    n_embedded: int
+    seconds: float
+
+
+class Executor(Protocol):
+    """Begins the parts of ``plan.out`` and embeds ``plan.todo`` into them."""
+
+    def __call__(self, plan: ExtractionPlan, verified: Any = None) -> Embedded: ...
 
 
 # -- in-process ---------------------------------------------------------------------------------
@@ -85,7 +97,7 @@ def _make_runner(plan: ExtractionPlan, verified: Any) -> Any:
     """The verified ONNX graph when there is one, else the runner make_runner chooses (and
     records, so that the next run of this request can skip torch)."""
 
-    threads = inference_threads(plan.workers)
+    threads = inference_threads()
     if verified is not None:
         try:
             runner = verified.runner(threads)
@@ -111,12 +123,12 @@ def _make_runner(plan: ExtractionPlan, verified: Any) -> Any:
 class InProcessExecutor:
     """Embed in this process with one runner (the verified ONNX graph when there is one)."""
 
-    def __call__(self, plan: ExtractionPlan, verified: Any = None) -> tuple[int, float]:
+    def __call__(self, plan: ExtractionPlan, verified: Any = None) -> Embedded:
         runner = _make_runner(plan, verified)
-        begin_parts(plan, runner.feature_dim, runner.backend)
+        plan = begin_parts(plan, runner.feature_dim, runner.backend)
         started = time.perf_counter()
         n_embedded, _ = embed_into_parts(plan, plan.todo, runner, progress=plan.config.progress)
-        return n_embedded, time.perf_counter() - started
+        return Embedded(plan, n_embedded, time.perf_counter() - started)
 
 
 class DaskExecutor:
@@ -126,7 +138,7 @@ class DaskExecutor:
         self.spec = spec
         self.shard_size = shard_size
 
-    def __call__(self, plan: ExtractionPlan, verified: Any = None) -> tuple[int, float]:
+    def __call__(self, plan: ExtractionPlan, verified: Any = None) -> Embedded:
         client = None if isinstance(self.spec, str) else self.spec
         if client is None:
             with dask_client(self.spec) as own:
@@ -312,18 +324,18 @@ def _embed_shard(shard_plan: Any, shard: int, run: str, backend: str) -> ShardRe
 
 def run_dask_extraction(
     plan: ExtractionPlan, *, client: Any = None, shard_size: int | None = None
-) -> tuple[int, float]:
+) -> Embedded:
     """Embed ``plan.todo`` on the Dask cluster of ``plan.config.dask``, one task per shard.
 
-    Leaves part files for :func:`~pipeline.extract.parts.finish_store` to merge. Returns
-    (images embedded, seconds spent embedding). Pass ``client`` to reuse a connected one.
+    Leaves part files for :func:`~pipeline.extract.parts.finish_store` to merge (pass it the
+    returned plan). Pass ``client`` to reuse a connected one.
     """
     if client is None:
         return DaskExecutor(plan.config.dask, shard_size)(plan)
     n_workers = count_workers(client)
     backend = plan.config.backend  # "auto": each worker picks as in-process runs do
     feature_dim, resolved = _probe_workers(client, plan, backend)
-    begin_parts(plan, feature_dim, resolved)
+    plan = begin_parts(plan, feature_dim, resolved)
     shards = shard_todo(plan.todo, n_workers, shard_size, min_size=2 * plan.batch_size)
     logger.info(
         "embedding %d images in %d shards on %d Dask workers",
@@ -360,7 +372,7 @@ def run_dask_extraction(
         n_embedded / seconds if seconds > 0 else 0.0,
         n_workers,
     )
-    return n_embedded, seconds
+    return Embedded(plan, n_embedded, seconds)
 
 
 def _probe_workers(client: Any, plan: ExtractionPlan, backend: str) -> tuple[int, str]:
@@ -498,13 +510,18 @@ def _run_extraction(config: ExtractConfig, executor: Executor | None) -> Extract
     logger.debug("planned: %d to embed (%.2f s)", len(plan.todo), time.perf_counter() - started)
     if executor is None:
         executor = DaskExecutor(config.dask) if config.dask else InProcessExecutor()
-    n_embedded, seconds = executor(plan, verified)
+    done = executor(plan, verified)
     finishing = time.perf_counter()
     with _gc_paused():
-        n_rows, n_failed = finish_store(plan)
+        n_rows, n_failed = finish_store(done.plan)
     logger.debug("store finished (%.2f s)", time.perf_counter() - finishing)
     summary = ExtractSummary(
-        plan.out, n_rows, int(plan.attrs["feature_dim"]), n_failed, n_embedded, seconds
+        plan.out,
+        n_rows,
+        int(done.plan.attrs["feature_dim"]),
+        n_failed,
+        done.n_embedded,
+        done.seconds,
     )
     logger.info(
         "extraction done: %s (%.1f s in all)", summary.line(), time.perf_counter() - started

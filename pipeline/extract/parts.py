@@ -7,6 +7,7 @@ own slice with its own part-file prefix.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
@@ -48,20 +49,29 @@ def _load_record(source: Any, records: Sequence[Any], draft_size: int | None, i:
     return source.load(records[i], draft_size)
 
 
-def begin_parts(plan: ExtractionPlan, feature_dim: int, backend: str) -> None:
+def begin_parts(plan: ExtractionPlan, feature_dim: int, backend: str) -> ExtractionPlan:
     """Turn ``--out`` into an unfinished store: a complete self-contained one becomes the base
-    of the update (renamed, not copied); an appended one already lives in its parts."""
+    of the update (renamed, not copied); an appended one already lives in its parts.
 
-    plan.attrs["feature_dim"] = feature_dim
-    plan.attrs["backend"] = backend
-    plan.attrs["versions"] = versions(backend)
+    Returns the plan to write with: ``plan`` with the store's attributes completed
+    (``feature_dim``, ``backend``, the versions) and ``--out`` no longer complete; ``plan``
+    itself is left as it was."""
+
+    attrs = {
+        **plan.attrs,
+        "feature_dim": feature_dim,
+        "backend": backend,
+        "versions": versions(backend),
+    }
     folder = parts_dir(plan.out)
     folder.mkdir(exist_ok=True)
-    if plan.prev.complete_attrs is not None:
-        if not is_appended(plan.prev.complete_attrs):
+    prev = plan.prev
+    if prev.complete_attrs is not None:
+        if not is_appended(prev.complete_attrs):
             os.replace(plan.out, folder / "base.h5")
-        plan.prev.complete_attrs = None
-    write_index(plan.out, plan.attrs)
+        prev = dataclasses.replace(prev, complete_attrs=None)
+    write_index(plan.out, attrs)
+    return dataclasses.replace(plan, attrs=attrs, prev=prev)
 
 
 class PartWriter:
@@ -234,12 +244,12 @@ def finish_store(plan: ExtractionPlan) -> tuple[int, int]:
     digest = plan.inputs.digest if plan.inputs is not None else None
     if digest is None:
         digest = inputs_digest(plan.records, plan.keys, plan.attrs["class_names"])
-    plan.attrs["inputs_digest"] = digest
+    attrs = {**plan.attrs, "inputs_digest": digest}
     keep = inputs.take(good) if failed else inputs
     sources = list_parts(plan.out)
     if sources and sources[0].name == "base.h5" and not plan.config.compact:
         hints = _view_hints(plan, good, bool(failed))
-        unused = write_view(plan.out, sources, keep, failed, plan.attrs, **hints)
+        unused = write_view(plan.out, sources, keep, failed, attrs, **hints)
         if unused is not None:
             for part in unused:  # no row of theirs is current any more
                 part.unlink()
@@ -256,7 +266,7 @@ def finish_store(plan: ExtractionPlan) -> tuple[int, int]:
         dict(zip(paths, keep.labels.tolist(), strict=True)),
         dict(zip(paths, keep.split.tolist(), strict=True)),
         failed,
-        attrs=plan.attrs,
+        attrs=attrs,
     )
     shutil.rmtree(parts_dir(plan.out), ignore_errors=True)
     return n_rows, len(failed)

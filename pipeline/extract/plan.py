@@ -198,11 +198,14 @@ def versions(backend: str | None = None) -> dict[str, str]:
     return versions
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class ExtractionPlan:
     """What a run has to do, worked out before any embedding: the resolved backbone and device,
     the current inputs with their content keys, what ``--out`` already holds, and ``todo``
-    (indices into ``records``) still to embed. Picklable, so Dask tasks can take it."""
+    (indices into ``records``) still to embed. Picklable, so Dask tasks can take it.
+
+    A value: the steps that follow derive new plans from it (``dataclasses.replace``), as
+    :func:`~pipeline.extract.parts.begin_parts` does, and never change it."""
 
     config: ExtractConfig
     source: Any

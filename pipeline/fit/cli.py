@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .._cli import ArgumentParser, add_verbosity, run_cli, setup_logging, validated
+from .._cli import ArgumentParser, add_verbosity, run_command, validated
 from ..classifiers import ALL_CLASSIFIERS, CLASSIFIER_NAMES
 from ..config import FitConfig, parse_set_overrides
 from .evaluation import parse_clf, run_fit
@@ -71,26 +71,24 @@ def build_parser(prog: str = "python -m pipeline.fit") -> argparse.ArgumentParse
 
 def main(argv: Sequence[str] | None = None, *, prog: str = "python -m pipeline.fit") -> int:
     """CLI entry point; returns the exit code (0 ok, 2 bad usage or input)."""
-    parser = build_parser(prog)
+    return run_command(build_parser(prog), argv, _fit)
 
-    def body() -> int:
-        args = parser.parse_args(argv)
-        setup_logging(args)
-        skip = ("config", "verbose", "quiet", "sets", "search", "search_cv")
-        overrides = {k: v for k, v in vars(args).items() if k not in skip and v is not None}
-        sets = parse_set_overrides(args.sets)
-        if args.search or args.search_cv is not None:
-            search = sets.setdefault("search", {})
-            if args.search:
-                search["enabled"] = True
-            if args.search_cv is not None:
-                search["cv"] = args.search_cv
-        config = FitConfig.from_file(args.config, sets=sets, **overrides)
-        report = run_fit(config)
-        print(format_table(report["results"]))
-        for warning in report.get("warnings", []):
-            print(f"warning: {warning}", file=sys.stderr)
-        print(f"report: {Path(config.out) / 'report.json'}, {Path(config.out) / 'report.html'}")
-        return 0
 
-    return run_cli(body)
+def _fit(args: argparse.Namespace) -> int:
+    """The command: flags and ``--set`` over the config file, run, print the results."""
+    skip = ("config", "verbose", "quiet", "sets", "search", "search_cv")
+    overrides = {k: v for k, v in vars(args).items() if k not in skip and v is not None}
+    sets = parse_set_overrides(args.sets)
+    if args.search or args.search_cv is not None:
+        search = sets.setdefault("search", {})
+        if args.search:
+            search["enabled"] = True
+        if args.search_cv is not None:
+            search["cv"] = args.search_cv
+    config = FitConfig.from_file(args.config, sets=sets, **overrides)
+    report = run_fit(config)
+    print(format_table(report["results"]))
+    for warning in report.get("warnings", []):
+        print(f"warning: {warning}", file=sys.stderr)
+    print(f"report: {Path(config.out) / 'report.json'}, {Path(config.out) / 'report.html'}")
+    return 0

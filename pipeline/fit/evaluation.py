@@ -29,7 +29,7 @@ from ..exceptions import ConfigError, StoreError
 from ..rows import RowSource, StoreRows, materialize
 from ..store import FeatureTable, check_finite, read_attrs, read_store, split_rows, view_dataset
 from .evidence import bootstrap_intervals, compare_to_best, cv_interval, separability_warning
-from .memory import check_fit_memory
+from .memory import check_fit_memory, held_out_share
 from .model_file import BACKBONE_KEYS
 from .outputs import check_out_dir, publish_run
 from .predictions import align_proba
@@ -474,6 +474,7 @@ def _check_memory(
         n_views=len(datasets) - 1,
         audit=config.audit,
         streaming=[n for n, plan in every.items() if plan == "stream" and len(datasets) == 1],
+        held_out={name: held_out_share(built[name][0]) for name in names},
     )
 
 

@@ -4,19 +4,23 @@
 rows the way it can take them (:func:`pipeline.fit.streaming.fit_plan`). Its phases run one
 after another, so its peak is
 
-    base + the largest phase (each classifier's fit, the audit) + models kept (knn's rows)
+    base + the row columns + the largest phase (each classifier's fit, the audit)
+         + models kept (knn's rows)
 
 where, with M the bytes of the N x W float32 matrix (W: the embedding, times 1 + the views in
 use; N: every row of the store, an upper bound of the training rows):
 
+- the store's row columns (paths, content keys, labels, splits) and the splits' row indices
+  are held for the whole run: about 256 bytes a row;
 - reading costs a few blocks of working memory (a block, its covering read from the store,
   the fancy-indexed and the transformed copies: about 4.5 blocks of W): blocks of
   :data:`~pipeline.store.READ_BLOCK_ROWS` (8192) where fit reads rows into a matrix, of the
   estimator's own size (up to :data:`~pipeline.rows.BLOCK_ROWS`, 32768) where it streams;
-- a classifier that streams (``"stream"``: its final step reads row sources) holds no matrix:
-  it reads blocks while it trains, so its peak is the blocks plus its own state (the nn head:
+- a classifier that streams (``"stream"``: its final step reads row sources) holds no
+  training matrix: it reads blocks while it trains, so its peak is the blocks plus its own state (the nn head:
   its torch runtime and weights, 0.25 GiB; xgboost: its binned copy and training state,
-  0.95 M);
+  0.95 M), plus the rows it holds out whole (the nn head's early-stopping validation rows,
+  ``validation_fraction`` of M while it trains, twice that while they are read and scaled);
 - ``"scaled"`` (``logreg``, ``svc``): the blocks, then one float32 matrix of the scaled rows, M,
   which the classifier trains on (logreg: in place);
 - ``"matrix"`` (``knn``, ``svc_approx``, views, ``--search``; ``xgboost`` without streaming):
@@ -27,9 +31,11 @@ use; N: every row of the store, an upper bound of the training rows):
 
 Measured with ``benchmarks/scale.py`` and :mod:`tracemalloc` on a 101k x 1280 store, streaming
 ``nn`` and ``xgboost`` with their branches merged (docs/benchmarks.md, "fit reading the store
-in blocks"): the estimates were within 10 % of the measured peaks. A classifier not measured
-there gets its plan's default, a lower bound (the check only refuses runs that cannot fit even
-so).
+in blocks"): the estimates were within 10 % of the measured peaks. The row columns and the nn
+head's validation rows, small there, were found by measuring ``nn`` at 200k and 600k rows
+(``fit --clf nn --no-audit``, peak RSS by phase; docs/benchmarks.md, "fit at 1M rows"): its
+peak grew 0.61 GiB per million rows, which they account for. A classifier not measured gets
+its plan's default, a lower bound (the check only refuses runs that cannot fit even so).
 """
 
 from __future__ import annotations
@@ -37,18 +43,31 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from .. import rows
 from ..exceptions import StoreError
 from ..store import read_attrs, read_block_rows
 from .data_quality import AUDIT_MAX_ROWS
 
-__all__ = ["available_bytes", "check_fit_memory", "estimate_fit_bytes", "fit_memory_parts"]
+__all__ = [
+    "available_bytes",
+    "check_fit_memory",
+    "estimate_fit_bytes",
+    "fit_memory_parts",
+    "held_out_share",
+    "peak_bytes",
+]
 
 _GIB = 1 << 30
 # Resident memory besides the rows (interpreter, numpy, scikit-learn, torch, h5py): the peak
 # RSS of fit on 101k rows less the peak of its numpy arrays (tracemalloc) was 0.52 GiB.
 _BASE_BYTES = _GIB // 2
+# The store's row columns, read once and held for the whole run (paths, content keys and splits
+# as Python strings, labels, the splits' row indices), per row: the peak RSS before the first
+# classifier grew 257 bytes a row from 200k to 600k rows (48-character paths; a longer path
+# costs a byte more a character); tracemalloc of read_store(with_features=False): 200.
+_ROW_COLUMN_BYTES = 256
 # Working memory of reading, in blocks of the matrix's width (tracemalloc: 4.0 to 4.3).
 _READ_BLOCKS = 4.5
 # A classifier's own peak while it fits, per byte of M, by plan; (plan, name) overrides.
@@ -70,6 +89,19 @@ _AUDIT_MULTIPLE = 2.1
 _AUDIT_FIXED = 0.3 * _GIB
 # Kept after fitting, per byte of M, for the rest of the run.
 _RETAINED = {"knn": 1.0}
+# Parts held for the whole run (the others are phases, one after another).
+_THROUGHOUT = ("base", "row_columns", "retained")
+
+
+def held_out_share(estimator: object) -> float:
+    """The share of its training rows that ``estimator`` (or a ``Pipeline``'s final step)
+    holds in memory whole while it trains from blocks: the nn head's early-stopping
+    validation rows (``validation_fraction``); 0 for anything else."""
+    steps = getattr(estimator, "steps", None)
+    final = steps[-1][1] if steps else estimator
+    if getattr(final, "early_stopping", False) is True:
+        return float(getattr(final, "validation_fraction", 0.0))
+    return 0.0
 
 
 def _read_bytes(n_rows: int, width: int, block_rows: int) -> int:
@@ -78,22 +110,32 @@ def _read_bytes(n_rows: int, width: int, block_rows: int) -> int:
 
 
 def fit_memory_parts(
-    n_rows: int, dim: int, plans: Mapping[str, str], *, n_views: int = 0, audit: bool = True
+    n_rows: int,
+    dim: int,
+    plans: Mapping[str, str],
+    *,
+    n_views: int = 0,
+    audit: bool = True,
+    held_out: Mapping[str, float] | None = None,
 ) -> dict[str, int]:
     """Estimated peak bytes of each part of ``fit`` on an ``n_rows`` x ``dim`` store using
-    ``n_views`` views: ``base``, one per classifier of ``plans`` (name ->
+    ``n_views`` views: ``base``, ``row_columns``, one per classifier of ``plans`` (name ->
     :func:`~pipeline.fit.streaming.fit_plan`; reading and fitting), ``audit`` and
-    ``retained`` (models that keep rows)."""
+    ``retained`` (models that keep rows). ``held_out``: name -> :func:`held_out_share` of
+    the classifiers that stream."""
     width = dim * (1 + n_views)
     matrix = n_rows * width * 4
-    parts = {"base": _BASE_BYTES}
+    parts = {"base": _BASE_BYTES, "row_columns": n_rows * _ROW_COLUMN_BYTES}
     fill = _read_bytes(n_rows, width, read_block_rows())  # fit's own reads into a matrix
     for name, plan in plans.items():
         own = matrix * _OWN.get((plan, name), _PLAN_MULTIPLE[plan])
         if plan == "stream":  # reads its own blocks while it trains
             block_rows = _STREAM_BLOCK_ROWS.get(name, rows.BLOCK_ROWS)
             stream = _read_bytes(n_rows, width, block_rows)
-            parts[name] = int(stream + own + _STREAM_FIXED.get(name, 0))
+            # rows held out whole: read (and scaled: two copies) first, then kept while it trains
+            held = matrix * (held_out or {}).get(name, 0.0)
+            training = max(stream + held, fill + 2 * held)
+            parts[name] = int(training + own + _STREAM_FIXED.get(name, 0))
         else:  # the blocks while the matrix fills, then the classifier's copies
             parts[name] = int(max(fill + matrix, own))
     if audit:
@@ -104,14 +146,16 @@ def fit_memory_parts(
     return parts
 
 
-def estimate_fit_bytes(
-    n_rows: int, dim: int, plans: Mapping[str, str], *, n_views: int = 0, audit: bool = True
-) -> int:
-    """Peak resident bytes of ``fit``: base + retained models + the largest part (the
-    classifiers and the audit run one after another)."""
-    parts = fit_memory_parts(n_rows, dim, plans, n_views=n_views, audit=audit)
-    fixed = parts.pop("base") + parts.pop("retained")
-    return fixed + max(parts.values(), default=0)
+def estimate_fit_bytes(n_rows: int, dim: int, plans: Mapping[str, str], **options: Any) -> int:
+    """Peak resident bytes of ``fit`` (``options``: those of :func:`fit_memory_parts`)."""
+    return peak_bytes(fit_memory_parts(n_rows, dim, plans, **options))
+
+
+def peak_bytes(parts: Mapping[str, int]) -> int:
+    """The peak of :func:`fit_memory_parts`: base + row columns + retained models + the
+    largest of the other parts (the classifiers and the audit run one after another)."""
+    phases = [size for name, size in parts.items() if name not in _THROUGHOUT]
+    return sum(parts[name] for name in _THROUGHOUT) + max(phases, default=0)
 
 
 def available_bytes() -> int | None:
@@ -131,7 +175,7 @@ def available_bytes() -> int | None:
 
 def _advice(parts: Mapping[str, int], plans: Mapping[str, str], streaming: list[str]) -> str:
     """What to do, starting with the part that needs the most."""
-    own = {k: v for k, v in parts.items() if k not in ("base", "retained")}
+    own = {k: v for k, v in parts.items() if k not in _THROUGHOUT}
     largest = max(own, key=own.__getitem__) if own else None
     tips = []
     if largest == "audit":
@@ -158,17 +202,19 @@ def check_fit_memory(
     n_views: int = 0,
     audit: bool = True,
     streaming: list[str] | None = None,
+    held_out: Mapping[str, float] | None = None,
 ) -> None:
     """Refuse, with what to do, a fit whose estimated peak exceeds the available memory.
 
     ``plans``: each classifier to fit -> its :func:`~pipeline.fit.streaming.fit_plan`;
-    ``streaming``: the classifiers that would stream (named in the advice)."""
+    ``streaming``: the classifiers that would stream (named in the advice); ``held_out``:
+    each classifier's :func:`held_out_share`."""
     attrs = read_attrs(path)
     n_rows, dim = int(attrs.get("n_rows", 0)), int(attrs.get("feature_dim", 0))
     # fit skips the audit beyond AUDIT_MAX_ROWS labelled rows (n_rows bounds them from above)
     audit = audit and n_rows <= AUDIT_MAX_ROWS
-    parts = fit_memory_parts(n_rows, dim, plans, n_views=n_views, audit=audit)
-    needed = estimate_fit_bytes(n_rows, dim, plans, n_views=n_views, audit=audit)
+    parts = fit_memory_parts(n_rows, dim, plans, n_views=n_views, audit=audit, held_out=held_out)
+    needed = peak_bytes(parts)
     free = available_bytes()
     if free is None or needed <= free:
         return
