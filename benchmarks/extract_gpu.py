@@ -33,7 +33,6 @@ row), to check the script; its ratios mean nothing.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import re
@@ -100,18 +99,23 @@ class ForwardOnly:
         self.batch = torch.randint(
             0, 256, (self.runtime.batch_size, size, size, 3), dtype=torch.uint8
         ).to(self.runtime.device)
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.runtime.precision)
-        self.autocast = (
-            torch.autocast(self.runtime.device.type, dtype=dtype)
-            if dtype is not None
-            else contextlib.nullcontext()
-        )
+        self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.runtime.precision)
+
+    def _precision(self) -> Any:
+        """What ours' runner does around the network: autocast, or fp32 without TF32."""
+        import torch
+
+        from pipeline.engine.runners import full_fp32
+
+        if self.dtype is None:
+            return full_fp32()
+        return torch.autocast(self.runtime.device.type, dtype=self.dtype)
 
     def _run(self, min_seconds: float, min_batches: int) -> float:
         import torch
 
         done, started = 0, time.perf_counter()
-        with torch.inference_mode(), self.autocast:
+        with torch.inference_mode(), self._precision():
             while True:
                 for _ in range(min(5, min_batches)):
                     self.module(self.batch)

@@ -92,7 +92,8 @@ if torch.cuda.is_available():
     print(f"GPU: {torch.cuda.get_device_name(0)}, {p.total_memory / 2**30:.0f} GiB, "
           f"{p.multi_processor_count} SMs, capability {p.major}.{p.minor}, "
           f"bf16: {torch.cuda.is_bf16_supported()}")
-print(f"TF32 allowed: cuDNN convolutions {torch.backends.cudnn.allow_tf32}, "
+print(f"torch defaults, TF32 allowed: cuDNN convolutions {torch.backends.cudnn.allow_tf32} "
+      "(the runner turns it off for --precision fp32), "
       f"matmuls {torch.backends.cuda.matmul.allow_tf32}")
 print(f"cores (affinity): {len(os.sched_getaffinity(0))}; TORCH_HOME {os.environ.get('TORCH_HOME')}")
 for name in ("xgboost", "dask", "distributed", "cleanlab", "onnxruntime", "h5py", "sklearn",

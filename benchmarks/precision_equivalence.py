@@ -208,20 +208,10 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def tf32_settings() -> str:
-    """Whether fp32 convolutions and matmuls may use TF32 on a GPU (torch's defaults)."""
-    import torch
-
-    return (
-        f"torch.backends.cudnn.allow_tf32={torch.backends.cudnn.allow_tf32}, "
-        f"cuda.matmul.allow_tf32={torch.backends.cuda.matmul.allow_tf32}"
-    )
-
-
 def measure(args: argparse.Namespace, data: Path, facts: dict[str, Any]) -> None:
     """Fill ``facts`` step by step (a run stopped early keeps what it measured)."""
-    # On a GPU, "fp32" convolutions may run in TF32 (PyTorch's default for cuDNN on Ampere and
-    # later): fp32 on the CPU shows how far that reference is from plain fp32.
+    # On a GPU, fp32 on the CPU too: ours turns cuDNN's TF32 (torch's default for fp32
+    # convolutions) off for --precision fp32, so the two should agree to fp32 rounding.
     cpu_too = [("fp32 on the CPU", "fp32", "cpu")] if args.device_type == "cuda" else []
     for name, p, device in [(p, p, args.device) for p in args.precisions] + cpu_too:
         store = args.work / f"{name.replace(' ', '-')}.h5"
@@ -244,8 +234,7 @@ def print_tables(args: argparse.Namespace, facts: dict[str, Any], data_name: str
     print(f"\nMachine: {facts['machine']}")
     print(
         f"Data: {data_name}; {args.model} (weights {facts['weights']}) on {args.device_type}, "
-        f"`--backend torch` for every precision ({facts['tf32']}); stage two on "
-        f"{args.fit_device}, seed 0.\n"
+        f"`--backend torch` for every precision; stage two on {args.fit_device}, seed 0.\n"
     )
     print(
         "| precision vs fp32 | images | cosine min | cosine p01 | cosine median | max abs diff / norm: max | median | extract s |"
@@ -296,7 +285,6 @@ def main() -> None:
     from pipeline.engine.backbones import resolve_backbone
 
     facts["weights"] = resolve_backbone(args.model, args.weights).weights or "random init"
-    facts["tf32"] = tf32_settings()
     facts |= {"extract_seconds": {}, "agreement": {}, "fits": {}, "paired": {}}
     try:
         measure(args, data, facts)
