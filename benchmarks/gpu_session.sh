@@ -68,13 +68,35 @@ prepare() {
     du -sh .devcarry && ls .devcarry/whl
 }
 
+# xgboost's CUDA build (a 126 MB wheel, 93 MiB as tar.xz of its installed folder) is over one
+# call's 64 MiB carry. It can travel in two calls on one warm machine (warm 30 s after a call):
+# call 1 carries part one and copies it to /tmp/keep; call 2, issued at once, carries part two
+# as .devcarry/xgb.tar.xz.part-ab (with the wheel's vendored libgomp, .devcarry/xgboost.libs)
+# and runs this script, which joins them here.
+unpack_xgboost() {
+    local first=/tmp/keep/xgb.tar.xz.part-aa second=.devcarry/xgb.tar.xz.part-ab
+    if [ "$TINY" = 1 ] || [ ! -f "$first" ] || [ ! -f "$second" ]; then
+        echo "xgboost not carried (needs $first and $second)"
+        return
+    fi
+    mkdir -p /tmp/xgbsite && cat "$first" "$second" | tar -xJ -C /tmp/xgbsite \
+        && cp -r .devcarry/xgboost.libs /tmp/xgbsite/ \
+        && export PYTHONPATH="$PYTHONPATH:/tmp/xgbsite" && echo "xgboost unpacked into /tmp/xgbsite"
+}
+
 install_wheels() {
-    if [ "$TINY" = 1 ] || ! ls .devcarry/whl/*.whl >/dev/null 2>&1; then
+    # From .devcarry/whl, or from /tmp/keep/whl when run 1 of a two-run carry brought them
+    # (leaving room in run 2 for cifar10-mini).
+    local dir
+    for dir in .devcarry/whl /tmp/keep/whl ""; do
+        ls "$dir"/*.whl >/dev/null 2>&1 && break
+    done
+    if [ "$TINY" = 1 ] || [ -z "$dir" ]; then
         echo "no carried wheels installed"
         return
     fi
-    echo "installing the carried wheels: $(ls .devcarry/whl | tr '\n' ' ')"
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir .devcarry/whl/*.whl \
+    echo "installing the carried wheels: $(ls "$dir" | tr '\n' ' ')"
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir "$dir"/*.whl \
         || echo "pip install failed: tests needing cleanlab/dask will fail or be deselected"
 }
 
@@ -283,6 +305,7 @@ export REPO PY TINY DEVICE OUT WORK
 export -f has facts tests extract extract_mobilenet_v2 extract_convnext_base precision fit_device
 
 echo "gpu_session: steps [$STEPS], budget ${BUDGET} s, tiny=$TINY, OUT=$OUT, work $WORK"
+unpack_xgboost
 install_wheels 2>&1 | tee "$WORK/install.log"
 printf '| step | result | seconds | limit |\n|---|---|---|---|\n' > "$WORK/status.md"
 for s in $STEPS; do
