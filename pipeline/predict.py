@@ -30,6 +30,7 @@ from .engine.runners import embed_images, make_runner
 from .engine.sources import decode_image, walk_images
 from .exceptions import BackboneMismatchError, ConfigError, ImageDecodeError, PipelineError
 from .fit.model_file import load_model_file
+from .fit.streaming import predict_rows
 from .fit.views import predict_proba_views
 from .recipe import EmbeddingRecipe
 
@@ -179,18 +180,24 @@ def _classify(
 ) -> list[Prediction]:
     """One :class:`Prediction` per path: the class and its probability, or the error.
 
-    ``features`` is (views, N, D): probabilities are averaged over the views, as fit's
-    test-time augmentation does (:func:`pipeline.fit.views.predict_proba_views`)."""
+    ``features`` is (views, N, D). One view: the labels and probabilities fit reports
+    (:func:`pipeline.fit.streaming.predict_rows`: ``predict``'s own label, which for
+    ``logreg`` can differ from the probabilities' arg-max at a near-tie). Several: the
+    arg-max of the probabilities averaged over the views, as fit's test-time augmentation
+    does (:func:`pipeline.fit.views.predict_proba_views`)."""
     ok = [i for i, e in enumerate(errors) if not e]
     results = {i: Prediction(paths[i], error=errors[i]) for i in range(len(paths)) if errors[i]}
     if ok:
-        if hasattr(estimator, "predict_proba"):
+        if hasattr(estimator, "predict_proba") and len(features) > 1:
             proba = predict_proba_views(estimator, features[:, ok])
-            best = proba.argmax(axis=1)
-            labels = np.asarray(estimator.classes_)[best]
-            scores = proba[np.arange(len(ok)), best]
+            labels = np.asarray(estimator.classes_)[proba.argmax(axis=1)]
         else:
-            labels, scores = estimator.predict(features[0, ok]), [None] * len(ok)
+            labels, proba = predict_rows(estimator, features[0, ok])
+        if proba is None:
+            scores = [None] * len(ok)
+        else:
+            column = {label: j for j, label in enumerate(estimator.classes_)}
+            scores = proba[np.arange(len(ok)), [column[label] for label in labels]]
         for i, label, score in zip(ok, labels, scores, strict=True):
             results[i] = Prediction(paths[i], str(label), None if score is None else float(score))
     return [results[i] for i in range(len(paths))]

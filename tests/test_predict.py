@@ -6,12 +6,14 @@ import csv
 import io
 
 import joblib
+import numpy as np
 import pytest
+from sklearn.linear_model import LogisticRegression
 
 from pipeline.extract import main as extract_main
 from pipeline.fit import main as fit_main
+from pipeline.predict import _classify, run_predict
 from pipeline.predict import main as predict_main
-from pipeline.predict import run_predict
 
 from .conftest import TINY_MODEL, write_images
 
@@ -84,3 +86,15 @@ def test_mismatched_backbone_and_bad_model_files(trained, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert predict_main(["--model", str(model), str(tmp_path / "empty"), "-q"]) == 2
     assert "no images found" in capsys.readouterr().err
+
+
+def test_one_view_labels_are_what_fit_reports_even_at_a_near_tie():
+    """A logreg whose binary score is 1e-20: predict (and fit's predictions.csv) say "b",
+    the probabilities 0.5 / 0.5 have arg-max "a"; predict's CLI must say what fit says."""
+    clf = LogisticRegression().fit(np.arange(4.0)[:, None], list("aabb"))
+    clf.coef_, clf.intercept_ = np.array([[1.0]]), np.zeros(1)
+    features = np.array([[[1e-20], [5.0]]])  # (views, N, D): one view, two images
+    got = _classify(clf, ["tie.png", "far.png", "bad.png"], features, ["", "", "broken"])
+    assert [p.label for p in got] == ["b", "b", ""] and got[2].error == "broken"
+    assert got[0].probability == pytest.approx(0.5)
+    assert got[1].probability == pytest.approx(clf.predict_proba([[5.0]])[0, 1])
