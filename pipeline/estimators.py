@@ -68,8 +68,10 @@ def _check_at_least_two_classes(classes: np.ndarray, owner: str) -> None:
 
 
 def _check_finite(rows: np.ndarray, owner: str, what: str) -> None:
-    if not np.isfinite(rows).all():
-        raise ValueError(f"{owner}: Input X contains NaN or infinity ({what})")
+    """Refuse NaN and infinity, checking ``BLOCK_ROWS`` rows at a time (no full-size mask)."""
+    for start in range(0, len(rows), BLOCK_ROWS):
+        if not np.isfinite(rows[start : start + BLOCK_ROWS]).all():
+            raise ValueError(f"{owner}: Input X contains NaN or infinity ({what})")
 
 
 class _DeviceBlocks:
@@ -406,7 +408,8 @@ class TorchMLPClassifier(ClassifierMixin, BaseEstimator):
         return torch.from_numpy(np.ascontiguousarray(array)).to(self.device_)
 
     def _validation_rows(self, X: np.ndarray | RowSource, positions: np.ndarray) -> torch.Tensor:
-        """The held-out rows, read into memory at once (a small share of the data)."""
+        """The held-out rows as one matrix (a small share of the data), read (and scaled, by a
+        :class:`~pipeline.rows.TransformedRows`) and checked a block at a time."""
         if not isinstance(X, RowSource):
             return self._tensor(X[positions])
         rows = X.take(positions)

@@ -210,17 +210,36 @@ def _read_sorted(
 
 class TransformedRows(RowSource):
     """``source`` with ``transform`` (e.g. a fitted scaler's ``transform``) applied to every
-    block as it is read; the result is float32."""
+    block as it is read; the result is float32.
 
-    def __init__(self, source: RowSource, transform: Callable[[np.ndarray], np.ndarray]) -> None:
-        self.source, self.transform = source, transform
+    :meth:`take` reads and transforms ``block_rows`` positions at a time into one preallocated
+    result, so taking many rows (the nn head's early-stopping validation rows) holds the
+    result and one block, never the untransformed rows whole beside their transformed copy."""
+
+    def __init__(
+        self,
+        source: RowSource,
+        transform: Callable[[np.ndarray], np.ndarray],
+        block_rows: int = BLOCK_ROWS,
+    ) -> None:
+        self.source, self.transform, self.block_rows = source, transform, int(block_rows)
         self.shape = source.shape
 
     def _apply(self, block: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(self.transform(block), dtype=np.float32)
 
     def take(self, positions: Sequence[int] | np.ndarray) -> np.ndarray:
-        return self._apply(self.source.take(positions))
+        positions = np.asarray(positions, dtype=np.int64).reshape(-1)
+        if len(positions) <= self.block_rows:
+            return self._apply(self.source.take(positions))
+        out: np.ndarray | None = None
+        for start in range(0, len(positions), self.block_rows):
+            block = self.transform(self.source.take(positions[start : start + self.block_rows]))
+            if out is None:  # the transform's width (a scaler keeps the source's)
+                out = np.empty((len(positions), block.shape[1]), dtype=np.float32)
+            out[start : start + len(block)] = block
+        assert out is not None
+        return out
 
     def read(self, start: int, stop: int) -> np.ndarray:
         return self._apply(self.source.read(start, stop))

@@ -101,3 +101,69 @@ def test_a_store_replaced_while_being_read_is_an_error_not_other_rows(store):
         with pytest.raises(StoreError, match="the store changed while it was being read"):
             read(source)
     np.testing.assert_array_equal(StoreRows(path, [0]).take([0]), features[-1:])  # a new source
+
+
+class _CountingTransform:
+    """A scaler-like transform (float64 out, as a StandardScaler on float64 would give) that
+    records the size of each block it is given."""
+
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+
+    def __call__(self, block: np.ndarray) -> np.ndarray:
+        self.sizes.append(len(block))
+        return (block.astype(np.float64) - 0.5) * 3.0
+
+
+def test_transformed_take_fills_block_by_block_as_the_whole_array_transform(store):
+    path, features, _ = store
+    rng = np.random.default_rng(1)
+    positions = rng.integers(0, 500, size=230)  # unsorted, with repeats
+    assert len(np.unique(positions)) < len(positions)
+    counting = _CountingTransform()
+    source = TransformedRows(StoreRows(path), counting, block_rows=32)
+    got = source.take(positions)
+    whole = np.ascontiguousarray(_CountingTransform()(features[positions]), dtype=np.float32)
+    assert got.dtype == np.float32 and got.flags.c_contiguous
+    np.testing.assert_array_equal(got, whole)
+    assert max(counting.sizes) <= 32 and sum(counting.sizes) == 230 and len(counting.sizes) == 8
+    # few rows: one block, as before; none: an empty matrix of the source's width
+    few = np.ascontiguousarray(_CountingTransform()(features[[7, 2]]), dtype=np.float32)
+    np.testing.assert_array_equal(source.take([7, 2]), few)
+    assert source.take([]).shape == (0, 6)
+    assert TransformedRows(StoreRows(path), np.negative).block_rows == rows_mod.BLOCK_ROWS
+
+
+def test_transformed_take_holds_the_result_and_one_block(tmp_path):
+    import tracemalloc
+
+    data = np.random.default_rng(2).normal(size=(40_000, 64)).astype(np.float32)
+    source = TransformedRows(ArrayRows(data), lambda block: block * 2.0, block_rows=2048)
+    positions = np.random.default_rng(3).permutation(40_000)
+    tracemalloc.start()
+    try:
+        got = source.take(positions)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    np.testing.assert_array_equal(got, data[positions] * 2.0)
+    # the result (10.2 MB) plus a block's copies, not the rows read whole beside their copy
+    assert peak < 1.2 * data.nbytes, peak
+
+
+def test_finite_check_takes_blocks_and_finds_a_bad_row_anywhere():
+    import tracemalloc
+
+    from pipeline.estimators import BLOCK_ROWS, _check_finite
+
+    rows = np.zeros((3 * BLOCK_ROWS, 16), dtype=np.float32)
+    tracemalloc.start()
+    try:
+        _check_finite(rows, "Owner", "the validation rows")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1.5 * BLOCK_ROWS * 16, peak  # one block's mask (the whole: 3 blocks)
+    rows[-1, 3] = np.inf
+    with pytest.raises(ValueError, match=r"Owner: Input X contains NaN .*validation rows"):
+        _check_finite(rows, "Owner", "the validation rows")

@@ -20,7 +20,8 @@ use; N: every row of the store, an upper bound of the training rows):
   training matrix: it reads blocks while it trains, so its peak is the blocks plus its own state (the nn head:
   its torch runtime and weights, 0.25 GiB; xgboost: its binned copy and training state,
   0.95 M), plus the rows it holds out whole (the nn head's early-stopping validation rows,
-  ``validation_fraction`` of M while it trains, twice that while they are read and scaled);
+  ``validation_fraction`` of M: read and scaled a block at a time into one matrix, then held
+  while it trains);
 - ``"scaled"`` (``logreg``, ``svc``): the blocks, then one float32 matrix of the scaled rows, M,
   which the classifier trains on (logreg: in place);
 - ``"matrix"`` (``knn``, ``svc_approx``, views, ``--search``; ``xgboost`` without streaming):
@@ -132,10 +133,10 @@ def fit_memory_parts(
         if plan == "stream":  # reads its own blocks while it trains
             block_rows = _STREAM_BLOCK_ROWS.get(name, rows.BLOCK_ROWS)
             stream = _read_bytes(n_rows, width, block_rows)
-            # rows held out whole: read (and scaled: two copies) first, then kept while it trains
+            # rows held out whole: read (and scaled) a block at a time into one matrix, then
+            # kept while it trains (the nn head: blocks of rows.BLOCK_ROWS, as it trains)
             held = matrix * (held_out or {}).get(name, 0.0)
-            training = max(stream + held, fill + 2 * held)
-            parts[name] = int(training + own + _STREAM_FIXED.get(name, 0))
+            parts[name] = int(stream + held + own + _STREAM_FIXED.get(name, 0))
         else:  # the blocks while the matrix fills, then the classifier's copies
             parts[name] = int(max(fill + matrix, own))
     if audit:
