@@ -86,3 +86,17 @@ def write_store(
     )
     write_rows_file(path, rows, FailedInputs(), store_attrs(class_names, X.shape[1], **attrs))
     return path
+
+
+def flip_a_feature_bit(path: Path) -> None:
+    """Flip one bit inside the first chunk of ``/features`` on disk (the checksum must catch it)."""
+    import h5py
+
+    with h5py.File(path, "r") as fh:
+        assert fh["features"].fletcher32
+        offset = fh["features"].id.get_chunk_info(0).byte_offset
+    with open(path, "r+b") as fh:
+        fh.seek(offset + 10)
+        byte = fh.read(1)
+        fh.seek(offset + 10)
+        fh.write(bytes([byte[0] ^ 0x01]))

@@ -26,7 +26,7 @@ from pipeline.fit.model_file import MODEL_FORMAT_VERSION, save_model
 from pipeline.predict import main as predict_main
 from pipeline.store import list_parts, parts_dir, read_rows_file, read_store
 
-from ._fit_helpers import RECIPE, write_store
+from ._fit_helpers import RECIPE, flip_a_feature_bit, write_store
 from .conftest import TINY_MODEL, write_images
 from .test_extract import REPO, extract
 
@@ -231,14 +231,7 @@ def test_a_store_of_a_newer_format_is_refused(image_dir, tmp_path, capsys):
 
 def test_a_flipped_bit_in_features_is_a_checksum_error(tmp_path, capsys):
     store = write_store(tmp_path / "f.h5")
-    with h5py.File(store, "r") as fh:
-        assert fh["features"].fletcher32
-        offset = fh["features"].id.get_chunk_info(0).byte_offset
-    with open(store, "r+b") as fh:
-        fh.seek(offset + 10)
-        byte = fh.read(1)
-        fh.seek(offset + 10)
-        fh.write(bytes([byte[0] ^ 0x01]))
+    flip_a_feature_bit(store)
     with pytest.raises(StoreError, match="checksum mismatch"):
         read_store(store)
     assert fit_main(["--features", str(store), "--out", str(tmp_path / "r"), "-q"]) == 2

@@ -20,7 +20,7 @@ from pipeline.fit.predictions import load_probabilities
 from pipeline.fit.streaming import fit_plan, fit_rows, predict_rows
 from pipeline.store import load_features, read_store
 
-from ._fit_helpers import CLASS_NAMES, blobs, write_store
+from ._fit_helpers import CLASS_NAMES, blobs, flip_a_feature_bit, write_store
 
 BLOCK = 16
 
@@ -242,16 +242,8 @@ def test_load_features_reads_each_split_into_its_own_float32_array(tmp_path):
 
 
 def test_a_damaged_chunk_read_in_blocks_is_the_one_line_checksum_error(tmp_path):
-    import h5py
-
     path = write_store(tmp_path / "s.h5", n_per_class=30, dim=8)
-    with h5py.File(path, "r") as fh:
-        offset = fh["features"].id.get_chunk_info(0).byte_offset
-    with open(path, "r+b") as fh:
-        fh.seek(offset + 10)
-        byte = fh.read(1)
-        fh.seek(offset + 10)
-        fh.write(bytes([byte[0] ^ 0x01]))
+    flip_a_feature_bit(path)
     with pytest.raises(StoreError, match="checksum mismatch"):
         load_features(path)
     with pytest.raises(StoreError, match="checksum mismatch"):
