@@ -17,13 +17,22 @@ started=$SECONDS
 # left in the checkout, and no stray ignored file in the wheel.
 mkdir "$tmp/src"
 git ls-files -z --cached --others --exclude-standard | tar --null -T - -cf - | tar -xf - -C "$tmp/src"
+# ONNX Runtime Web is git-ignored package data (.ci/fetch-ort-web.sh): it travels when present.
+ORT_WEB=pipeline/export/web/ort
+if [ -d "$ORT_WEB" ]; then
+  mkdir -p "$tmp/src/$ORT_WEB" && cp "$ORT_WEB"/* "$tmp/src/$ORT_WEB/"
+fi
 "$BASE/bin/python" -m pip wheel -q --no-deps --no-build-isolation -w "$tmp/dist" "$tmp/src"
 wheel=$(ls "$tmp"/dist/pipeline-*.whl)
-"$BASE/bin/python" - "$wheel" <<'PY'  # the package data must be in the wheel
-import sys, zipfile
+"$BASE/bin/python" - "$wheel" "$ORT_WEB" <<'PY'  # the package data must be in the wheel
+import os, sys, zipfile
 names = set(zipfile.ZipFile(sys.argv[1]).namelist())
-for data in ("pipeline/default.toml", "pipeline/fit/templates/report.html.j2"):
-    assert data in names, f"{sys.argv[1]} lacks {data}"
+data = ["pipeline/default.toml", "pipeline/fit/templates/report.html.j2"]
+data += ["pipeline/export/web/index.html", "pipeline/export/web/page.js"]
+if os.path.isdir(sys.argv[2]):  # fetched: the offline page's runtime too
+    data += [f"{sys.argv[2]}/{name}" for name in os.listdir(sys.argv[2])]
+for name in data:
+    assert name in names, f"{sys.argv[1]} lacks {name}"
 PY
 
 "$BASE/bin/python" -m venv --without-pip "$tmp/venv"

@@ -243,8 +243,7 @@ def _classify(browser, files: list[Path], timeout: float = 60) -> list[dict]:
     before = len(browser.find_elements(By.CSS_SELECTOR, "#results > li"))
     browser.find_element(By.ID, "file").send_keys("\n".join(str(f) for f in files))
     WebDriverWait(browser, timeout).until(
-        lambda b: b.execute_script("return document.body.dataset.done")
-        == str(before + len(files))
+        lambda b: b.execute_script("return document.body.dataset.done") == str(before + len(files))
     )
     return browser.execute_script(
         "return Array.from(document.querySelectorAll('#results > li')).reverse().map(li => ({"
@@ -257,6 +256,7 @@ def _classify(browser, files: list[Path], timeout: float = 60) -> list[dict]:
 
 def test_page_offline_in_chromium_matches_onnxruntime(tmp_path):
     import onnxruntime as ort
+    from selenium.webdriver.common.by import By
 
     _runtime_or_skip()
     chromium, driver = _browser_paths()
@@ -280,7 +280,23 @@ def test_page_offline_in_chromium_matches_onnxruntime(tmp_path):
     try:
         assert _load(browser, index) == "ready"
         seen = _classify(browser, [*images, tmp_path / "images" / "notes.png"])
+        # Dropped onto the page: the same result as chosen with the file input.
+        dropped = browser.execute_async_script(
+            "const [name, b64, done] = arguments;"
+            "const file = new File([Uint8Array.fromBase64(b64)], name, {type: 'image/png'});"
+            "const transfer = new DataTransfer(); transfer.items.add(file);"
+            "const before = document.querySelectorAll('#results > li').length;"
+            "document.getElementById('drop').dispatchEvent(new DragEvent('drop',"
+            " {dataTransfer: transfer, bubbles: true, cancelable: true}));"
+            "const wait = () => document.body.dataset.done == before + 1"
+            " ? done(document.querySelector('#results > li').dataset.probabilities)"
+            " : setTimeout(wait, 50);"
+            "wait();",
+            "dropped.png",
+            base64.b64encode(images[0].read_bytes()).decode(),
+        )
         load_ms = browser.execute_script("return document.body.dataset.loadMs")
+        about = browser.find_element(By.ID, "about").text
         title = browser.title
         severe = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
 
@@ -301,6 +317,8 @@ def test_page_offline_in_chromium_matches_onnxruntime(tmp_path):
 
     assert severe == [], severe
     assert title == "Image classifier: m"
+    assert "4 classes" in about and "offline" in about
+    assert json.loads(dropped) == seen[0]["probabilities"]
     assert int(load_ms) > 0
 
     session = ort.InferenceSession(str(model_file), providers=["CPUExecutionProvider"])

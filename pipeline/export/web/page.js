@@ -5,7 +5,8 @@
 //   ort/ort.wasm.min.js  ONNX Runtime Web (global `ort`)
 //   ort/ort-wasm.js      its WebAssembly binary and loader, base64 (PIPELINE_ORT_WASM)
 //   model.js             the model, base64, and its class names (PIPELINE_MODEL)
-// Each result is also machine-readable: <li class="result" data-probabilities="[...]">.
+// Each result is also machine-readable: <li class="result" data-probabilities="[...]"
+// data-label="..." data-decode-ms data-run-ms> (data-error="..." when it failed).
 (() => {
   "use strict";
 
@@ -146,11 +147,16 @@
     item.append(thumb, body);
     results.prepend(item);
     try {
+      const started = performance.now();
       const { tensor, width, height } = await decode(file);
+      const decoded = performance.now();
       thumb.src = URL.createObjectURL(file);
       thumb.alt = file.name;
       title.append(" ", element("span", { class: "size" }, `${width} × ${height}`));
-      showResult(item, await classify(tensor));
+      const probabilities = await classify(tensor);
+      item.dataset.decodeMs = (decoded - started).toFixed(1);
+      item.dataset.runMs = (performance.now() - decoded).toFixed(1);
+      showResult(item, probabilities);
     } catch (err) {
       item.classList.add("error");
       item.dataset.error = err.message;
@@ -170,6 +176,12 @@
     });
   }
 
+  // Anything unexpected is shown, not only logged.
+  window.addEventListener("error", (event) => say(`Error: ${event.message}`, true));
+  window.addEventListener("unhandledrejection", (event) =>
+    say(`Error: ${(event.reason && event.reason.message) || event.reason}`, true),
+  );
+
   input.addEventListener("change", () => {
     enqueue(input.files);
     input.value = "";
@@ -188,15 +200,20 @@
   }
   document.addEventListener("drop", (event) => enqueue(event.dataTransfer.files));
 
+  function describe() {
+    document.title = model.title;
+    $("heading").textContent = model.title;
+    const version = runtime && runtime.version ? ` ${runtime.version}` : "";
+    const digest = model.sha256 ? `; model sha256 ${model.sha256.slice(0, 12)}…` : "";
+    $("about").textContent =
+      `${model.classNames.length} classes${digest}; ONNX Runtime Web${version}. ` +
+      "Runs in this page, offline: nothing is uploaded.";
+  }
+
   (async () => {
-    if (model) {
-      document.title = model.title;
-      $("about").textContent =
-        `${model.title}: ${model.classNames.length} classes. Runs in this page, offline: ` +
-        "nothing is uploaded.";
-    }
     try {
       session = await createSession();
+      describe();
     } catch (err) {
       document.body.dataset.state = "failed";
       say(`Could not load the model: ${err.message || err}`, true);
