@@ -176,7 +176,7 @@ def test_missing_runtime_names_the_command(tmp_path, monkeypatch):
 
 
 def _images(folder: Path) -> list[Path]:
-    """PNGs of several sizes and modes (RGB, grey, opaque RGBA, a 1-pixel-high strip)."""
+    """PNGs of several sizes and modes (RGB, grey, opaque RGBA, palette, a 1-pixel strip)."""
     rng = np.random.default_rng(1)
     folder.mkdir()
     shapes = {"wide.png": (31, 47, 3), "square.png": (64, 64, 3), "strip.png": (1, 300, 3)}
@@ -191,7 +191,9 @@ def _images(folder: Path) -> list[Path]:
         axis=2,
     )
     Image.fromarray(rgba, mode="RGBA").save(folder / "opaque rgba.png")
-    return [*paths, folder / "grey.png", folder / "opaque rgba.png"]
+    palette = Image.fromarray(rng.integers(0, 256, (9, 11, 3), dtype=np.uint8))
+    palette.convert("P", palette=Image.Palette.ADAPTIVE, colors=16).save(folder / "palette.png")
+    return [*paths, folder / "grey.png", folder / "opaque rgba.png", folder / "palette.png"]
 
 
 def _offline_chrome(chromium: str, driver: str):

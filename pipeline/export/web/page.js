@@ -119,7 +119,7 @@
     );
     const head = element("tr");
     head.append(element("th", { scope: "col" }, "class"));
-    head.append(element("th", { scope: "col" }, "probability"));
+    head.append(element("th", { scope: "col", class: "p" }, "probability"));
     head.append(element("td", { "aria-hidden": "true" }));
     table.appendChild(element("thead")).append(head);
     const body = table.appendChild(element("tbody"));
