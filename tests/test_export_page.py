@@ -4,9 +4,14 @@ end in Chromium from file:// with the network off, against ONNX Runtime in Pytho
 from __future__ import annotations
 
 import base64
+import contextlib
+import functools
+import http.server
 import json
 import os
 import re
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -145,7 +150,7 @@ def test_page_files(tmp_path):
     assert sorted(str(p.relative_to(index.parent)) for p in index.parent.rglob("*")) == names
 
 
-def test_bad_models_are_one_line_errors(tmp_path):
+def test_bad_models_are_one_line_errors(tmp_path, monkeypatch):
     _runtime_or_skip()
     out = tmp_path / "page"
     with pytest.raises(ModelFileError, match="does not exist"):
@@ -160,6 +165,10 @@ def test_bad_models_are_one_line_errors(tmp_path):
     float_input.graph.input[0].type.tensor_type.elem_type = TensorProto.FLOAT
     with pytest.raises(ModelFileError, match="no input 'image' of uint8"):
         write_page(_saved(float_input, tmp_path / "float.onnx"), out)
+    big = _saved(standin_model(), tmp_path / "big.onnx")
+    monkeypatch.setattr(page, "MAX_BASE64_CHARS", 4 * (big.stat().st_size // 3) - 4)
+    with pytest.raises(ModelFileError, match="big.onnx is too large for the page"):
+        write_page(big, out)
     assert not out.exists()  # nothing written
 
 
@@ -197,8 +206,8 @@ def _images(folder: Path) -> list[Path]:
 
 
 def _offline_chrome(chromium: str, driver: str):
-    """A headless Chromium with no network at all (no host resolves; CDP's offline mode), that
-    keeps its console and its network log."""
+    """A headless Chromium with no network (no host name resolves, 127.0.0.1 aside, for the
+    static-server check; CDP's offline mode on), that keeps its console and network log."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -206,7 +215,7 @@ def _offline_chrome(chromium: str, driver: str):
     options.binary_location = chromium
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1200,900"):
         options.add_argument(arg)
-    options.add_argument("--host-resolver-rules=MAP * ~NOTFOUND")
+    options.add_argument("--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1")
     options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
     browser = webdriver.Chrome(options=options, service=Service(driver))
     browser.execute_cdp_cmd("Network.enable", {})
@@ -227,10 +236,29 @@ def _requested_urls(browser) -> list[str]:
     return urls
 
 
-def _load(browser, index: Path, timeout: float = 60) -> str:
+@contextlib.contextmanager
+def _static_server(folder: Path) -> Iterator[str]:
+    """A static web server for ``folder`` on 127.0.0.1; yields its base URL."""
+    handler = functools.partial(_QuietHandler, directory=str(folder))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:  # no request log on stderr
+        pass
+
+
+def _load(browser, index: Path, timeout: float = 60, base: str | None = None) -> str:
     from selenium.webdriver.support.ui import WebDriverWait
 
-    browser.get(index.as_uri())
+    browser.get(f"{base}/{index.name}" if base else index.as_uri())
     return WebDriverWait(browser, timeout).until(
         lambda b: b.execute_script(
             "const s = document.body.dataset.state; return s === 'loading' ? null : s;"
@@ -314,6 +342,16 @@ def test_page_offline_in_chromium_matches_onnxruntime(tmp_path):
             "const s = document.getElementById('status'); return [s.textContent, s.role];"
         )
         urls = _requested_urls(browser)
+
+        # The same page from a static web server (on this machine: the network stays off).
+        with _static_server(index.parent) as base:
+            browser.execute_cdp_cmd(
+                "Network.emulateNetworkConditions",
+                {"offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1},
+            )
+            assert _load(browser, index, base=base) == "ready"
+            served = _classify(browser, [images[0]])
+            served_urls = _requested_urls(browser)
     finally:
         browser.quit()
 
@@ -345,3 +383,6 @@ def test_page_offline_in_chromium_matches_onnxruntime(tmp_path):
     assert status[0].startswith("Could not load the model:") and status[1] == "alert"
     assert index.as_uri() in urls
     assert all(u.startswith(("file:", "blob:", "data:")) for u in urls), urls
+    assert served[0]["probabilities"] == seen[0]["probabilities"]
+    assert f"{base}/index.html" in served_urls
+    assert all(u.startswith((base, "blob:", "data:")) for u in served_urls), served_urls

@@ -31,6 +31,9 @@ FETCH_COMMAND = "bash .ci/fetch-ort-web.sh"
 INPUT_NAME = "image"
 OUTPUT_NAME = "probabilities"
 TOP_K = 5
+# The longest string V8 (Chromium, Node) holds is 2**29 - 24 characters: the model's base64
+# must fit in one.
+MAX_BASE64_CHARS = 2**29 - 24
 
 
 def _runtime_files() -> dict[str, Path]:
@@ -130,6 +133,13 @@ def write_page(model_file: Path, out_dir: Path) -> Path:
     model_file, out_dir = Path(model_file), Path(out_dir)
     runtime = _runtime_files()
     info = _model_info(model_file)
+    size = model_file.stat().st_size
+    if 4 * ((size + 2) // 3) > MAX_BASE64_CHARS:
+        raise ModelFileError(
+            f"{model_file} is too large for the page ({size / 2**20:.0f} MiB; a browser holds at "
+            f"most {MAX_BASE64_CHARS * 3 // 4 // 2**20} MiB of model in one base64 string)",
+            param="model",
+        )
     model_bytes = model_file.read_bytes()
     info["sha256"] = hashlib.sha256(model_bytes).hexdigest()
     info["bytes"] = _b64(model_bytes)
