@@ -386,3 +386,88 @@ def test_page_offline_in_chromium_matches_onnxruntime(tmp_path):
     assert served[0]["probabilities"] == seen[0]["probabilities"]
     assert f"{base}/index.html" in served_urls
     assert all(u.startswith((base, "blob:", "data:")) for u in served_urls), served_urls
+
+
+def _head_models() -> dict[str, tuple[onnx.ModelProto, np.ndarray]]:
+    """The heads' converters' ONNX graphs on 16 features (the operators of ai.onnx.ml that
+    `pipeline export` puts after the backbone): scaler + logistic regression, a calibrated
+    RBF SVC, and XGBoost."""
+    skl2onnx = pytest.importorskip("skl2onnx")
+    onnxmltools = pytest.importorskip("onnxmltools")
+    import xgboost
+    from onnxmltools.convert.common.data_types import FloatTensorType
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import SVC
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(90, 16)).astype(np.float32)
+    y = rng.integers(0, 3, 90)
+    X[:, 0] += y  # something to learn
+    models = {}
+    for name, head in {
+        "logreg": LogisticRegression(),
+        "svc": CalibratedClassifierCV(SVC(), cv=3),
+    }.items():
+        pipe = make_pipeline(StandardScaler(), head).fit(X, y)
+        models[name] = skl2onnx.to_onnx(
+            pipe,
+            X[:1],
+            options={id(head): {"zipmap": False}},
+            target_opset={"": 18, "ai.onnx.ml": 3},
+        )
+    booster = xgboost.XGBClassifier(n_estimators=4, max_depth=3).fit(X, y)
+    models["xgboost"] = onnxmltools.convert_xgboost(
+        booster, initial_types=[("input", FloatTensorType([None, 16]))], target_opset=15
+    )
+    return {name: (model, X[:5]) for name, model in models.items()}
+
+
+@pytest.mark.filterwarnings("ignore:Attribute `prob:FutureWarning")  # skl2onnx reads SVC's probA_
+def test_web_runtime_runs_the_heads_operators(tmp_path):
+    """The pinned ONNX Runtime Web runs the heads' ai.onnx.ml operators (LinearClassifier,
+    SVMClassifier, TreeEnsembleClassifier, Scaler, ArrayFeatureExtractor...) as ONNX Runtime
+    in Python does, labels included."""
+    import onnxruntime as ort
+
+    heads = _head_models()
+    _runtime_or_skip()
+    chromium, driver = _browser_paths()
+    index = write_page(_saved(standin_model(), tmp_path / "m.onnx"), tmp_path / "page")
+    browser = _offline_chrome(chromium, driver)
+    try:
+        assert _load(browser, index) == "ready"
+        got = {}
+        for name, (model, X) in heads.items():
+            got[name] = browser.execute_async_script(
+                "const [b64, input, xs, shape, done] = arguments;"
+                "(async () => {"
+                " const s = await ort.InferenceSession.create(Uint8Array.fromBase64(b64),"
+                "  {logSeverityLevel: 3});"
+                " const out = await s.run({[input]:"
+                "  new ort.Tensor('float32', Float32Array.from(xs), shape)});"
+                " done(Object.fromEntries(Object.entries(out).map(([k, v]) =>"
+                "  [k, Array.from(v.data, x => typeof x === 'bigint' ? Number(x) : x)])));"
+                "})().catch(e => done({error: String(e)}));",
+                base64.b64encode(model.SerializeToString()).decode(),
+                model.graph.input[0].name,
+                X.ravel().tolist(),
+                list(X.shape),
+            )
+    finally:
+        browser.quit()
+    for name, (model, X) in heads.items():
+        session = ort.InferenceSession(model.SerializeToString())
+        outputs = [o.name for o in session.get_outputs()]
+        assert "error" not in got[name], (name, got[name])
+        for output, expected in zip(
+            outputs, session.run(None, {session.get_inputs()[0].name: X}), strict=True
+        ):
+            if expected.dtype.kind == "f":
+                np.testing.assert_allclose(
+                    got[name][output], expected.ravel(), atol=TOLERANCE, err_msg=name
+                )
+            else:
+                assert got[name][output] == expected.ravel().tolist(), (name, output)
