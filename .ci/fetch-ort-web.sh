@@ -24,7 +24,8 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 (cd "$tmp" && npm pack --silent "onnxruntime-web@$VERSION" >/dev/null)
 tarball="$tmp/onnxruntime-web-$VERSION.tgz"
-actual="sha512-$(openssl dgst -sha512 -binary "$tarball" | base64 -w0)"
+actual=$(node -e 'const c = require("crypto"), fs = require("fs");
+  console.log("sha512-" + c.createHash("sha512").update(fs.readFileSync(process.argv[1])).digest("base64"))' "$tarball")
 if [ "$actual" != "$INTEGRITY" ]; then
   echo "error: onnxruntime-web-$VERSION.tgz has integrity $actual, expected $INTEGRITY; nothing installed" >&2
   exit 2

@@ -54,4 +54,23 @@ PY
 "$tmp/venv/bin/pipeline" extract --out out/features.h5 --no-progress
 "$tmp/venv/bin/pipeline" fit --features out/features.h5 --clf logreg --out out/run
 test -s out/run/report.json && test -s out/run/models/logreg.joblib
+if [ -d "$REPO/$ORT_WEB" ]; then  # the offline page from the installed package data
+  "$tmp/venv/bin/python" - <<'PY'
+import json, onnx
+from onnx import TensorProto, helper as h
+from pipeline.export.page import write_page
+graph = h.make_graph(
+    [h.make_node("Cast", ["image"], ["f"], to=TensorProto.FLOAT),
+     h.make_node("ReduceMean", ["f"], ["m"], axes=[1, 2], keepdims=0),
+     h.make_node("Softmax", ["m"], ["probabilities"], axis=1)],
+    "tiny", [h.make_tensor_value_info("image", TensorProto.UINT8, ["N", "H", "W", 3])],
+    [h.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 3])])
+model = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
+h.set_model_props(model, {"class_names": json.dumps(["r", "g", "b"])})
+onnx.save(model, "tiny.onnx")
+index = write_page("tiny.onnx", "page")
+assert all((index.parent / f).stat().st_size for f in ("model.js", "ort/ort-wasm.js", "page.js"))
+print(f"offline page written: {index}")
+PY
+fi
 echo "wheel check passed in $((SECONDS - started)) s"
