@@ -43,7 +43,7 @@ def _runtime_files() -> dict[str, Path]:
     if missing:
         raise ConfigError(
             f"ONNX Runtime Web is not installed ({ORT_WEB_DIR / missing[0]} is missing); "
-            f"run `{FETCH_COMMAND}` in the pipeline checkout, then reinstall",
+            f"run `{FETCH_COMMAND}` in the pipeline checkout (and rebuild an installed wheel)",
             param="page",
         )
     return files
