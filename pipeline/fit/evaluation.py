@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import shlex
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -23,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
+from .._cli import command
 from ..classifiers import ALL_CLASSIFIERS, CLASSIFIER_NAMES, make_classifier
 from ..config import FitConfig
 from ..exceptions import ConfigError, StoreError
@@ -31,7 +33,7 @@ from ..store import FeatureTable, check_finite, read_attrs, read_store, split_ro
 from .evidence import bootstrap_intervals, compare_to_best, cv_interval, separability_warning
 from .memory import check_fit_memory, held_out_share
 from .model_file import BACKBONE_KEYS
-from .outputs import check_out_dir, publish_run
+from .outputs import check_out_dir, check_replace, publish_run
 from .predictions import align_proba
 from .report import classification_metrics, format_table, summarize_folds
 from .run_outputs import write_outputs
@@ -436,13 +438,38 @@ def _run_one(name: str, built: tuple[Any, dict[str, Any]], data: _Data, config: 
 
 
 def _store_path(config: FitConfig) -> Path:
+    """The store ``--features`` names; if it is missing or a folder, an error whose hint is a
+    command doing what the user meant (placeholders in capitals: ``YOUR_IMAGES``)."""
     path = Path(config.features)
-    if not path.is_file():
+    if path.is_file():
+        return path
+    extract, fit = command("extract"), command("fit")
+    if path.is_dir():
+        stores = sorted(path.glob("*.h5"))
+        if stores:  # an output folder such as artifacts/: one of the stores in it was meant
+            raise StoreError(
+                f"{path} is a folder; pass a feature store in it: `{fit} --features "
+                f"{_quoted(stores[0])}`",
+                param="features",
+            )
+        store = _quoted(path.parent / f"{path.name or 'features'}.h5")
         raise StoreError(
-            f"no such file: {path}; run `python -m pipeline.extract --out {path}` first",
+            f"{path} is a folder, not a feature store; embed its images first with "
+            f"`{extract} --data {_quoted(path)} --out {store}`, then run `{fit} --features "
+            f"{store}`",
             param="features",
         )
-    return path
+    raise StoreError(
+        f"no such file: {path}; make it from your images first with `{extract} --data "
+        f"YOUR_IMAGES --out {_quoted(path)}` (YOUR_IMAGES: a folder of class folders, a CSV "
+        "of path,label, or sklearn:digits)",
+        param="features",
+    )
+
+
+def _quoted(path: Path) -> str:
+    """``path`` as a shell word."""
+    return shlex.quote(str(path))
 
 
 def _plans(built: Mapping[str, tuple[Any, Any]], names: Sequence[str], config: FitConfig):
@@ -541,8 +568,8 @@ def _report(
     """The content of report.json (before per-class data is made compact)."""
     warnings = []
     note = separability_warning(data.n_test, results[0]["ci"]["accuracy"], cv=bool(config.cv))
-    if note:  # the CLI prints report["warnings"]; logged at INFO to print it once
-        logger.info("warning: %s", note)
+    if note:  # logged once, here; report["warnings"] keeps it for the reports
+        logger.warning("%s", note)
         warnings.append(note)
     return {
         "features": str(path),
@@ -592,6 +619,8 @@ def run_fit(config: FitConfig) -> dict[str, Any]:
     _check_search(names, config)
     out = Path(config.out)
     check_out_dir(out)  # before any training: a bad --out costs nothing
+    if check_replace(out, dataclasses.asdict(config), config.replace):
+        logger.info("--replace: this run replaces the outputs of another run in %s", out)
     path = _store_path(config)
     attrs = read_attrs(path)
     # Build every estimator first, so a bad hyperparameter (even of a classifier not run this
@@ -610,8 +639,9 @@ def run_fit(config: FitConfig) -> dict[str, Any]:
     # best first; stable, so equal accuracies keep the --clf order (as compare_to_best does)
     ranked = sorted(outcomes.values(), key=lambda o: -o.result["accuracy"])
     report = _report(path, table, data, [o.result for o in ranked], config)
-    with publish_run(out) as staging:  # every output, or (on an error) none
+    settings = dataclasses.asdict(config)
+    with publish_run(out, settings, replace=config.replace) as staging:  # all outputs, or none
         report = write_outputs(staging, report, ranked, data, table, config)
     logger.debug("results:\n%s", format_table(report["results"]))
-    logger.info("report written to %s", out / "report.json")
+    logger.debug("report written to %s", out / "report.json")
     return report

@@ -520,7 +520,7 @@ def write_html_report(
         limits={"top_k": top_k_classes, "gallery_limit": gallery_limit, "page_size": page_size},
     )
     path = write_atomic(out_dir / "report.html", html)
-    logger.info("HTML report written to %s (%.0f kB)", path, path.stat().st_size / 1024)
+    logger.debug("HTML report written (%s, %.0f kB)", path.name, path.stat().st_size / 1024)
     return path
 
 
