@@ -84,7 +84,11 @@ def build_parser(prog: str = "python -m pipeline.fit") -> argparse.ArgumentParse
         help="choose each classifier's hyperparameters from its [fit.search.<clf>] space by "
         "inner stratified CV on the training rows, then refit on all of them",
     )
-    add("--search-cv", type=int, help=with_default("inner folds of --search", defaults["search"]["cv"]))
+    add(
+        "--search-cv",
+        type=int,
+        help=with_default("inner folds of --search", defaults["search"]["cv"]),
+    )
     add(
         "--no-audit",
         dest="audit",

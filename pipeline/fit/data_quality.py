@@ -36,6 +36,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .._progress import slow_step
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -135,7 +137,11 @@ def content_hashes(paths: Sequence[str]) -> tuple[list[str | None], dict[str, st
             hashes.append(None)
             unreadable[path] = " ".join(f"{type(exc).__name__}: {exc}".split())
     if unreadable:
-        logger.warning("%d input(s) could not be read for hashing", len(unreadable))
+        logger.warning(
+            "%d image file(s) could not be read to look for identical copies (moved or deleted "
+            "since extract?)",
+            len(unreadable),
+        )
     return hashes, unreadable
 
 
@@ -499,34 +505,34 @@ def audit_table(
     labelled = np.flatnonzero(table.labels >= 0)
     label_names = np.full(len(table.labels), "", dtype=object)
     label_names[labelled] = names[table.labels[labelled]]
-    logger.info(
+    with slow_step(
+        logger,
         "audit: looking for wrong labels among %d images (a %d-fold check; --no-audit skips "
-        "the audit)",
+        "the audit) ...",
         len(labelled),
         n_folds,
-    )
-    issues = find_label_issues(
-        _rows_of(table.features, labelled),
-        label_names[labelled],
-        paths=table.paths[labelled].tolist(),
-        splits=table.split[labelled].tolist(),
-        seed=seed,
-        n_folds=n_folds,
-    )
+    ):
+        issues = find_label_issues(
+            _rows_of(table.features, labelled),
+            label_names[labelled],
+            paths=table.paths[labelled].tolist(),
+            splits=table.split[labelled].tolist(),
+            seed=seed,
+            n_folds=n_folds,
+        )
     if len(issues):
         issues["row"] = labelled[issues["row"].to_numpy(dtype=int)]
     has_split = np.isin(table.split, ["train", "test", "val"])
     rows = np.flatnonzero(has_split)
     paths = table.paths[rows].tolist()
-    if len(rows):
-        logger.info("audit: looking for test images that copy training images")
-    hashes, unreadable = content_hashes(paths) if len(rows) else ([], {})
-    duplicates = find_duplicates(
-        _rows_of(table.features, rows),
-        paths,
-        table.split[rows].tolist(),
-        hashes,
-        labels=label_names[rows].tolist(),
-        threshold=threshold,
-    )
+    with slow_step(logger, "audit: looking for test images that copy training images ..."):
+        hashes, unreadable = content_hashes(paths) if len(rows) else ([], {})
+        duplicates = find_duplicates(
+            _rows_of(table.features, rows),
+            paths,
+            table.split[rows].tolist(),
+            hashes,
+            labels=label_names[rows].tolist(),
+            threshold=threshold,
+        )
     return issues, duplicates, unreadable

@@ -25,7 +25,8 @@ import numpy as np
 
 from .. import __version__
 from .._cli import command
-from ..classifiers import ALL_CLASSIFIERS, CLASSIFIER_NAMES, make_classifier
+from .._progress import slow_step
+from ..classifiers import ALL_CLASSIFIERS, CLASSIFIER_NAMES, classifier_params, make_classifier
 from ..config import FitConfig
 from ..exceptions import ConfigError, StoreError
 from ..rows import RowSource, StoreRows, materialize
@@ -39,6 +40,7 @@ from .report import classification_metrics, format_table, summarize_folds
 from .run_outputs import write_outputs
 from .search import SEARCH_OPTIONS, run_search
 from .streaming import Plan, fit_plan, fit_rows, predict_rows
+from .summary import plain_summary
 from .views import ViewsClassifier, views_report, views_used, with_views
 
 __all__ = ["parse_clf", "run_fit"]
@@ -127,17 +129,7 @@ def _check_cv(path: Path, y: np.ndarray, k: int, class_names: Sequence[str]) -> 
 
 def _classifier_params(name: str, config: FitConfig) -> dict[str, Any]:
     """The ``[fit.<name>]`` table (with ``--set`` values) as estimator keyword arguments."""
-    section = getattr(config, name) or {}
-    if not isinstance(section, Mapping):
-        raise ValueError(f"[fit.{name}]: expected a table of hyperparameters, got {section!r}")
-    params: dict[str, Any] = {"random_state": config.seed}
-    for key, value in section.items():
-        if isinstance(value, str) and value.lower() == "none":
-            value = None  # TOML has no null
-        if key == "hidden_layer_sizes" and isinstance(value, list):
-            value = tuple(value)
-        params[key] = value
-    return params
+    return classifier_params(name, getattr(config, name) or {}, config.seed)
 
 
 def _build(name: str, config: FitConfig):
@@ -326,6 +318,44 @@ def _compare(outcomes: Mapping[str, _Outcome], data: _Data, config: FitConfig) -
         outcome.result["p_value_raw"] = verdict[name]["p_value_raw"]
 
 
+def _train_saved_models(
+    outcomes: Mapping[str, _Outcome],
+    built: Mapping[str, tuple[Any, Any]],
+    data: _Data,
+    path: Path,
+    config: FitConfig,
+) -> None:
+    """Record in each result which rows its saved model saw (``trained_on``); with
+    ``--refit`` (and no ``--cv``, whose models are refitted on every row already) first train
+    it again on every labelled row of the run, train and test, after the comparison."""
+    from sklearn.base import clone
+
+    n_all = len(np.union1d(data.train_rows, data.eval_rows))
+    if config.cv:
+        if config.refit:
+            logger.info("--refit: with --cv the saved models are trained on every row already")
+        seen = {"rows": "all", "n_rows": n_all, "how": f"refit after {config.cv}-fold cv"}
+    elif config.refit:
+        order = np.argsort(np.concatenate([data.train_rows, data.eval_rows]), kind="stable")
+        rows = np.concatenate([data.train_rows, data.eval_rows])[order]
+        y = np.concatenate([data.y_train, data.y_eval])[order]
+        X = StoreRows(path, rows, data.X_train.datasets)
+        for name, outcome in outcomes.items():
+            with slow_step(
+                logger, "%s: training the saved model on all %d rows ...", name, len(rows)
+            ):
+                fitted, seconds, _ = _fit_or_search(name, clone(built[name][0]), X, y, config)
+            logger.info(
+                "%s: saved model trained on all %d labelled rows (--refit)", name, len(rows)
+            )
+            outcome.fitted, outcome.result["refit_seconds"] = fitted, seconds
+        seen = {"rows": "all", "n_rows": len(rows), "how": "--refit after the comparison"}
+    else:
+        seen = {"rows": "train", "n_rows": data.n_train, "how": "the comparison's training rows"}
+    for outcome in outcomes.values():
+        outcome.result["trained_on"] = dict(seen)
+
+
 # -- the stage ----------------------------------------------------------------------------------
 
 
@@ -417,10 +447,12 @@ def _check_data_finite(path: Path, table: FeatureTable, data: _Data) -> None:
 def _run_one(name: str, built: tuple[Any, dict[str, Any]], data: _Data, config: FitConfig):
     """Fit and evaluate one classifier; its outcome (report entry, model, predictions)."""
     estimator, params = built
-    if config.cv:
-        outcome = _cross_validate(name, estimator, data, config)
-    else:
-        outcome = _holdout(name, estimator, data, config)
+    rows = f"{config.cv}-fold cv on {data.n_train}" if config.cv else str(data.n_train)
+    with slow_step(logger, "%s: training on %s rows ...", name, rows):
+        if config.cv:
+            outcome = _cross_validate(name, estimator, data, config)
+        else:
+            outcome = _holdout(name, estimator, data, config)
     result = outcome.result
     lo, hi = result["ci"]["accuracy"]
     logger.info(
@@ -571,7 +603,8 @@ def _report(
     if note:  # logged once, here; report["warnings"] keeps it for the reports
         logger.warning("%s", note)
         warnings.append(note)
-    return {
+    report = {
+        "summary": "",  # the plain sentence the reports lead with, set below
         "features": str(path),
         "fingerprint": table.attrs.get("fingerprint"),
         "n_train": data.n_train,
@@ -592,6 +625,8 @@ def _report(
         "views": views_report(table.attrs, config.tta, config.augment),
         "results": results,
     }
+    report["summary"] = plain_summary(report)
+    return report
 
 
 # long: a numpydoc docstring; its code (checks, one _run_one per classifier, report) is < 60.
@@ -636,6 +671,7 @@ def run_fit(config: FitConfig) -> dict[str, Any]:
     _log_plan(path, data, names, config)
     outcomes = {name: _run_one(name, built[name], data, config) for name in names}
     _compare(outcomes, data, config)
+    _train_saved_models(outcomes, built, data, path, config)
     # best first; stable, so equal accuracies keep the --clf order (as compare_to_best does)
     ranked = sorted(outcomes.values(), key=lambda o: -o.result["accuracy"])
     report = _report(path, table, data, [o.result for o in ranked], config)

@@ -407,5 +407,9 @@ def separability_warning(
         f"{images} are too few to rank these classifiers: each accuracy is uncertain by about "
         f"±{100 * half:.1f} points, and two classifiers must differ by at least "
         f"{100 * floor:.1f} points (6 images) before the difference can be told from chance; "
-        + ("more labelled images would separate them" if cv else "more test images or --cv would separate them")
+        + (
+            "more labelled images would separate them"
+            if cv
+            else "more test images or --cv would separate them"
+        )
     )

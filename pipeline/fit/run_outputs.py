@@ -70,6 +70,8 @@ def _save_models(out: Path, report: dict[str, Any], outcomes: Sequence[Any]) -> 
                 "class_names": list(report["class_names"]),
                 "backbone": dict(report["backbone"]),
                 "store": report["features"],
+                # which rows the model saw: {"rows": "train" | "all", "n_rows", "how"}
+                "trained_on": dict(result.get("trained_on") or {}),
             },
         )
 
