@@ -45,6 +45,10 @@ def slow_step(logger: logging.Logger, message: str, *args: object) -> Iterator[N
     """Log ``message % args`` (INFO) once the block has run :data:`SLOW_STEP_SECONDS` seconds
     and is still running: every step that takes more than a few seconds says what it is doing,
     and quick ones add no line."""
+    if SLOW_STEP_SECONDS <= 0:  # said at once (tests, or a caller wanting every step)
+        logger.info(message, *args)
+        yield
+        return
     timer = threading.Timer(SLOW_STEP_SECONDS, logger.info, (message, *args))
     timer.daemon = True
     timer.start()

@@ -652,11 +652,11 @@ def run_fit(config: FitConfig) -> dict[str, Any]:
     names = parse_clf(config.clf)
     _check_config(config)
     _check_search(names, config)
+    path = _store_path(config)
     out = Path(config.out)
     check_out_dir(out)  # before any training: a bad --out costs nothing
     if check_replace(out, dataclasses.asdict(config), config.replace):
         logger.info("--replace: this run replaces the outputs of another run in %s", out)
-    path = _store_path(config)
     attrs = read_attrs(path)
     # Build every estimator first, so a bad hyperparameter (even of a classifier not run this
     # time, such as a typo in --set) fails before any training.
