@@ -345,3 +345,4 @@ def test_plain_summary_follows_the_evidence():
     text = plain_summary({"results": mixed, "n_test": 300})
     assert text.startswith("svc and logreg are the most accurate") and "knn is clearly less" in text
     assert "of the leading two, logreg is the fastest to train and best calibrated" in text
+    assert text.endswith("more test images or --cv would separate the leaders.")

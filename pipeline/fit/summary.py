@@ -114,6 +114,7 @@ def plain_summary(report: Mapping[str, Any]) -> str:
             f"on {images} ({_span(top)} right)",
             f"{_names([r['clf'] for r in rest])} {verb} clearly less accurate",
             f"of the leading {_count(len(top))}, {cheapest}" if cheapest else None,
+            f"{more} would separate the leaders",
         ]
     return "; ".join(p for p in parts if p) + "."
 
