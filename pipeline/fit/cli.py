@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from .._cli import (
     ArgumentParser,
@@ -29,36 +30,22 @@ def _on_off(value: str) -> bool:
     return value == "on"
 
 
-def build_parser(prog: str = "python -m pipeline.fit") -> argparse.ArgumentParser:
-    extract = prog.replace("fit", "extract")
-    defaults = default_values("fit")
-    parser = ArgumentParser(
-        prog=prog,
-        description=f"Fit and compare classifiers ({', '.join(ALL_CLASSIFIERS)}) on a feature store "
-        f"from `{extract}`. Defaults come from the shipped pipeline/default.toml ([fit]; "
-        "configs/default.toml in a checkout).",
-        epilog=examples(
-            prog,
-            [
-                ("", "compare every classifier on artifacts/features.h5"),
-                ("--features photos.h5 --out runs/photos", "another store, another folder"),
-                ("--clf logreg,svc --cv 5", "two classifiers, 5-fold cross-validation"),
-                ("--clf logreg --refit --out runs/final", "save logreg trained on every image"),
-                ("--out runs/photos --replace", "run again into a folder of another run"),
-            ],
-        ),
+def _examples(prog: str) -> str:
+    """The ``examples:`` epilog of ``--help``."""
+    return examples(
+        prog,
+        [
+            ("", "compare every classifier on artifacts/features.h5"),
+            ("--features photos.h5 --out runs/photos", "another store, another folder"),
+            ("--clf logreg,svc --cv 5", "two classifiers, 5-fold cross-validation"),
+            ("--clf logreg --refit --out runs/final", "save logreg trained on every image"),
+            ("--out runs/photos --replace", "run again into a folder of another run"),
+        ],
     )
-    add = parser.add_argument
-    add("--config", help="TOML config file; keys it lacks keep the shipped defaults")
-    add("--features", help=f"HDF5 feature store written by `{extract}`")
-    add(
-        "--clf",
-        type=validated(parse_clf, "clf"),
-        help=f"{' | '.join(CLASSIFIER_NAMES)} | all, or a comma list such as svc,xgboost",
-    )
-    add("--cv", type=int, help="K >= 2: stratified K-fold cross-validation; 0: split or holdout")
-    add("--test-size", type=float, help="holdout fraction when the store has no split")
-    add("--out", help="output folder for report.json, report.md, plots and models/")
+
+
+def _add_run_flags(add: Callable[..., Any]) -> None:
+    """``--replace`` and ``--refit``: what happens to the saved models."""
     add(
         "--replace",
         action="store_true",
@@ -73,6 +60,30 @@ def build_parser(prog: str = "python -m pipeline.fit") -> argparse.ArgumentParse
         help="after the comparison, train the saved models on all labelled rows (train + "
         "test); the scores stay those of the models trained on the training rows",
     )
+
+
+def build_parser(prog: str = "python -m pipeline.fit") -> argparse.ArgumentParser:
+    extract = prog.replace("fit", "extract")
+    defaults = default_values("fit")
+    parser = ArgumentParser(
+        prog=prog,
+        description=f"Fit and compare classifiers ({', '.join(ALL_CLASSIFIERS)}) on a feature store "
+        f"from `{extract}`. Defaults come from the shipped pipeline/default.toml ([fit]; "
+        "configs/default.toml in a checkout).",
+        epilog=_examples(prog),
+    )
+    add = parser.add_argument
+    add("--config", help="TOML config file; keys it lacks keep the shipped defaults")
+    add("--features", help=f"HDF5 feature store written by `{extract}`")
+    add(
+        "--clf",
+        type=validated(parse_clf, "clf"),
+        help=f"{' | '.join(CLASSIFIER_NAMES)} | all, or a comma list such as svc,xgboost",
+    )
+    add("--cv", type=int, help="K >= 2: stratified K-fold cross-validation; 0: split or holdout")
+    add("--test-size", type=float, help="holdout fraction when the store has no split")
+    add("--out", help="output folder for report.json, report.md, plots and models/")
+    _add_run_flags(add)
     add("--seed", type=int, help="random seed for splits and classifiers")
     add("--dask", help="train xgboost on Dask: local[:N] or tcp://HOST:PORT")
     add("--tta", type=_on_off, metavar="on|off", help="average over the store's views")
