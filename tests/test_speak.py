@@ -95,6 +95,10 @@ def test_a_second_fit_does_not_silently_replace_another_runs_models(tmp_path, ca
     assert time.perf_counter() - started < 10  # refused before training
     assert (out / "models" / "knn.joblib").read_bytes() == knn
     assert _fit(store, out, "--clf", "logreg,knn") == 0  # the same command again: allowed
+    report = json.loads((out / "report.json").read_text())
+    del report["config"]["refit"]  # written by a version without --refit: its default
+    (out / "report.json").write_text(json.dumps(report))
+    assert _fit(store, out, "--clf", "logreg,knn") == 0
     assert _fit(store, out, "--clf", "logreg", "--replace") == 0
     assert sorted(p.name for p in (out / "models").iterdir()) == ["logreg.joblib"]
 

@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from .._io import LockedError, atomic_path, exclusive_run, remove_stale_temps
+from ..config import default_values
 from ..exceptions import ConfigError
 
 __all__ = [
@@ -158,11 +159,13 @@ def _changed_settings(previous: Mapping[str, Any] | None, config: Mapping[str, A
         return []
     # through JSON, as report.json holds it (tuples as lists)
     now = json.loads(json.dumps(dict(config), default=str))
+    # a key an older version did not record had its shipped default
+    defaults = json.loads(json.dumps(default_values("fit"), default=str))
     changed = []
     for key in sorted(set(previous) | set(now)):
-        if key in _NOT_IDENTITY or previous.get(key) == now.get(key):
+        old, new = previous.get(key, defaults.get(key)), now.get(key, defaults.get(key))
+        if key in _NOT_IDENTITY or old == new:
             continue
-        old, new = previous.get(key), now.get(key)
         if isinstance(old, Mapping) or isinstance(new, Mapping):
             changed.append(f"[{key}]")
         else:
