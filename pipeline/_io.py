@@ -66,7 +66,9 @@ class LockedError(OSError):
 @contextlib.contextmanager
 def exclusive_run(path: str | Path) -> Iterator[None]:
     """Hold ``<path>.lock`` for a whole run without waiting; raise :class:`LockedError` at once
-    when another process holds it. The holder's process id is written into the lock file."""
+    when another process holds it. The holder's process id is written into the lock file,
+    which is removed when the run ends (successful or not; only a killed run leaves it, and the
+    next run removes it)."""
     lock_file = lock_path(path)
     lock = filelock.FileLock(lock_file, timeout=0)
     try:
@@ -78,6 +80,11 @@ def exclusive_run(path: str | Path) -> Iterator[None]:
             lock_file.write_text(f"{os.getpid()}\n")
         yield
     finally:
+        # Removed while still held, so no lock file is left beside the user's files: a
+        # waiter that opened it before finds it unlinked once it gets the lock (filelock
+        # checks st_nlink) and tries again on a new file.
+        with contextlib.suppress(OSError):
+            lock_file.unlink()
         lock.release()
 
 

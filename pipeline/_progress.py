@@ -12,12 +12,14 @@ import contextlib
 import logging
 import os
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from types import TracebackType
 
 from .exceptions import ConfigError
 
-__all__ = ["Progress", "progress_interval"]
+__all__ = ["Progress", "progress_interval", "slow_step"]
 
 _INTERVAL_VARIABLE = "PIPELINE_PROGRESS_SECONDS"
 
@@ -32,6 +34,28 @@ def progress_interval() -> float:
     if not seconds >= 0:
         raise ConfigError(f"{_INTERVAL_VARIABLE}={value!r} is not a number of seconds >= 0")
     return seconds
+
+
+#: Seconds a step runs before :func:`slow_step` says what it is doing.
+SLOW_STEP_SECONDS = 3.0
+
+
+@contextlib.contextmanager
+def slow_step(logger: logging.Logger, message: str, *args: object) -> Iterator[None]:
+    """Log ``message % args`` (INFO) once the block has run :data:`SLOW_STEP_SECONDS` seconds
+    and is still running: every step that takes more than a few seconds says what it is doing,
+    and quick ones add no line."""
+    if SLOW_STEP_SECONDS <= 0:  # said at once (tests, or a caller wanting every step)
+        logger.info(message, *args)
+        yield
+        return
+    timer = threading.Timer(SLOW_STEP_SECONDS, logger.info, (message, *args))
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
 
 
 def _on_terminal() -> bool:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from .config import default_values
@@ -23,6 +23,7 @@ __all__ = [
     "CLASSIFIER_NAMES",
     "REGISTRY",
     "ClassifierEntry",
+    "classifier_params",
     "default_params",
     "make_classifier",
 ]
@@ -179,8 +180,35 @@ def default_params(name: str) -> dict[str, Any]:
     return default_values(f"fit.{name}")
 
 
+def classifier_params(
+    name: str, table: Mapping[str, Any] | None = None, seed: int | None = None
+) -> dict[str, Any]:
+    """A ``[fit.<name>]`` table as keyword arguments of :func:`make_classifier`: ``"none"`` is
+    None (TOML has no null), ``hidden_layer_sizes`` a tuple, and ``random_state`` the seed.
+    ``table`` defaults to the shipped one (:func:`default_params`), ``seed`` to ``[fit] seed``:
+    the one conversion both ``python -m pipeline.fit`` and :func:`make_classifier` use."""
+    if table is None:
+        table = default_params(name)
+    if not isinstance(table, Mapping):
+        raise ValueError(f"[fit.{name}]: expected a table of hyperparameters, got {table!r}")
+    params: dict[str, Any] = {
+        "random_state": default_values("fit")["seed"] if seed is None else seed
+    }
+    for key, value in table.items():
+        if isinstance(value, str) and value.lower() == "none":
+            value = None
+        if key == "hidden_layer_sizes" and isinstance(value, list):
+            value = tuple(value)
+        params[key] = value
+    return params
+
+
 def make_classifier(name: str, **params: Any) -> Any:
     """Return an unfitted classifier for embeddings by name (a key of :data:`REGISTRY`).
+
+    Its hyperparameters are those ``python -m pipeline.fit`` trains with: the ``[fit.<name>]``
+    table of the shipped ``pipeline/default.toml`` and ``random_state`` ``[fit] seed``
+    (:func:`classifier_params`), each overridden by ``params``.
 
     Each is a :class:`~sklearn.pipeline.Pipeline` whose last step is named ``"clf"``:
 
@@ -201,8 +229,8 @@ def make_classifier(name: str, **params: Any) -> Any:
     name : str
         A key of :data:`REGISTRY` (:data:`CLASSIFIER_NAMES`).
     **params
-        Hyperparameters of the final estimator (for ``svc``: SVC's, plus ``probability`` and
-        ``calibration_cv``).
+        Hyperparameters of the final estimator, over the CLI's defaults (for ``svc``: SVC's,
+        plus ``probability`` and ``calibration_cv``).
 
     Returns
     -------
@@ -224,6 +252,7 @@ def make_classifier(name: str, **params: Any) -> Any:
             f"unknown classifier {name!r}; valid options: {', '.join(CLASSIFIER_NAMES)}"
         )
     entry = REGISTRY[name]
+    params = {**classifier_params(name), **params}
     valid = entry.params()
     unknown = sorted(set(params) - valid)
     if unknown:

@@ -193,6 +193,8 @@ class FitConfig:
     augment: bool = _default("fit", "augment")
     search: Mapping[str, Any] = _default("fit", "search")
     audit: bool = _default("fit", "audit")
+    replace: bool = _default("fit", "replace")
+    refit: bool = _default("fit", "refit")
 
     @property
     def search_enabled(self) -> bool:

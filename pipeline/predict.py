@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ._cli import ArgumentParser, add_verbosity, run_command, validated
+from ._cli import ArgumentParser, add_verbosity, examples, run_command, show_defaults, validated
 from ._io import atomic_path
 from ._runtime import BACKENDS, check_device, resolve_runtime
 from .engine.runners import embed_images, make_runner
@@ -222,10 +222,18 @@ def _write_csv(predictions: Sequence[Prediction], out: str | None) -> None:
 
 
 def build_parser(prog: str = "python -m pipeline.predict") -> argparse.ArgumentParser:
+    fit = prog.replace("predict", "fit")
     parser = ArgumentParser(
         prog=prog,
-        description="Classify images with a model file from `python -m pipeline.fit`. "
+        description=f"Classify images with a model file from `{fit}`. "
         "Model files are pickles: only load ones you trust.",
+        epilog=examples(
+            prog,
+            [
+                ("--model artifacts/models/logreg.joblib new/", "a CSV of predictions on stdout"),
+                ("--model runs/a/models/svc.joblib a.jpg b.jpg --out p.csv", "into a file"),
+            ],
+        ),
     )
     add = parser.add_argument
     add("--model", required=True, help="a models/<clf>.joblib file written by pipeline.fit")
@@ -246,6 +254,8 @@ def build_parser(prog: str = "python -m pipeline.predict") -> argparse.ArgumentP
     )
     add("--backend", default="auto", choices=BACKENDS, help="auto: ONNX Runtime on CPU, else torch")
     add_verbosity(parser)
+    own = ("batch_size", "workers", "device", "backend")  # predict's defaults: no config file
+    show_defaults(parser, {a.dest: a.default for a in parser._actions if a.dest in own})
     return parser
 
 

@@ -41,6 +41,7 @@ import h5py
 import numpy as np
 
 from . import rows as rows_module
+from ._cli import command
 from ._io import atomic_path, is_locked
 from .exceptions import StoreError
 from .rows import RowSource, StoreRows, iter_blocks, materialize
@@ -504,7 +505,7 @@ def _check_sources(path: Path, features: h5py.Dataset) -> None:
         raise StoreError(
             f"{path}: its rows live in {parts_dir(path)}/, which lacks {missing[0]}; copy "
             "that folder along with the store, or make a self-contained store with "
-            "`python -m pipeline.extract ... --compact`"
+            f"`{command('extract')} --data YOUR_IMAGES --out {path} --compact`"
         )
 
 
@@ -520,7 +521,7 @@ def read_store(
         check_not_being_written(path)
         raise StoreError(
             f"{path}: the store is incomplete (extraction was interrupted); run the same "
-            "`python -m pipeline.extract` command again to finish it"
+            f"`{command('extract')}` command again to finish it"
         )
     return table
 

@@ -69,7 +69,7 @@ def test_exact_and_near_duplicates_between_train_and_test():
     # Train rows duplicating each other are not leakage; a lower threshold finds more pairs.
     assert set(dups["split"]) == {"test"}
     assert len(find_duplicates(X, paths, splits, hashes, threshold=0.2)) > 2
-    assert "1 exact and 1 near" in leakage_warning(dups)
+    assert "(1 identical, 1 near-identical;" in leakage_warning(dups)
     assert leakage_warning(dups.iloc[:0]) is None
 
 

@@ -178,16 +178,17 @@ def test_cv_interval():
 
 
 def test_separability_warning_rule():
-    # 360 rows at 0.97: the 95 % interval is about +-1.8 points: warned, with the rule.
+    # 360 rows at 0.97: the 95 % interval is about +-1.8 points: warned, in plain words.
     message = separability_warning(360, (0.952, 0.988))
     assert message is not None and "\n" not in message
-    assert "360 rows" in message and "rule:" in message and "1.7 points" in message
+    assert message.startswith("360 test images are too few to rank these classifiers")
+    assert "±1.8 points" in message and "1.7 points (6 images)" in message
     assert separability_warning(20_000, (0.735, 0.747)) is None
 
 
 def test_separability_advice_depends_on_the_evaluation():
     holdout = separability_warning(360, (0.94, 0.98))
     cv = separability_warning(360, (0.94, 0.98), cv=True)
-    assert holdout.endswith("use more test rows or --cv")
-    assert cv.endswith("use more labelled rows") and "--cv" not in cv
+    assert holdout.endswith("more test images or --cv would separate them")
+    assert cv.endswith("more labelled images would separate them") and "--cv" not in cv
     assert separability_warning(100_000, (0.950, 0.955)) is None

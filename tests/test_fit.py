@@ -46,7 +46,8 @@ def _without_timings(report: dict) -> dict:
         for r in report["results"]
     ]
     config = {k: v for k, v in report["config"].items() if k != "out"}  # differs on purpose
-    return {**report, "results": results, "config": config}
+    # the summary names the fastest classifier when clearly fastest: a wall-clock value too
+    return {**report, "results": results, "config": config, "summary": None}
 
 
 def test_help_is_instant_and_torch_free(capsys):

@@ -191,7 +191,7 @@ def test_search_through_the_cli_reports_space_choice_and_time(tmp_path, capsys):
     assert "Hyperparameter search" in md and "clf__C" in md
 
 
-def test_report_html_leakage_line_and_compact_many_classes(tmp_path, capsys):
+def test_report_html_leakage_line_and_compact_many_classes(tmp_path, capsys, caplog):
     X, y = blobs(n_per_class=6, n_classes=32, dim=64, seed=1, spread=1.5)
     names = [f"c{i:02d}" for i in range(32)]
     split = np.array(["train"] * len(y), dtype=object)
@@ -200,9 +200,13 @@ def test_report_html_leakage_line_and_compact_many_classes(tmp_path, capsys):
     store = write_store(tmp_path / "f.h5", features=X, labels=y, split=split.tolist(),
                         class_names=names)  # fmt: skip
     out = tmp_path / "out"
-    report, _, err = _run(capsys, "--features", str(store), "--out", str(out), "--clf", "logreg")
-    assert "warning: leakage: 0 exact and 1 near duplicate(s)" in err
-    assert any(w.startswith("leakage") for w in report["warnings"])
+    with caplog.at_level("WARNING"):
+        report, _, err = _run(
+            capsys, "--features", str(store), "--out", str(out), "--clf", "logreg"
+        )
+    leak = "1 test image(s) are copies of training images (0 identical, 1 near-identical;"
+    assert [r.getMessage() for r in caplog.records].count(report["warnings"][-1]) == 1  # once
+    assert report["warnings"][-1].startswith(leak)
     dups = pd.read_csv(out / "duplicates.csv")
     assert dups[["path", "train_path"]].values.tolist() == [["img/0000.png", "img/0001.png"]]
     result = report["results"][0]
@@ -232,6 +236,8 @@ def test_out_is_checked_before_training_and_a_failed_run_keeps_the_last(
 
     monkeypatch.setattr("pipeline.fit.run_outputs.write_decision_png", broken)
     with pytest.raises(RuntimeError):
-        run_fit(FitConfig.from_file(None, features=str(store), out=str(out), clf="knn"))
+        run_fit(
+            FitConfig.from_file(None, features=str(store), out=str(out), clf="knn", replace=True)
+        )
     after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     assert after == before and report["config"]["out"] == str(out)

@@ -323,3 +323,55 @@ def test_report_in_a_real_browser_shows_the_planted_cases(tmp_path):
     assert items["d"] == dup_csv["path"].tolist()
     assert planted["mislabelled_test"] in items["m"]  # the hostile name survives escaping
     assert planted["copy"] in items["d"]
+
+
+def test_report_leads_with_a_plain_sentence_and_shows_the_decision_chart(tmp_path):
+    """Issue 26: the summary sentence is on the page and visible, the decision chart (scores
+    with intervals and fit time) is shown, and "tied" is explained where it appears."""
+    from selenium.webdriver.common.by import By
+
+    from pipeline.fit import main as fit_main
+
+    from ._fit_helpers import write_store
+
+    chromium, driver = _browser_paths()
+    split = ["test" if i % 4 == 0 else "train" for i in range(90)]
+    store = write_store(tmp_path / "f.h5", split=split, spread=0.8)
+    out = tmp_path / "run"
+    argv = ["--features", str(store), "--clf", "logreg,knn", "--out", str(out), "--no-audit"]
+    assert fit_main([*argv, "-q"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["summary"] and report["results"][1]["tied_with_best"] is not None
+    assert report["summary"] in (out / "report.md").read_text()
+    browser = _chrome(chromium, driver)
+    try:
+        browser.get((out / "report.html").as_uri())
+        headline = browser.find_element(By.ID, "headline")
+        chart = browser.find_element(By.ID, "decision-chart")
+        shown = {
+            "headline": (headline.is_displayed(), headline.text),
+            "chart": (chart.is_displayed(), chart.size["width"], chart.size["height"]),
+            "chart loaded": browser.execute_script(
+                "const i = document.getElementById('decision-chart');"
+                "return [i.complete, i.naturalWidth, i.naturalHeight];"
+            ),
+            "note": browser.find_element(By.ID, "tied-note").is_displayed(),
+            "tied titles": browser.execute_script(
+                "return Array.from(document.querySelectorAll('#results abbr')).map(a => a.title);"
+            ),
+            "headline first": browser.execute_script(
+                "const h = document.getElementById('headline').getBoundingClientRect();"
+                "const t = document.querySelector('#results table').getBoundingClientRect();"
+                "return h.top < t.top && h.top < window.innerHeight;"
+            ),
+        }
+        severe = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    finally:
+        browser.quit()
+    assert shown["headline"] == (True, report["summary"]), shown
+    assert shown["chart"][0] and min(shown["chart"][1:]) > 100, shown
+    complete, width, height = shown["chart loaded"]
+    assert complete and width > 300 and height > 100, shown
+    assert shown["note"] and shown["headline first"], shown
+    assert shown["tied titles"] and all("chance" in t for t in shown["tied titles"]), shown
+    assert severe == []

@@ -154,7 +154,9 @@ def resolve_backbone(
         return BackboneSpec(model, str(enum.DEFAULT))
     member = choice.split(".", 1)[1] if choice.startswith(enum.__name__ + ".") else choice
     if member not in enum.__members__:
-        valid = ", ".join(["DEFAULT", "none", *enum.__members__])
+        # enum.__members__ holds the alias DEFAULT too: name it once
+        members = [name for name in enum.__members__ if name != "DEFAULT"]
+        valid = ", ".join(["auto", "DEFAULT", "none", *members])
         raise BackboneError(
             f"{weights!r} is not a weight of {model}; valid: {valid}", param="weights"
         )

@@ -6,9 +6,9 @@ import argparse
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .._cli import ArgumentParser, add_verbosity, run_command, validated
+from .._cli import ArgumentParser, add_verbosity, examples, run_command, show_defaults, validated
 from .._runtime import BACKENDS, PRECISIONS, check_device
-from ..config import ExtractConfig
+from ..config import ExtractConfig, default_values
 from ..engine.preprocess import CROP_MODES
 from ..exceptions import ConfigError
 from .executors import run_extraction
@@ -45,11 +45,21 @@ def _add_recipe_flags(add: Callable[..., Any]) -> None:
 
 
 def build_parser(prog: str = "python -m pipeline.extract") -> argparse.ArgumentParser:
+    fit = prog.replace("extract", "fit")
     parser = ArgumentParser(
         prog=prog,
-        description="Embed images with a pretrained torchvision CNN into an HDF5 feature store. "
-        "Defaults come from the shipped pipeline/default.toml ([extract]; configs/default.toml "
-        "in a checkout).",
+        description="Embed images with a pretrained torchvision CNN into an HDF5 feature store "
+        f"for `{fit}`. Defaults come from the shipped pipeline/default.toml ([extract]; "
+        "configs/default.toml in a checkout).",
+        epilog=examples(
+            prog,
+            [
+                ("", "the built-in digits -> artifacts/features.h5"),
+                ("--data photos/ --out artifacts/photos.h5", "a folder of class folders"),
+                ("--data labels.csv --out artifacts/labels.h5", "a CSV of path,label[,split]"),
+                ("--data photos/ --model resnet50 --out r50.h5", "another backbone"),
+            ],
+        ),
     )
     add = parser.add_argument
     add("--config", help="TOML config file; keys it lacks keep the shipped defaults")
@@ -59,7 +69,7 @@ def build_parser(prog: str = "python -m pipeline.extract") -> argparse.ArgumentP
     )
     add("--model", help="torchvision model name, e.g. mobilenet_v2, resnet50, convnext_tiny")
     add("--weights", help="auto | DEFAULT | none | a weights name such as IMAGENET1K_V1")
-    add("--out", help="output HDF5 store (default artifacts/features.h5)")
+    add("--out", help="output HDF5 store")
     add("--batch-size", type=int, help="images per forward pass (0: automatic)")
     add(
         "--workers",
@@ -88,6 +98,7 @@ def build_parser(prog: str = "python -m pipeline.extract") -> argparse.ArgumentP
         help="no progress bar (terminal) or progress lines (redirected)",
     )
     add_verbosity(parser)
+    show_defaults(parser, default_values("extract"))
     return parser
 
 

@@ -523,7 +523,8 @@ def _run_extraction(config: ExtractConfig, executor: Executor | None) -> Extract
         done.n_embedded,
         done.seconds,
     )
-    logger.info(
+    # DEBUG: the CLI prints summary.line() (standard output), once
+    logger.debug(
         "extraction done: %s (%.1f s in all)", summary.line(), time.perf_counter() - started
     )
     return summary

@@ -36,6 +36,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .._progress import slow_step
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -135,7 +137,11 @@ def content_hashes(paths: Sequence[str]) -> tuple[list[str | None], dict[str, st
             hashes.append(None)
             unreadable[path] = " ".join(f"{type(exc).__name__}: {exc}".split())
     if unreadable:
-        logger.warning("%d input(s) could not be read for hashing", len(unreadable))
+        logger.warning(
+            "%d image file(s) could not be read to look for identical copies (moved or deleted "
+            "since extract?)",
+            len(unreadable),
+        )
     return hashes, unreadable
 
 
@@ -262,7 +268,7 @@ def find_label_issues(
         n_jobs=1,
     )
     table = _issue_table(rows[flagged], y[flagged], proba[flagged], names, paths, splits)
-    logger.info(
+    logger.debug(
         "label issues: %d of %d rows flagged (%d-fold out-of-fold probe)", len(table), n, folds
     )
     return table
@@ -404,7 +410,7 @@ def find_duplicates(
         table["_exact"] = table["kind"] == "exact"
         table = table.sort_values(["_exact", "similarity", "path"], ascending=[False, False, True])
         table = table.drop(columns="_exact").reset_index(drop=True)
-    logger.info(
+    logger.debug(
         "duplicates: %d exact and %d near (cosine >= %.3f) of %d test/val rows",
         int((table["kind"] == "exact").sum()),
         int((table["kind"] == "near").sum()),
@@ -470,14 +476,15 @@ def _duplicate_pairs(
 
 
 def leakage_warning(duplicates: pd.DataFrame) -> str | None:
-    """The one-line warning the CLI prints when test/val rows duplicate train rows."""
+    """One line in plain words when test/val rows duplicate train rows (leakage), else None."""
     if duplicates is None or len(duplicates) == 0:
         return None
     exact = int((duplicates["kind"] == "exact").sum())
     near = len(duplicates) - exact
     return (
-        f"warning: leakage: {exact} exact and {near} near duplicate(s) of training images in "
-        "the test/val split (see duplicates.csv); scores on them are optimistic"
+        f"{len(duplicates)} test image(s) are copies of training images ({exact} identical, "
+        f"{near} near-identical; listed in duplicates.csv), so the scores are a little too "
+        "optimistic"
     )
 
 
@@ -498,26 +505,34 @@ def audit_table(
     labelled = np.flatnonzero(table.labels >= 0)
     label_names = np.full(len(table.labels), "", dtype=object)
     label_names[labelled] = names[table.labels[labelled]]
-    issues = find_label_issues(
-        _rows_of(table.features, labelled),
-        label_names[labelled],
-        paths=table.paths[labelled].tolist(),
-        splits=table.split[labelled].tolist(),
-        seed=seed,
-        n_folds=n_folds,
-    )
+    with slow_step(
+        logger,
+        "audit: looking for wrong labels among %d images (a %d-fold check; --no-audit skips "
+        "the audit) ...",
+        len(labelled),
+        n_folds,
+    ):
+        issues = find_label_issues(
+            _rows_of(table.features, labelled),
+            label_names[labelled],
+            paths=table.paths[labelled].tolist(),
+            splits=table.split[labelled].tolist(),
+            seed=seed,
+            n_folds=n_folds,
+        )
     if len(issues):
         issues["row"] = labelled[issues["row"].to_numpy(dtype=int)]
     has_split = np.isin(table.split, ["train", "test", "val"])
     rows = np.flatnonzero(has_split)
     paths = table.paths[rows].tolist()
-    hashes, unreadable = content_hashes(paths) if len(rows) else ([], {})
-    duplicates = find_duplicates(
-        _rows_of(table.features, rows),
-        paths,
-        table.split[rows].tolist(),
-        hashes,
-        labels=label_names[rows].tolist(),
-        threshold=threshold,
-    )
+    with slow_step(logger, "audit: looking for test images that copy training images ..."):
+        hashes, unreadable = content_hashes(paths) if len(rows) else ([], {})
+        duplicates = find_duplicates(
+            _rows_of(table.features, rows),
+            paths,
+            table.split[rows].tolist(),
+            hashes,
+            labels=label_names[rows].tolist(),
+            threshold=threshold,
+        )
     return issues, duplicates, unreadable

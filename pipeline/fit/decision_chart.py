@@ -112,7 +112,8 @@ def _draw_scores(
         ax_score.errorbar(
             scores[i],
             y[i],
-            xerr=[[scores[i] - lows[i]], [highs[i] - scores[i]]],
+            # clamped: a percentile interval may miss its own point estimate by rounding
+            xerr=[[max(0.0, scores[i] - lows[i])], [max(0.0, highs[i] - scores[i])]],
             fmt="o",
             color=colour,
             ecolor=colour,

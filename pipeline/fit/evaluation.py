@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import shlex
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -23,7 +24,9 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
-from ..classifiers import ALL_CLASSIFIERS, CLASSIFIER_NAMES, make_classifier
+from .._cli import command
+from .._progress import slow_step
+from ..classifiers import ALL_CLASSIFIERS, CLASSIFIER_NAMES, classifier_params, make_classifier
 from ..config import FitConfig
 from ..exceptions import ConfigError, StoreError
 from ..rows import RowSource, StoreRows, materialize
@@ -31,12 +34,13 @@ from ..store import FeatureTable, check_finite, read_attrs, read_store, split_ro
 from .evidence import bootstrap_intervals, compare_to_best, cv_interval, separability_warning
 from .memory import check_fit_memory, held_out_share
 from .model_file import BACKBONE_KEYS
-from .outputs import check_out_dir, publish_run
+from .outputs import check_out_dir, check_replace, publish_run
 from .predictions import align_proba
 from .report import classification_metrics, format_table, summarize_folds
 from .run_outputs import write_outputs
 from .search import SEARCH_OPTIONS, run_search
 from .streaming import Plan, fit_plan, fit_rows, predict_rows
+from .summary import plain_summary
 from .views import ViewsClassifier, views_report, views_used, with_views
 
 __all__ = ["parse_clf", "run_fit"]
@@ -125,17 +129,7 @@ def _check_cv(path: Path, y: np.ndarray, k: int, class_names: Sequence[str]) -> 
 
 def _classifier_params(name: str, config: FitConfig) -> dict[str, Any]:
     """The ``[fit.<name>]`` table (with ``--set`` values) as estimator keyword arguments."""
-    section = getattr(config, name) or {}
-    if not isinstance(section, Mapping):
-        raise ValueError(f"[fit.{name}]: expected a table of hyperparameters, got {section!r}")
-    params: dict[str, Any] = {"random_state": config.seed}
-    for key, value in section.items():
-        if isinstance(value, str) and value.lower() == "none":
-            value = None  # TOML has no null
-        if key == "hidden_layer_sizes" and isinstance(value, list):
-            value = tuple(value)
-        params[key] = value
-    return params
+    return classifier_params(name, getattr(config, name) or {}, config.seed)
 
 
 def _build(name: str, config: FitConfig):
@@ -324,6 +318,44 @@ def _compare(outcomes: Mapping[str, _Outcome], data: _Data, config: FitConfig) -
         outcome.result["p_value_raw"] = verdict[name]["p_value_raw"]
 
 
+def _train_saved_models(
+    outcomes: Mapping[str, _Outcome],
+    built: Mapping[str, tuple[Any, Any]],
+    data: _Data,
+    path: Path,
+    config: FitConfig,
+) -> None:
+    """Record in each result which rows its saved model saw (``trained_on``); with
+    ``--refit`` (and no ``--cv``, whose models are refitted on every row already) first train
+    it again on every labelled row of the run, train and test, after the comparison."""
+    from sklearn.base import clone
+
+    n_all = len(np.union1d(data.train_rows, data.eval_rows))
+    if config.cv:
+        if config.refit:
+            logger.info("--refit: with --cv the saved models are trained on every row already")
+        seen = {"rows": "all", "n_rows": n_all, "how": f"refit after {config.cv}-fold cv"}
+    elif config.refit:
+        order = np.argsort(np.concatenate([data.train_rows, data.eval_rows]), kind="stable")
+        rows = np.concatenate([data.train_rows, data.eval_rows])[order]
+        y = np.concatenate([data.y_train, data.y_eval])[order]
+        X = StoreRows(path, rows, data.X_train.datasets)
+        for name, outcome in outcomes.items():
+            with slow_step(
+                logger, "%s: training the saved model on all %d rows ...", name, len(rows)
+            ):
+                fitted, seconds, _ = _fit_or_search(name, clone(built[name][0]), X, y, config)
+            logger.info(
+                "%s: saved model trained on all %d labelled rows (--refit)", name, len(rows)
+            )
+            outcome.fitted, outcome.result["refit_seconds"] = fitted, seconds
+        seen = {"rows": "all", "n_rows": len(rows), "how": "--refit after the comparison"}
+    else:
+        seen = {"rows": "train", "n_rows": data.n_train, "how": "the comparison's training rows"}
+    for outcome in outcomes.values():
+        outcome.result["trained_on"] = dict(seen)
+
+
 # -- the stage ----------------------------------------------------------------------------------
 
 
@@ -415,34 +447,61 @@ def _check_data_finite(path: Path, table: FeatureTable, data: _Data) -> None:
 def _run_one(name: str, built: tuple[Any, dict[str, Any]], data: _Data, config: FitConfig):
     """Fit and evaluate one classifier; its outcome (report entry, model, predictions)."""
     estimator, params = built
-    if config.cv:
-        outcome = _cross_validate(name, estimator, data, config)
-    else:
-        outcome = _holdout(name, estimator, data, config)
+    rows = f"{config.cv}-fold cv on {data.n_train}" if config.cv else str(data.n_train)
+    with slow_step(logger, "%s: training on %s rows ...", name, rows):
+        if config.cv:
+            outcome = _cross_validate(name, estimator, data, config)
+        else:
+            outcome = _holdout(name, estimator, data, config)
     result = outcome.result
     lo, hi = result["ci"]["accuracy"]
-    logger.info(
-        "%s: accuracy %.4f [%.4f, %.4f], macro F1 %.4f (fit %.2f s, predict %.3f s)",
+    logger.info(  # plain words; the table printed at the end has every score
+        "%s: %.1f %% of %d %s right (likely %.1f-%.1f %%), trained in %.1f s",
         name,
-        result["accuracy"],
-        lo,
-        hi,
-        result["macro_f1"],
+        100 * result["accuracy"],
+        data.n_test,
+        "images, cross-validated" if config.cv else "test images",
+        100 * lo,
+        100 * hi,
         result["fit_seconds"],
-        result["predict_seconds"],
     )
     outcome.result = {"clf": name, **result, "params": params}
     return outcome
 
 
 def _store_path(config: FitConfig) -> Path:
+    """The store ``--features`` names; if it is missing or a folder, an error whose hint is a
+    command doing what the user meant (placeholders in capitals: ``YOUR_IMAGES``)."""
     path = Path(config.features)
-    if not path.is_file():
+    if path.is_file():
+        return path
+    extract, fit = command("extract"), command("fit")
+    if path.is_dir():
+        stores = sorted(path.glob("*.h5"))
+        if stores:  # an output folder such as artifacts/: one of the stores in it was meant
+            raise StoreError(
+                f"{path} is a folder; pass a feature store in it: `{fit} --features "
+                f"{_quoted(stores[0])}`",
+                param="features",
+            )
+        store = _quoted(path.parent / f"{path.name or 'features'}.h5")
         raise StoreError(
-            f"no such file: {path}; run `python -m pipeline.extract --out {path}` first",
+            f"{path} is a folder, not a feature store; embed its images first with "
+            f"`{extract} --data {_quoted(path)} --out {store}`, then run `{fit} --features "
+            f"{store}`",
             param="features",
         )
-    return path
+    raise StoreError(
+        f"no such file: {path}; make it from your images first with `{extract} --data "
+        f"YOUR_IMAGES --out {_quoted(path)}` (YOUR_IMAGES: a folder of class folders, a CSV "
+        "of path,label, or sklearn:digits)",
+        param="features",
+    )
+
+
+def _quoted(path: Path) -> str:
+    """``path`` as a shell word."""
+    return shlex.quote(str(path))
 
 
 def _plans(built: Mapping[str, tuple[Any, Any]], names: Sequence[str], config: FitConfig):
@@ -541,10 +600,11 @@ def _report(
     """The content of report.json (before per-class data is made compact)."""
     warnings = []
     note = separability_warning(data.n_test, results[0]["ci"]["accuracy"], cv=bool(config.cv))
-    if note:  # the CLI prints report["warnings"]; logged at INFO to print it once
-        logger.info("warning: %s", note)
+    if note:  # logged once, here; report["warnings"] keeps it for the reports
+        logger.warning("%s", note)
         warnings.append(note)
-    return {
+    report = {
+        "summary": "",  # the plain sentence the reports lead with, set below
         "features": str(path),
         "fingerprint": table.attrs.get("fingerprint"),
         "n_train": data.n_train,
@@ -565,6 +625,8 @@ def _report(
         "views": views_report(table.attrs, config.tta, config.augment),
         "results": results,
     }
+    report["summary"] = plain_summary(report)
+    return report
 
 
 # long: a numpydoc docstring; its code (checks, one _run_one per classifier, report) is < 60.
@@ -590,9 +652,11 @@ def run_fit(config: FitConfig) -> dict[str, Any]:
     names = parse_clf(config.clf)
     _check_config(config)
     _check_search(names, config)
+    path = _store_path(config)
     out = Path(config.out)
     check_out_dir(out)  # before any training: a bad --out costs nothing
-    path = _store_path(config)
+    if check_replace(out, dataclasses.asdict(config), config.replace):
+        logger.info("--replace: this run replaces the outputs of another run in %s", out)
     attrs = read_attrs(path)
     # Build every estimator first, so a bad hyperparameter (even of a classifier not run this
     # time, such as a typo in --set) fails before any training.
@@ -607,11 +671,13 @@ def run_fit(config: FitConfig) -> dict[str, Any]:
     _log_plan(path, data, names, config)
     outcomes = {name: _run_one(name, built[name], data, config) for name in names}
     _compare(outcomes, data, config)
+    _train_saved_models(outcomes, built, data, path, config)
     # best first; stable, so equal accuracies keep the --clf order (as compare_to_best does)
     ranked = sorted(outcomes.values(), key=lambda o: -o.result["accuracy"])
     report = _report(path, table, data, [o.result for o in ranked], config)
-    with publish_run(out) as staging:  # every output, or (on an error) none
+    settings = dataclasses.asdict(config)
+    with publish_run(out, settings, replace=config.replace) as staging:  # all outputs, or none
         report = write_outputs(staging, report, ranked, data, table, config)
     logger.debug("results:\n%s", format_table(report["results"]))
-    logger.info("report written to %s", out / "report.json")
+    logger.debug("report written to %s", out / "report.json")
     return report

@@ -376,7 +376,8 @@ def compare_to_best(
 def separability_warning(
     n_test: int, best_interval: Sequence[float], *, resolution: float = 0.01, cv: bool = False
 ) -> str | None:
-    """One line when the evaluation is too small to separate classifiers, else None.
+    """One line in plain words when the evaluation is too small to separate classifiers,
+    else None.
 
     Rule: warn when the best classifier's accuracy interval (95 % bootstrap, or the corrected
     CV interval) has a half-width above ``resolution`` (1 point by default): gaps smaller
@@ -401,11 +402,14 @@ def separability_warning(
     if n_test >= 1 and half <= resolution:
         return None
     floor = 6 / n_test if n_test >= 1 else float("inf")
+    images = f"{n_test} images (cross-validated)" if cv else f"{n_test} test images"
     return (
-        f"evaluation on {n_test} rows is too small to separate classifiers: the best's accuracy "
-        f"interval is +-{100 * half:.1f} points, wider than the +-{100 * resolution:.1f} this "
-        f"report needs (rule: warn when the half-width of the best's 95% interval exceeds "
-        f"{100 * resolution:.1f} points; an exact McNemar test cannot call any gap below "
-        f"{100 * floor:.1f} points, 6 rows, significant); "
-        + ("use more labelled rows" if cv else "use more test rows or --cv")
+        f"{images} are too few to rank these classifiers: each accuracy is uncertain by about "
+        f"±{100 * half:.1f} points, and two classifiers must differ by at least "
+        f"{100 * floor:.1f} points (6 images) before the difference can be told from chance; "
+        + (
+            "more labelled images would separate them"
+            if cv
+            else "more test images or --cv would separate them"
+        )
     )

@@ -23,6 +23,7 @@ import io
 import logging
 import math
 import os
+import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,7 +31,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .._io import atomic_path
+from .._progress import slow_step
 from .data_quality import DIGITS_PREFIX, DUPLICATE_COLUMNS, LABEL_ISSUE_COLUMNS, digits_image
+from .decision_chart import write_decision_png
+from .summary import TIED_MEANING, plain_summary, trained_on
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -141,7 +145,7 @@ def make_thumbnails(
             write_atomic(target, data)
         links[path] = f"{folder}/{name}"
     if failed:
-        logger.warning("%d image(s) could not be read for thumbnails", failed)
+        logger.warning("%d image(s) could not be read to show them in report.html", failed)
     return links
 
 
@@ -255,40 +259,6 @@ def _figure(width: float, height: float) -> Any:
     return Figure(figsize=(width, height), layout="constrained")
 
 
-def _comparison_chart(results: Sequence[Mapping[str, Any]]) -> str:
-    """Grouped bars of accuracy, balanced accuracy and macro F1; whiskers are the intervals
-    (``ci``) when present, else the CV standard deviation."""
-    fig = _figure(max(5.0, 1.6 * len(results) + 2.0), 3.6)
-    ax = fig.add_subplot()
-    x = np.arange(len(results))
-    width = 0.8 / len(_SCORES)
-    for k, key in enumerate(_SCORES):
-        values = np.array([r.get(key) or 0.0 for r in results], dtype=float)
-        low, high = np.zeros(len(results)), np.zeros(len(results))
-        for i, r in enumerate(results):
-            ci = (r.get("ci") or {}).get(key)
-            if ci and None not in ci:
-                low[i], high[i] = max(0.0, values[i] - ci[0]), max(0.0, ci[1] - values[i])
-            elif r.get(f"{key}_std") is not None:
-                low[i] = high[i] = r[f"{key}_std"]
-        has_err = bool((low + high).any())
-        ax.bar(
-            x + (k - 1) * width,
-            values,
-            width,
-            yerr=np.vstack([low, high]) if has_err else None,
-            capsize=3,
-            label=key.replace("_", " "),
-        )
-    ax.set_xticks(x, labels=[str(r["clf"]) for r in results])
-    best = min(r.get("accuracy") or 0.0 for r in results)
-    ax.set_ylim(max(0.0, math.floor((best - 0.15) * 10) / 10), 1.0)
-    ax.set_ylabel("score")
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), fontsize=8, ncols=len(_SCORES))
-    return _png_data_uri(fig)
-
-
 def _confusion_chart(
     matrix: np.ndarray, class_names: Sequence[str], top_k: int, title: str
 ) -> tuple[str, list[str]]:
@@ -363,6 +333,8 @@ def _result_rows(results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
                 "std": r.get(f"{key}_std"),
                 "ci": ci if ci and None not in ci else None,
             }
+        row["trained_on"] = trained_on(r).removeprefix(", ")
+        row["model"] = r.get("model")
         row["fit_seconds"] = r.get("fit_seconds")
         row["predict_seconds"] = r.get("predict_seconds")
         rows.append(row)
@@ -504,6 +476,8 @@ def write_html_report(
         [] if duplicates is None else duplicates.head(duplicate_limit).to_dict("records")
     )
     wanted = _thumbnail_paths(galleries, issue_items, duplicate_items)
+    with slow_step(logger, "report: drawing %d thumbnails for report.html ...", len(set(wanted))):
+        thumbs = make_thumbnails(wanted, out_dir, size=thumbnail_size)
     html = _render_page(
         report,
         results=results,
@@ -515,12 +489,13 @@ def write_html_report(
         duplicates=duplicates,
         predictions=predictions,
         failed=failed,
-        thumbs=make_thumbnails(wanted, out_dir, size=thumbnail_size),
+        thumbs=thumbs,
         prefix=_common_folder(wanted),
         limits={"top_k": top_k_classes, "gallery_limit": gallery_limit, "page_size": page_size},
+        out_dir=out_dir,
     )
     path = write_atomic(out_dir / "report.html", html)
-    logger.info("HTML report written to %s (%.0f kB)", path, path.stat().st_size / 1024)
+    logger.debug("HTML report written (%s, %.0f kB)", path.name, path.stat().st_size / 1024)
     return path
 
 
@@ -571,6 +546,20 @@ def _thumbnail_paths(
     return wanted
 
 
+def _decision_chart(
+    out_dir: Path, report: Mapping[str, Any], results: Sequence[Mapping[str, Any]]
+) -> str:
+    """The decision chart (scores with intervals, ties, fit time) as a data URI: the run's
+    ``comparison.png`` when written, else drawn here."""
+    png = out_dir / str(report.get("comparison_png") or "comparison.png")
+    if not png.is_file():
+        with tempfile.TemporaryDirectory() as folder:
+            data = write_decision_png(Path(folder) / "chart.png", results).read_bytes()
+    else:
+        data = png.read_bytes()
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+
+
 def _render_page(
     report: Mapping[str, Any],
     *,
@@ -586,8 +575,10 @@ def _render_page(
     thumbs: dict[str, str | None],
     prefix: str,
     limits: Mapping[str, int],
+    out_dir: Path,
 ) -> str:
-    """Render ``report.html.j2`` with everything the page shows."""
+    """Render ``report.html.j2`` with everything the page shows (``out_dir``: the run's folder,
+    for its ``comparison.png``)."""
     return (
         _template_env()
         .get_template("report.html.j2")
@@ -597,7 +588,9 @@ def _render_page(
             n_classes=len(report.get("class_names", [])),
             warnings=_warnings(report, duplicates, failed),
             results=_result_rows(results),
-            comparison=_comparison_chart(results) if results else None,
+            comparison=_decision_chart(out_dir, report, results) if results else None,
+            headline=report.get("summary") or (plain_summary(report) if results else ""),
+            tied_meaning=TIED_MEANING,
             sections=sections,
             galleries=galleries,
             issues=issue_items,

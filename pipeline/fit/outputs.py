@@ -26,6 +26,12 @@ mix. Killed before the journal exists, the old run is untouched and the stale st
 is removed. A killed run's ``.fit-staging-*``/``.fit-retired-*`` folders and temporary files
 are removed only while holding ``<out>/.fit.lock``, which :func:`publish_run` holds throughout:
 a second ``fit`` into the same folder fails at once with one line.
+
+**Another run's outputs are not replaced silently.** :func:`check_replace` (before training,
+and again under the lock) refuses, in one line naming what would go, a run whose settings
+differ from those of the run ``out`` holds (its ``report.json`` ``config``, ``out``,
+``replace`` and ``audit`` aside), unless ``replace`` (``--replace``) is given. Running the same command
+again replaces its own earlier outputs without asking.
 """
 
 from __future__ import annotations
@@ -37,11 +43,12 @@ import logging
 import os
 import secrets
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from .._io import LockedError, atomic_path, exclusive_run, remove_stale_temps
+from ..config import default_values
 from ..exceptions import ConfigError
 
 __all__ = [
@@ -49,6 +56,7 @@ __all__ = [
     "LEGACY_PATTERNS",
     "MANIFEST",
     "check_out_dir",
+    "check_replace",
     "owned_names",
     "publish_run",
     "recover",
@@ -104,6 +112,67 @@ def check_out_dir(out: Path) -> None:
         ) from None
 
 
+#: Settings that do not make a run "another run": where it writes, the permission itself, and
+#: the audit (it changes no model).
+_NOT_IDENTITY = ("out", "replace", "audit")
+
+
+def check_replace(out: Path, config: Mapping[str, Any], replace: bool) -> bool:
+    """Whether this run (settings ``config``, ``dataclasses.asdict`` of its ``FitConfig``)
+    replaces the outputs of *another* run in ``out``. Without ``replace`` that is refused: a
+    one-line ``ConfigError`` (``param="out"``) saying what would be replaced and how to allow
+    it. A folder with no earlier outputs, or with those of the same settings, returns False."""
+    out = Path(out)
+    owned = owned_names(out)
+    if not owned:
+        return False
+    previous = _previous_config(out)
+    changed = _changed_settings(previous, config)
+    if previous is not None and not changed:
+        return False
+    if replace:
+        return True
+    models = sorted(p.stem for p in (out / "models").glob("*.joblib"))
+    others = len(owned) - ("models" in owned)
+    lost = f"{len(models)} model(s) ({', '.join(models)}) and " if models else ""
+    which = "; ".join(changed) if previous is not None else "settings unknown"
+    raise ConfigError(
+        f"{out} holds the outputs of another fit ({which}); this run would replace them, "
+        f"deleting {lost}{others} other output(s): add --replace to allow it, or choose "
+        "another --out",
+        param="out",
+    )
+
+
+def _previous_config(out: Path) -> dict[str, Any] | None:
+    """The settings of the run in ``out`` (its report.json ``config``), None if unreadable."""
+    try:
+        config = _read_json(out / "report.json").get("config")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return config if isinstance(config, dict) else None
+
+
+def _changed_settings(previous: Mapping[str, Any] | None, config: Mapping[str, Any]) -> list[str]:
+    """``key (old -> new)`` for each setting that differs (a nested table named by its key)."""
+    if previous is None:
+        return []
+    # through JSON, as report.json holds it (tuples as lists)
+    now = json.loads(json.dumps(dict(config), default=str))
+    # a key an older version did not record had its shipped default
+    defaults = json.loads(json.dumps(default_values("fit"), default=str))
+    changed = []
+    for key in sorted(set(previous) | set(now)):
+        old, new = previous.get(key, defaults.get(key)), now.get(key, defaults.get(key))
+        if key in _NOT_IDENTITY or old == new:
+            continue
+        if isinstance(old, Mapping) or isinstance(new, Mapping):
+            changed.append(f"[{key}]")
+        else:
+            changed.append(f"{key}: {old} -> {new}")
+    return changed
+
+
 def owned_names(out: Path) -> list[str]:
     """The entries of ``out`` the last published run owns: the manifest's names, or for a
     folder without manifest those matching :data:`LEGACY_PATTERNS`."""
@@ -121,18 +190,24 @@ def owned_names(out: Path) -> list[str]:
 
 
 @contextlib.contextmanager
-def publish_run(out: Path) -> Iterator[Path]:
+def publish_run(
+    out: Path, config: Mapping[str, Any] | None = None, *, replace: bool = True
+) -> Iterator[Path]:
     """Yield a staging folder for a run's outputs; on success replace the previous run in
     ``out`` by its entries (see the module docstring), on an exception remove it.
 
     Holds ``<out>/.fit.lock`` throughout; another fit holding it raises ``ConfigError``
     (``param="out"``) at once. A commit interrupted by an earlier kill is finished first.
+    With ``config`` (the run's settings) and ``replace=False``, :func:`check_replace` runs
+    under the lock, before anything is staged.
     """
     out = Path(out)
     check_out_dir(out)
     out.mkdir(parents=True, exist_ok=True)
     with _holding_lock(out):
         recover(out)
+        if config is not None:
+            check_replace(out, config, replace)
         staging = out / f"{STAGING_PREFIX}{secrets.token_hex(6)}"
         staging.mkdir()
         try:
@@ -172,7 +247,7 @@ def _commit(out: Path, staging: Path) -> None:
     }
     _write_json(out / JOURNAL, journal)
     _replay(out, journal)
-    logger.info("published %d output(s) to %s (replacing %d)", len(new), out, len(retire))
+    logger.debug("published %d output(s) to %s (replacing %d)", len(new), out, len(retire))
 
 
 def _replay(out: Path, journal: dict[str, Any]) -> None:

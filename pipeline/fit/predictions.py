@@ -150,7 +150,9 @@ def write_predictions(
             proba=all_proba,
             pred=all_pred,
         )
-    logger.info("predictions of %d classifier(s) on %d rows written to %s", len(clfs), n, csv_path)
+    logger.debug(
+        "predictions of %d classifier(s) on %d rows written (%s)", len(clfs), n, csv_path.name
+    )
     return _frame(clfs, paths, split_col, label_col, names[all_pred].reshape(-1), confidence)
 
 

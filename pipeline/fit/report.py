@@ -18,6 +18,7 @@ import numpy as np
 
 from .._io import atomic_path
 from .html_report import per_class_rows
+from .summary import TIED_MEANING, trained_on
 
 __all__ = [
     "SCORE_KEYS",
@@ -320,6 +321,7 @@ def write_report_md(path: str | Path, report: Mapping[str, Any]) -> Path:
     lines = [
         "# Classifier comparison",
         "",
+        *([f"**{report['summary']}**", ""] if report.get("summary") else []),
         f"- features: `{report['features']}`",
         f"- backbone: `{backbone.get('model')}` weights `{backbone.get('weights')}`, "
         f"precision `{backbone.get('precision')}`, {backbone.get('feature_dim')} dims",
@@ -336,10 +338,10 @@ def write_report_md(path: str | Path, report: Mapping[str, Any]) -> Path:
     lines += _md_table(header, rows)
     lines += [
         "",
-        "Intervals: 95 % percentile bootstrap over the test rows (with --cv: corrected t "
-        "interval of the fold scores). *vs best*: paired test against the best (exact McNemar; "
-        "with --cv the Nadeau-Bengio corrected t-test), Holm-adjusted; *tied* = not "
-        "distinguishable at 5 %.",
+        "Brackets: the range where the accuracy on new images like these likely lies (95 % "
+        "interval: bootstrap over the test rows; with --cv a corrected t interval of the fold "
+        f"scores). *{TIED_MEANING[0].upper()}{TIED_MEANING[1:]}* (exact McNemar test; with "
+        "--cv the Nadeau-Bengio corrected t-test; Holm-adjusted).",
     ]
     lines += ["", *(f"> warning: {w}" for w in report.get("warnings", []))]
     lines += [f"> note: {note}" for note in report.get("notes", [])]
@@ -364,7 +366,7 @@ def write_report_md(path: str | Path, report: Mapping[str, Any]) -> Path:
         if r.get("confusion_png"):
             lines += ["", f"![confusion matrix of {r['clf']}]({r['confusion_png']})"]
         if r.get("model"):
-            lines += ["", f"Model: `{r['model']}`"]
+            lines += ["", f"Model: `{r['model']}`{trained_on(r)}"]
     path = Path(path)
     with atomic_path(path) as tmp:
         tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -70,6 +70,8 @@ def _save_models(out: Path, report: dict[str, Any], outcomes: Sequence[Any]) -> 
                 "class_names": list(report["class_names"]),
                 "backbone": dict(report["backbone"]),
                 "store": report["features"],
+                # which rows the model saw: {"rows": "train" | "all", "n_rows", "how"}
+                "trained_on": dict(result.get("trained_on") or {}),
             },
         )
 
@@ -126,7 +128,7 @@ def _audit(
     if len(issues):
         issues["row"] = np.flatnonzero(table.labels >= 0)[issues["row"].to_numpy(dtype=int)]
     logger.info(
-        "audit: %d likely label issue(s), %d duplicate(s) in %.1f s (--no-audit skips it)",
+        "audit: %d likely wrong label(s), %d test image(s) copying training images (%.1f s)",
         len(issues),
         len(duplicates),
         time.perf_counter() - started,
@@ -146,9 +148,9 @@ def _write_html(
     issues, duplicates, unreadable, notes = _audit(table, data, config, Path(report["features"]))
     report["notes"] += notes
     leak = leakage_warning(duplicates) if duplicates is not None else None
-    if leak:  # the CLI prints report["warnings"]
-        logger.info("%s", leak)
-        report["warnings"].append(leak.removeprefix("warning: "))
+    if leak:  # logged once, here; report["warnings"] keeps it for the reports
+        logger.warning("%s", leak)
+        report["warnings"].append(leak)
     failed = dict(zip(table.failed.paths, table.failed.errors, strict=True))
     failed.update(unreadable)
     write_html_report(
