@@ -522,6 +522,7 @@ def _run_extraction(config: ExtractConfig, executor: Executor | None) -> Extract
         n_failed,
         done.n_embedded,
         done.seconds,
+        plan.n_pruned,
     )
     logger.info(
         "extraction done: %s (%.1f s in all)", summary.line(), time.perf_counter() - started

@@ -74,16 +74,18 @@ class ExtractSummary:
     n_failed: int
     n_embedded: int
     seconds: float
+    n_pruned: int = 0  # rows removed because their input left --data (--prune)
 
     @property
     def images_per_second(self) -> float:
         return self.n_embedded / self.seconds if self.seconds > 0 else 0.0
 
     def line(self) -> str:
+        pruned = f"; pruned {self.n_pruned} rows of inputs not in --data" if self.n_pruned else ""
         return (
             f"{self.n_rows} rows x {self.feature_dim} dims, {self.n_failed} failed; "
             f"embedded {self.n_embedded} new in {self.seconds:.1f} s "
-            f"({self.images_per_second:.1f} images/s) -> {self.out}"
+            f"({self.images_per_second:.1f} images/s){pruned} -> {self.out}"
         )
 
 
@@ -218,6 +220,7 @@ class ExtractionPlan:
     todo: list[int]
     prev: Previous
     inputs: Inputs | None = None  # records, keys and todo as planned (None in a Dask shard's copy)
+    n_pruned: int = 0  # stored rows of inputs not in --data, removed by this run (--prune)
 
     @property
     def spec(self) -> BackboneSpec:
@@ -521,6 +524,7 @@ def plan_extraction(
         shutil.rmtree(parts_dir(out), ignore_errors=True)
     prev = _read_previous(out, recipe, known.prev if known is not None else None)
     inputs = known if known is not None and known.prev is prev else _survey(source, prev)
+    n_pruned = _check_prune(config, out, source, inputs)
     return ExtractionPlan(
         config,
         source,
@@ -533,4 +537,27 @@ def plan_extraction(
         inputs.todo,
         prev,
         inputs,
+        n_pruned,
     )
+
+
+def _check_prune(config: ExtractConfig, out: Path, source: Any, inputs: Inputs) -> int:
+    """How many stored rows this run removes (their input is not in ``--data``); refuse with
+    one line, before anything is written, unless ``--prune`` is given: embeddings are never
+    dropped silently (a narrower folder or a typo in ``--data`` would cost all the others)."""
+    n_gone = int(np.count_nonzero(inputs.prev_at < 0))
+    if n_gone and not config.prune:
+        stored = (inputs.prev.complete_attrs or {}).get("source")
+        if stored is None:
+            try:
+                stored = read_attrs(out).get("source")
+            except StoreError:
+                stored = None
+        raise StoreError(
+            f"{out} holds {len(inputs.prev.rows)} rows, {n_gone} of them of inputs not in this "
+            f"--data (stored source: {stored or 'unknown'}; this one: {source.description}); "
+            "this run would remove them: pass --prune to do so, or --overwrite to start over, "
+            "or choose another --out",
+            param="data",
+        )
+    return n_gone
