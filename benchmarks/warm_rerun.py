@@ -15,11 +15,17 @@ alternating (before, after, before, after, ...), ``--repeat`` times each. Printe
 wall and CPU (user + system) seconds of each, and the after/before ratios of the medians and
 of each interleaved pair, with the load average before and after. The folder and stores are
 removed at the end unless ``--keep``.
+
+The process's start (interpreter, imports: about half of a warm run's CPU time at 100k files)
+is the same code in both versions; the ``in-process`` rows time what the versions differ in,
+the folder walk and the warm check (:func:`~pipeline.extract.plan.warm_check`), three times
+in one process per version, the processes alternating as above.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import shutil
@@ -41,6 +47,32 @@ import scale
 images, store, rows, work = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4])
 print(f"{{scale.fabricate(images, store, rows, work):.1f}}")
 """
+
+
+_IN_PROCESS = """
+import gc, json, sys, time
+from pipeline.config import ExtractConfig
+from pipeline.engine.sources import open_source
+from pipeline.extract.plan import warm_check
+config = ExtractConfig.from_file(None, data=sys.argv[1], out=sys.argv[2], progress=False)
+gc.disable()  # as run_extraction does while listing and planning
+times = []
+for _ in range(3):
+    wall, cpu = time.perf_counter(), time.process_time()
+    summary, _ = warm_check(config, open_source(sys.argv[1]))
+    assert summary is not None, "not a warm run"
+    times.append((time.perf_counter() - wall, time.process_time() - cpu))
+print(json.dumps(times))
+"""
+
+
+def in_process(code: Path, images: Path, store: Path) -> list[tuple[float, float]]:
+    """(wall, CPU) seconds of three folder walks + warm checks in one process of ``code``."""
+    done = subprocess.run(
+        [sys.executable, "-c", _IN_PROCESS, str(images), str(store)],
+        cwd=REPO, env=_env(code), check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    return [tuple(t) for t in json.loads(done.stdout.strip().splitlines()[-1])]
 
 
 def _env(code: Path) -> dict[str, str]:
@@ -95,21 +127,30 @@ def main() -> None:
         os.sync()
         load_before = os.getloadavg()
         times: dict[str, list[tuple[float, float]]] = {name: [] for name in versions}
+        inner: dict[str, list[tuple[float, float]]] = {name: [] for name in versions}
         for _ in range(args.repeat):
             for name, code in versions.items():
                 times[name].append(warm_run(code, images, stores[name]))
+                inner[name] += in_process(code, images, stores[name])
         load_after = os.getloadavg()
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
     print(f"\n{args.rows} files, {args.repeat} interleaved runs each; load average "
           f"{load_before} before, {load_after} after\n")  # fmt: skip
-    print("| version | wall s (median, min-max) | CPU s (median, min-max) |")
-    print("|---|---|---|")
+    for title, table in (("whole run", times), ("in-process walk + warm check", inner)):
+        _report(title, table)
+
+
+def _report(title: str, times: dict[str, list[tuple[float, float]]]) -> None:
+    print(f"\n{title}:\n")
+    print("| version | n | wall s (median, min-max) | CPU s (median, min-max) |")
+    print("|---|---|---|---|")
     for name, runs in times.items():
         walls, cpus = [w for w, _ in runs], [c for _, c in runs]
-        print(f"| {name} | {statistics.median(walls):.2f} ({min(walls):.2f}-{max(walls):.2f}) | "
-              f"{statistics.median(cpus):.2f} ({min(cpus):.2f}-{max(cpus):.2f}) |")  # fmt: skip
+        print(f"| {name} | {len(runs)} | {statistics.median(walls):.3f} "
+              f"({min(walls):.3f}-{max(walls):.3f}) | {statistics.median(cpus):.3f} "
+              f"({min(cpus):.3f}-{max(cpus):.3f}) |")  # fmt: skip
     for i, what in enumerate(("wall", "CPU")):
         medians = [statistics.median(r[i] for r in times[n]) for n in ("after", "before")]
         pairs = sorted(a[i] / b[i] for a, b in zip(times["after"], times["before"], strict=True))
