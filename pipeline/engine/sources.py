@@ -243,7 +243,7 @@ def _is_empty(path: str | os.PathLike[str]) -> bool:
 
 def _file_key(path: str) -> str:
     """What git's index compares to notice a possible change without reading the file: size,
-    modification time, status-change time and inode (see :func:`stat_key`)."""
+    modification time, status-change time and inode (see :func:`_stat_key`)."""
     try:
         info = os.stat(path)
     except (OSError, ValueError):  # ValueError: a NUL byte in a manifest's path

@@ -11,7 +11,9 @@ differ from the stored row's (or that have none). A file whose bytes are a store
 a ``chmod``, a ``touch``, a move between folders) reuses that row's embedding under its new
 key instead of being embedded again. A failure is recorded under the stat fields alone.
 Stores written before (keys ``size:mtime_ns``) are migrated on their first update: a row whose
-size and mtime still match is kept, under its new key, without embedding it again. Finished rows are made durable every ``checkpoint_seconds`` as part files (see
+size and mtime still match is kept, under its new key, without embedding it again.
+
+Finished rows are made durable every ``checkpoint_seconds`` as part files (see
 :mod:`pipeline.store`), so a killed run loses at most that much work and the next run resumes.
 """
 
