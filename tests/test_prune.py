@@ -46,6 +46,11 @@ def test_a_narrower_data_is_refused_and_the_store_left_untouched(photos, tmp_pat
     with pytest.raises(StoreError, match="10 of them of inputs not in this --data"):
         run_extraction(config)
     assert out.read_bytes() == before
+    # So does a Dask run: it shares the plan, refused before any cluster starts.
+    capsys.readouterr()
+    assert _extract(photos / "val", out, "--dask", "local:1") == 2
+    assert "10 of them of inputs not in this --data" in capsys.readouterr().err
+    assert out.read_bytes() == before
 
 
 def test_prune_removes_them_and_says_how_many(photos, tmp_path, capsys):
