@@ -262,11 +262,14 @@ def _stat_key(info: os.stat_result) -> str:
 def content_hash(path: str) -> str | None:
     """The first 128 bits of the SHA-256 of a regular file's bytes, as 32 hex digits; None
     when the file cannot be read (decoding then records why)."""
+    digest = hashlib.sha256()
     try:
         with open_regular_file(path) as fh:
-            return hashlib.file_digest(fh, "sha256").hexdigest()[:32]
+            while block := fh.read(1 << 20):  # (hashlib.file_digest is Python 3.11+)
+                digest.update(block)
     except (OSError, ValueError, ImageDecodeError):  # ValueError: a NUL byte in the path
         return None
+    return digest.hexdigest()[:32]
 
 
 @dataclass
