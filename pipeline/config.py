@@ -150,6 +150,7 @@ class ExtractConfig:
     crop_mode: str = _default("extract", "crop_mode")
     views: str | Sequence[str] = _default("extract", "views")
     overwrite: bool = _default("extract", "overwrite")
+    prune: bool = _default("extract", "prune")
     compact: bool = _default("extract", "compact")
     progress: bool = _default("extract", "progress")
     auto_weights: Mapping[str, str] = _default("extract", "auto_weights")

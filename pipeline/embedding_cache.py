@@ -7,6 +7,11 @@ Layout (readable with plain ``h5py``)::
     attrs: format ("pipeline.ImageEmbedder cache"), format_version, feature_dim, and the
            embedding recipe's attributes (fingerprint, model, weights, preprocessing, ...)
 
+A file at the cache path that is not such a cache (not HDF5, another HDF5 file, a damaged
+cache) raises :class:`~pipeline.exceptions.StoreError` naming it: it is never overwritten nor
+silently ignored. Only a cache that cannot be written (a read-only folder, a full disk) or read
+(permission denied) gives one warning, and the embeddings are computed and returned uncached.
+
 The file is never modified in place: new entries are merged into a temporary file that is
 renamed over the old one (under an advisory lock where the OS has ``fcntl``), so a crash or a
 concurrent writer leaves either the old file or the new one, never a torn one.
@@ -14,9 +19,10 @@ concurrent writer leaves either the old file or the new one, never a torn one.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +79,31 @@ class EmbeddingCache:
                 f"ImageEmbedder's ({mismatch}). Pass another cache= file, or delete this one"
             )
 
+    def _not_a_cache(self, exc: BaseException) -> StoreError:
+        detail = " ".join(f"{type(exc).__name__}: {exc}".split())
+        return StoreError(
+            f"{self.path} is not a readable ImageEmbedder cache ({detail}); delete it (it is "
+            "rebuilt on the next call) or pass another cache="
+        )
+
+    @contextlib.contextmanager
+    def _opened(self) -> Iterator[Any]:
+        """The file, open for reading. A file that can be read but is no cache, or a damaged
+        one, raises :class:`StoreError`; one that cannot be read (permissions) raises OSError."""
+        try:
+            fh = h5py.File(self.path, "r")
+        except OSError as exc:
+            if not os.access(self.path, os.R_OK):
+                raise
+            raise self._not_a_cache(exc) from exc
+        with fh:
+            try:
+                yield fh
+            except (OSError, KeyError, ValueError) as exc:
+                if isinstance(exc, StoreError):  # another backbone, a newer format, no cache
+                    raise
+                raise self._not_a_cache(exc) from exc
+
     def _read(self, fh: Any) -> tuple[np.ndarray, Any]:
 
         self._check(decode_attrs(fh.attrs))
@@ -84,16 +115,20 @@ class EmbeddingCache:
 
     def check(self) -> None:
         """Raise if the file exists and was made by another backbone, by a newer pipeline, or
-        is no cache; warn if it cannot be read."""
+        is no cache (or a damaged one); warn if it cannot be read (permissions)."""
 
         if self.path.exists():
             try:
-                with h5py.File(self.path, "r") as fh:
+                with self._opened() as fh:
                     attrs = decode_attrs(fh.attrs)
+                    self._check(attrs)
+                    keys, features = fh["keys"], fh["features"]  # shapes only: no rows read
+                    if features.ndim != 2 or features.shape[0] != keys.shape[0]:
+                        raise OSError(
+                            f"inconsistent lengths: {keys.shape[0]} keys, features {features.shape}"
+                        )
             except OSError as exc:
-                self._warn("unreadable; embeddings will be computed and not cached", exc)
-                return
-            self._check(attrs)
+                self._warn("cannot be read; embeddings will be computed and not cached", exc)
 
     def __len__(self) -> int:
 
@@ -108,7 +143,7 @@ class EmbeddingCache:
         if not self.path.exists() or not keys:
             return {}
         try:
-            with h5py.File(self.path, "r") as fh:
+            with self._opened() as fh:
                 stored, features = self._read(fh)
                 row_of = {k: r for r, k in enumerate(stored)}
                 wanted = sorted({row_of[k] for k in keys if k in row_of})
@@ -118,10 +153,8 @@ class EmbeddingCache:
                     block = features[...][wanted]
                 else:  # h5py reads increasing fancy indices
                     block = features[np.asarray(wanted)]
-        except (OSError, KeyError, ValueError) as exc:
-            if isinstance(exc, StoreError):  # another backbone, a newer format, not a cache
-                raise
-            self._warn("unreadable, so nothing is taken from it; delete it to rebuild it", exc)
+        except OSError as exc:  # cannot be read (permissions); no cache raises StoreError
+            self._warn("cannot be read, so nothing is taken from it", exc)
             return {}
         return {
             stored[r]: np.asarray(row, dtype=np.float32)
@@ -131,14 +164,13 @@ class EmbeddingCache:
     def add(self, keys: Sequence[str], features: NDArray[np.float32]) -> int:
         """Merge new rows into the file atomically; returns how many rows were new.
 
-        A cache that cannot be read or written (damaged, a read-only folder, a full disk) is
-        left as it is, with one warning; 0 is returned."""
+        A cache that cannot be written or read (a read-only folder, a full disk, permissions)
+        is left as it is, with one warning; 0 is returned. A file that is no cache (or a
+        damaged one) raises :class:`StoreError`."""
 
         try:
             return self._add(keys, features)
-        except (OSError, KeyError, ValueError) as exc:
-            if isinstance(exc, StoreError):
-                raise
+        except OSError as exc:
             self._warn("not updated; the embeddings are returned uncached", exc)
             return 0
 
@@ -147,7 +179,7 @@ class EmbeddingCache:
         with locked(self.path):  # re-read under the lock: another writer may have added rows
             old_keys, old_features = np.array([], dtype=object), None
             if self.path.exists():
-                with h5py.File(self.path, "r") as fh:
+                with self._opened() as fh:
                     old_keys, dset = self._read(fh)
                     old_features = dset[...]
             seen = set(old_keys.tolist())

@@ -284,6 +284,14 @@ def _predict(args: argparse.Namespace) -> int:
         len(predictions) - failed,
         failed,
     )
+    if predictions and failed == len(predictions):
+        # The CSV, with each input's error, is written all the same (as extract writes /failed).
+        where = args.out if args.out else "the error column of the CSV"
+        raise ConfigError(
+            f"nothing could be predicted: every input ({failed}) is unreadable; the reasons are "
+            f"in {where}",
+            param="inputs",
+        )
     return 0
 
 

@@ -72,7 +72,7 @@ def test_update_writes_only_new_rows_and_plain_h5py_sees_the_current_images(imag
     before = plain_h5py(out)
     write_images(image_dir, {"eel": 3}, seed=3)
     os.remove(image_dir / "cat" / "cat_001.png")
-    assert extract(image_dir, out, *FAST) == 0
+    assert extract(image_dir, out, *FAST, "--prune") == 0
     # The old store was renamed into base.h5, never rewritten; the update wrote 3 rows.
     base = parts_dir(out) / "base.h5"
     assert (base.stat().st_ino, base.stat().st_mtime_ns) == (original.st_ino, original.st_mtime_ns)
@@ -133,9 +133,9 @@ def test_kill_9_at_every_commit_of_an_update_resumes_to_the_same_store(image_dir
     write_images(image_dir, {"eel": 3}, seed=3)
     os.remove(image_dir / "dog" / "dog_002.png")
     shutil.copy2(initial, reference)
-    assert extract(image_dir, reference, *FAST) == 0
+    assert extract(image_dir, reference, *FAST, "--prune") == 0
     argv = ["--data", str(image_dir), "--out", str(out), *TINY_MODEL, *FAST, "--no-progress",
-            "-q"]  # fmt: skip
+            "-q", "--prune"]  # fmt: skip
     killed = 0
     for limit in range(1, 40):
         shutil.rmtree(parts_dir(out), ignore_errors=True)
@@ -146,7 +146,7 @@ def test_kill_9_at_every_commit_of_an_update_resumes_to_the_same_store(image_dir
             break
         assert proc.returncode == -9, proc.stderr
         killed += 1
-        assert extract(image_dir, out, *FAST) == 0, f"resume after kill at commit {limit}"
+        assert extract(image_dir, out, *FAST, "--prune") == 0, f"resume after kill at {limit}"
         assert_same_store(out, reference)
         assert not list(tmp_path.glob("*.tmp*")) and not list(parts_dir(out).glob("*.tmp*"))
     assert killed >= 5  # rename to base, index, part, index, ..., the appended index
@@ -184,7 +184,7 @@ def test_an_update_scattering_rows_over_too_many_runs_rewrites_the_store(
     assert extract(image_dir, out) == 0
     os.remove(image_dir / "cat" / "cat_001.png")  # base rows now map as 2 runs per dataset
     monkeypatch.setattr("pipeline.store.MAX_VIEW_RUNS", 1)
-    assert extract(image_dir, out) == 0
+    assert extract(image_dir, out, "--prune") == 0
     assert not parts_dir(out).exists()
     assert extract(image_dir, tmp_path / "fresh.h5") == 0
     assert_same_store(out, tmp_path / "fresh.h5")

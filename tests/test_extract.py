@@ -114,7 +114,9 @@ def test_incremental_run_embeds_only_new_changed_and_drops_removed(image_dir, tm
     os.remove(image_dir / "cat" / "cat_003.png")
     os.utime(image_dir / "dog" / "dog_001.png", ns=(1, 1))  # "changed": new key
     caplog.set_level("DEBUG", logger="pipeline.extract.executors")
-    assert main(["--data", str(image_dir), "--out", str(out), *TINY_MODEL, "--no-progress"]) == 0
+    argv = ["--data", str(image_dir), "--out", str(out), *TINY_MODEL, "--no-progress"]
+    assert main(argv) == 2  # a row would go: refused without --prune (tests/test_prune.py)
+    assert main([*argv, "--prune"]) == 0
     after = read_store(out)
     assert after.class_names == ["cat", "dog", "emu"]
     assert len(after.paths) == len(set(after.paths)) == 3 + 6 + 2
@@ -129,7 +131,7 @@ def test_incremental_run_embeds_only_new_changed_and_drops_removed(image_dir, tm
     # + 2 emus = 8 embedded; the summary says so.
     # logged at DEBUG (the CLI prints the summary line once, on standard output)
     done = [r.message for r in caplog.records if "extraction done" in r.message][-1]
-    assert "embedded 8 new" in done
+    assert "embedded 8 new" in done and "pruned 1 rows" in done
 
 
 def test_fingerprint_guard_refuses_to_mix_and_overwrite_replaces(image_dir, tmp_path, capsys):

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import h5py
@@ -310,11 +311,16 @@ def few_reference(few_images) -> np.ndarray:
     return ImageEmbedder(**TINY).transform(few_images)
 
 
-@pytest.mark.parametrize("damage", ["random bytes", "inconsistent lengths"])
-def test_a_damaged_cache_never_loses_the_embeddings(damage, few_images, few_reference, tmp_path):
+@pytest.mark.parametrize("damage", ["random bytes", "inconsistent lengths", "another HDF5 file"])
+def test_a_file_that_is_no_cache_is_refused_and_left_alone(damage, few_images, tmp_path):
+    """As strict as ``extract --out``: a foreign or damaged file at cache= is an error naming
+    it and what to do, on fit and on transform; it is neither overwritten nor ignored."""
     cache = tmp_path / "cache.h5"
     if damage == "random bytes":
         cache.write_bytes(np.random.default_rng(0).bytes(5000))
+    elif damage == "another HDF5 file":
+        with h5py.File(cache, "w") as fh:
+            fh["data"] = np.arange(3)
     else:
         ImageEmbedder(**TINY, cache=cache).transform(few_images[:1])
         with h5py.File(cache, "r+") as fh:
@@ -323,13 +329,16 @@ def test_a_damaged_cache_never_loses_the_embeddings(damage, few_images, few_refe
                               dtype=h5py.string_dtype())  # fmt: skip
     before = cache.read_bytes()
     embedder = ImageEmbedder(**TINY, cache=cache)
-    with pytest.warns(RuntimeWarning) as caught:
-        embedder.fit(few_images)
-        X = embedder.transform(few_images)
-    np.testing.assert_allclose(X, few_reference, rtol=1e-5, atol=1e-6)
-    messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
-    assert len(messages) <= 2 and all("\n" not in m and str(cache) in m for m in messages)
-    assert cache.read_bytes() == before  # left alone, as documented
+    for call in (embedder.fit, embedder.transform):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)  # no warn-and-compute
+            with pytest.raises(StoreError) as caught:
+                call(few_images)
+        message = str(caught.value)
+        assert "\n" not in message and str(cache) in message
+        assert "ImageEmbedder cache" in message
+        assert "pass another cache=" in message
+    assert cache.read_bytes() == before  # left alone
 
 
 def test_a_read_only_cache_folder_never_loses_the_embeddings(few_images, few_reference, tmp_path):

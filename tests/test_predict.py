@@ -98,3 +98,39 @@ def test_one_view_labels_are_what_fit_reports_even_at_a_near_tie():
     assert [p.label for p in got] == ["b", "b", ""] and got[2].error == "broken"
     assert got[0].probability == pytest.approx(0.5)
     assert got[1].probability == pytest.approx(clf.predict_proba([[5.0]])[0, 1])
+
+
+def test_nothing_predictable_exits_2_with_the_count(trained, tmp_path, capsys):
+    model, _ = trained
+    new = tmp_path / "bad"
+    new.mkdir()
+    for name in ("a.png", "b.jpg", "c.png"):
+        (new / name).write_bytes(b"not an image")
+    out_csv = tmp_path / "pred.csv"
+    capsys.readouterr()
+    assert predict_main(["--model", str(model), str(new), "--out", str(out_csv), "-q"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "every input (3) is unreadable" in err[0] and str(out_csv) in err[0]
+    rows = list(csv.DictReader(out_csv.open()))  # the reasons are written all the same
+    assert len(rows) == 3 and all(r["error"] and not r["prediction"] for r in rows)
+
+
+def test_a_model_the_installed_libraries_cannot_run_names_the_versions(trained, tmp_path, capsys):
+    """As after a library upgrade: an attribute the estimator needs is gone, and the file
+    records other versions than those installed."""
+    from pipeline.fit.model_file import library_versions
+
+    model, data = trained
+    payload = joblib.load(model)
+    del payload["estimator"][-1].coef_
+    payload["versions"] = {**payload["versions"], "scikit-learn": "0.0.1"}
+    broken = tmp_path / "upgraded.joblib"
+    joblib.dump(payload, broken)
+    capsys.readouterr()
+    assert predict_main(["--model", str(broken), str(data / "test"), "-q"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    line = err[0]
+    assert str(broken) in line and "coef_" in line and "scikit-learn 0.0.1" in line
+    assert f"installed: scikit-learn {library_versions()['scikit-learn']}" in line
+    assert "refit" in line and "install the recorded versions" in line

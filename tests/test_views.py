@@ -116,7 +116,7 @@ def test_views_stay_aligned_after_kill_9_resume_and_incremental_runs(tmp_path):
     for path in sorted((data / "a").iterdir())[:2]:
         path.unlink()
     write_images(data, {"c": 3}, seed=7)
-    assert extract(data, out) == 0
+    assert extract(data, out, "--prune") == 0
     assert extract(data, tmp_path / "clean2.h5") == 0
     assert_views_aligned(out, tmp_path / "clean2.h5")
     assert len(read_store(out).paths) == 25
@@ -154,7 +154,7 @@ def test_an_appended_update_maps_the_views_and_compact_copies_them(tmp_path):
     assert extract(data, out) == 0
     (data / "a" / sorted(p.name for p in (data / "a").iterdir())[0]).unlink()
     write_images(data, {"c": 3}, seed=7)  # sorts last: labels unchanged, the update appends
-    assert extract(data, out, "--batch-size", "2", "--checkpoint-seconds", "0") == 0
+    assert extract(data, out, "--batch-size", "2", "--checkpoint-seconds", "0", "--prune") == 0
     assert (parts_dir(out) / "base.h5").is_file()
     with h5py.File(out, "r") as fh:  # plain h5py: the view is virtual over base + parts too
         assert fh.attrs["layout"] == "parts"

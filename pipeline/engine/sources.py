@@ -39,6 +39,7 @@ __all__ = [
     "Record",
     "TRANSIENT_PREFIX",
     "WalkResult",
+    "content_hash",
     "decode_image",
     "find_images",
     "is_transient",
@@ -241,7 +242,8 @@ def _is_empty(path: str | os.PathLike[str]) -> bool:
 
 
 def _file_key(path: str) -> str:
-    """Size and modification time: a changed file gets a new key without being read."""
+    """What git's index compares to notice a possible change without reading the file: size,
+    modification time, status-change time and inode (see :func:`_stat_key`)."""
     try:
         info = os.stat(path)
     except (OSError, ValueError):  # ValueError: a NUL byte in a manifest's path
@@ -250,7 +252,24 @@ def _file_key(path: str) -> str:
 
 
 def _stat_key(info: os.stat_result) -> str:
-    return f"{info.st_size}:{info.st_mtime_ns}"
+    """``size:mtime_ns:ctime_ns:inode``. An edit that restores size and mtime (``cp -p``,
+    ``rsync -t``, ``os.utime``) still changes ctime, and a file replaced by another one
+    (``mv``) changes inode: either gives a new key. A ``chmod`` or ``touch`` does too; the
+    content hash then tells whether the bytes changed (:func:`content_hash`)."""
+    return f"{info.st_size}:{info.st_mtime_ns}:{info.st_ctime_ns}:{info.st_ino}"
+
+
+def content_hash(path: str) -> str | None:
+    """The first 128 bits of the SHA-256 of a regular file's bytes, as 32 hex digits; None
+    when the file cannot be read (decoding then records why)."""
+    digest = hashlib.sha256()
+    try:
+        with open_regular_file(path) as fh:
+            while block := fh.read(1 << 20):  # (hashlib.file_digest is Python 3.11+)
+                digest.update(block)
+    except (OSError, ValueError, ImageDecodeError):  # ValueError: a NUL byte in the path
+        return None
+    return digest.hexdigest()[:32]
 
 
 @dataclass
@@ -340,7 +359,8 @@ def _walk_folder(
             first = files.setdefault((info.st_dev, info.st_ino), path)
             if first is path or first == path:
                 images.append(path)
-                keys[path] = f"{info.st_size}:{info.st_mtime_ns}"  # _stat_key(info), inlined
+                # _stat_key(info), inlined
+                keys[path] = f"{info.st_size}:{info.st_mtime_ns}:{info.st_ctime_ns}:{info.st_ino}"
             else:
                 logger.warning("%s is the same file as %s: taken once, as the latter", path, first)
         elif stat.S_ISDIR(info.st_mode):
@@ -380,6 +400,8 @@ class ImageSource:
     walk_failures: dict[str, str] = {}
     # Content keys taken from the walk's own stat calls (no second stat per file).
     walk_keys: dict[str, str] = {}
+    # Inputs are files whose bytes :func:`content_hash` can read (False: keys are hashes).
+    hashes_files = True
 
     def key(self, record: Record) -> str:
         known = self.walk_keys.get(record.path)
@@ -621,6 +643,7 @@ class DigitsSource(ImageSource):
     """scikit-learn's 1,797 8x8 handwritten digits as RGB images (no files, no network)."""
 
     description = "sklearn:digits"
+    hashes_files = False  # its keys already hash the pixels
 
     def __init__(self) -> None:
         from sklearn.datasets import load_digits

@@ -84,6 +84,13 @@ def build_parser(prog: str = "python -m pipeline.extract") -> argparse.ArgumentP
     _add_recipe_flags(add)
     add("--overwrite", action="store_true", default=None, help="replace an existing store at --out")
     add(
+        "--prune",
+        action="store_true",
+        default=None,
+        help="remove the stored rows of inputs this --data no longer has (without it, such a "
+        "run is refused and the store left untouched)",
+    )
+    add(
         "--compact",
         action="store_true",
         default=None,

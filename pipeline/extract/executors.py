@@ -47,6 +47,7 @@ from .plan import (
     Previous,
     plan_extraction,
     request_key,
+    stat_part,
     verified_cpu_graph,
     warm_check,
 )
@@ -291,11 +292,12 @@ def _embed_shard(shard_plan: Any, shard: int, run: str, backend: str) -> ShardRe
     saved_rows, saved_failed = _saved_in_parts(folder, prefix)
     pairs = list(zip(shard_plan.records, shard_plan.keys, strict=True))
     resumed = sum(saved_rows.get(r.path) == k for r, k in pairs)
-    resumed_failed = sum(saved_failed.get(r.path) == k for r, k in pairs)
+    # Failures are recorded under the stat fields of the key (stat_part).
+    resumed_failed = sum(saved_failed.get(r.path) == stat_part(k) for r, k in pairs)
     todo = [
         i
         for i, (r, k) in enumerate(pairs)
-        if saved_rows.get(r.path) != k and saved_failed.get(r.path) != k
+        if saved_rows.get(r.path) != k and saved_failed.get(r.path) != stat_part(k)
     ]
     device = _worker_device(shard_plan.device)
     on_gpu = device.startswith("cuda")  # decoding processes; on CPU decoding uses threads
@@ -522,6 +524,7 @@ def _run_extraction(config: ExtractConfig, executor: Executor | None) -> Extract
         n_failed,
         done.n_embedded,
         done.seconds,
+        plan.n_pruned,
     )
     # DEBUG: the CLI prints summary.line() (standard output), once
     logger.debug(

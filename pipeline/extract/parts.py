@@ -16,6 +16,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import h5py
 import numpy as np
 
 from .._progress import Progress
@@ -34,7 +35,7 @@ from ..store import (
     write_rows_file,
     write_view,
 )
-from .plan import ExtractionPlan, inputs_digest, versions
+from .plan import ExtractionPlan, inputs_digest, stat_part, versions
 
 __all__ = ["PartWriter", "begin_parts", "embed_into_parts", "finish_store"]
 
@@ -67,11 +68,34 @@ def begin_parts(plan: ExtractionPlan, feature_dim: int, backend: str) -> Extract
     folder.mkdir(exist_ok=True)
     prev = plan.prev
     if prev.complete_attrs is not None:
+        rows_file = plan.out  # an appended store's virtual rows are read through its index
         if not is_appended(prev.complete_attrs):
-            os.replace(plan.out, folder / "base.h5")
+            rows_file = folder / "base.h5"
+            os.replace(plan.out, rows_file)
+        reuse = plan.inputs.reuse if plan.inputs is not None else {}
+        if reuse:
+            _copy_rows(dataclasses.replace(plan, attrs=attrs), rows_file, reuse, feature_dim)
         prev = dataclasses.replace(prev, complete_attrs=None)
     write_index(plan.out, attrs)
     return dataclasses.replace(plan, attrs=attrs, prev=prev)
+
+
+def _copy_rows(plan: ExtractionPlan, rows_file: Any, reuse: dict[int, int], dim: int) -> None:
+    """Copy the embeddings (and views) of stored rows to the inputs with the same bytes, under
+    their new keys, into part files: ``reuse`` maps a record to a row of ``rows_file``."""
+    writer = PartWriter(plan, dim, "part-", update_index=False)
+    records = np.fromiter(reuse, dtype=np.int64, count=len(reuse))
+    sources = np.fromiter(reuse.values(), dtype=np.int64, count=len(reuse))
+    order = np.argsort(sources, kind="stable")
+    records, sources = records[order], sources[order]
+    block = max(1, _FLUSH_BYTES // (4 * dim * (1 + len(plan.recipe.views))))
+    with h5py.File(rows_file, "r") as fh:
+        for start in range(0, len(records), block):
+            src, at = np.unique(sources[start : start + block], return_inverse=True)
+            features = fh["features"][src][at]  # h5py reads increasing, unique indices
+            views = {v: fh[f"views/{v}/features"][src][at] for v in plan.recipe.views}
+            writer.add(features, records[start : start + block].tolist(), views)
+            writer.flush()
 
 
 class PartWriter:
@@ -110,7 +134,8 @@ class PartWriter:
         self.indices.extend(indices)
 
     def fail(self, i: int, error: str) -> None:
-        self.failed.add(self.plan.records[i].path, error, self.plan.keys[i])
+        # A failure is remembered under the stat fields: retried once the file changes.
+        self.failed.add(self.plan.records[i].path, error, stat_part(self.plan.keys[i]))
 
     def due(self) -> bool:
         """A checkpoint is due (``checkpoint_seconds`` passed) or the buffer is full."""
@@ -242,8 +267,9 @@ def finish_store(plan: ExtractionPlan) -> tuple[int, int]:
     good, failed = _failed_inputs(plan, inputs)
     # What the store is finished for: a later run over the same inputs is warm at once.
     digest = plan.inputs.digest if plan.inputs is not None else None
-    if digest is None:
-        digest = inputs_digest(plan.records, plan.keys, plan.attrs["class_names"])
+    if digest is None:  # over the stat fields, as the warm check sees the inputs
+        stats = [stat_part(k) for k in plan.keys]
+        digest = inputs_digest(plan.records, stats, plan.attrs["class_names"])
     attrs = {**plan.attrs, "inputs_digest": digest}
     keep = inputs.take(good) if failed else inputs
     sources = list_parts(plan.out)
@@ -298,7 +324,7 @@ def _failed_inputs(plan: ExtractionPlan, inputs: RowIndex) -> tuple[np.ndarray, 
         # A retry succeeds in a part written after base (a complete store, consistent in
         # itself), so base's rows need not be read here: an update costs O(new rows).
         table = read_rows_file(part, with_features=False, with_rows=part.name != "base.h5")
-        embedded.update(zip(table.paths, table.keys, strict=True))
+        embedded.update(zip(table.paths, map(stat_part, table.keys), strict=True))
         for p, k, e in zip(table.failed.paths, table.failed.keys, table.failed.errors, strict=True):
             failed_seen[p] = (k, e)
     good, failed = np.ones(len(inputs), dtype=bool), FailedInputs()
@@ -307,7 +333,7 @@ def _failed_inputs(plan: ExtractionPlan, inputs: RowIndex) -> tuple[np.ndarray, 
     paths, keys = inputs.paths.tolist(), inputs.keys.tolist()
     for i in [i for i, p in enumerate(paths) if p in failed_seen]:
         key, error = failed_seen[paths[i]]
-        if key == keys[i] and (paths[i], key) not in embedded:
+        if key == stat_part(keys[i]) and (paths[i], key) not in embedded:
             failed.add(paths[i], error, key)
             good[i] = False
     return good, failed

@@ -2,16 +2,29 @@
 
 A run plans against what ``--out`` already holds: rows whose input is unchanged (same path and
 content key) are kept, failed inputs that did not change are not retried, and only the rest is
-embedded. Finished rows are made durable every ``checkpoint_seconds`` as part files (see
+embedded.
+
+Content keys. A file's key is ``size:mtime_ns:ctime_ns:inode#hash``: the stat fields git's
+index compares notice a possible change without reading the file; ``hash`` (the first 128 bits
+of the SHA-256 of its bytes) is taken, before decoding, only for files whose stat fields
+differ from the stored row's (or that have none). A file whose bytes are a stored row's (after
+a ``chmod``, a ``touch``, a move between folders) reuses that row's embedding under its new
+key instead of being embedded again. A failure is recorded under the stat fields alone.
+Stores written before (keys ``size:mtime_ns``) are migrated on their first update: a row whose
+size and mtime still match is kept, under its new key, without embedding it again.
+
+Finished rows are made durable every ``checkpoint_seconds`` as part files (see
 :mod:`pipeline.store`), so a killed run loses at most that much work and the next run resumes.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import hashlib
 import json
 import logging
+import os
 import shutil
 import sys
 import tempfile
@@ -33,7 +46,7 @@ from .._runtime import (
 from ..config import ExtractConfig
 from ..engine.backbones import BackboneSpec, resolve_backbone
 from ..engine.onnx import load_verified, no_gpu_present, request_key
-from ..engine.sources import ImageSource, is_transient, open_source
+from ..engine.sources import ImageSource, content_hash, is_transient, open_source
 from ..exceptions import CacheMismatchError, ConfigError, StoreError
 from ..recipe import DecodeOptions, EmbeddingRecipe, parse_views
 from ..store import (
@@ -55,6 +68,7 @@ __all__ = [
     "Previous",
     "inputs_digest",
     "plan_extraction",
+    "stat_part",
     "unchanged_store",
     "verified_cpu_graph",
     "versions",
@@ -62,6 +76,24 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+_HASH_SEP = "#"  # between a key's stat fields and its content hash
+
+
+def stat_part(key: str) -> str:
+    """A content key's stat fields (all of a key without content hash)."""
+    return key.partition(_HASH_SEP)[0]
+
+
+def _hash_part(key: str) -> str | None:
+    sep, tail = key.partition(_HASH_SEP)[1:]
+    return tail if sep else None
+
+
+def _legacy_match(stored: str, current: str) -> bool:
+    """A key of a store from before the stat key had ctime and inode (``size:mtime_ns``) whose
+    size and mtime are still the file's: kept under the old rule, once (migration)."""
+    return _HASH_SEP not in stored and stored.count(":") == 1 and current.startswith(stored + ":")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,16 +106,18 @@ class ExtractSummary:
     n_failed: int
     n_embedded: int
     seconds: float
+    n_pruned: int = 0  # rows removed because their input left --data (--prune)
 
     @property
     def images_per_second(self) -> float:
         return self.n_embedded / self.seconds if self.seconds > 0 else 0.0
 
     def line(self) -> str:
+        pruned = f"; pruned {self.n_pruned} rows of inputs not in --data" if self.n_pruned else ""
         return (
             f"{self.n_rows} rows x {self.feature_dim} dims, {self.n_failed} failed; "
             f"embedded {self.n_embedded} new in {self.seconds:.1f} s "
-            f"({self.images_per_second:.1f} images/s) -> {self.out}"
+            f"({self.images_per_second:.1f} images/s){pruned} -> {self.out}"
         )
 
 
@@ -112,6 +146,9 @@ class Inputs:
     held: np.ndarray  # the row of prev.rows holding each record (any key), -1 when none
     todo: list[int]  # indices of records to embed
     digest: str | None = None  # inputs_digest(records, keys, class names), once computed
+    # record -> row of prev.rows with the same bytes: its embedding is copied, not recomputed
+    reuse: dict[int, int] = dataclasses.field(default_factory=dict)
+    n_gone: int = 0  # rows of prev.rows of no current input whose bytes no input reuses
 
 
 def _check_recipe(path: Path, attrs: dict[str, Any], recipe: EmbeddingRecipe) -> None:
@@ -218,6 +255,7 @@ class ExtractionPlan:
     todo: list[int]
     prev: Previous
     inputs: Inputs | None = None  # records, keys and todo as planned (None in a Dask shard's copy)
+    n_pruned: int = 0  # stored rows of inputs not in --data, removed by this run (--prune)
 
     @property
     def spec(self) -> BackboneSpec:
@@ -259,7 +297,7 @@ def _is_current(inputs: Inputs, class_names: list[str]) -> bool:
     """``--out`` is complete and holds exactly the inputs, each with its current content,
     label and split (or as a failure not to retry), and nothing else."""
     prev, rows, held = inputs.prev, inputs.rows, inputs.held
-    if prev.complete_attrs is None or inputs.todo:
+    if prev.complete_attrs is None or inputs.todo or inputs.reuse:
         return False
     if prev.complete_attrs.get("class_names") != class_names:
         return False
@@ -285,8 +323,9 @@ def _survey(
     source: Any, prev: Previous, records: list[Any] | None = None, keys: list[str] | None = None
 ) -> Inputs:
     """The current inputs set against ``prev``: every input's content key, where ``prev``
-    holds it, and what is left to embed. Array operations: this runs over every input on
-    every run, a million of them for a large folder."""
+    holds it, and what is left to embed or to copy. Array operations: this runs over every
+    input on every run, a million of them for a large folder; files are read (hashed) only
+    when their stat fields differ from the stored row's, or they have none."""
     if records is None:
         records = _unique_records(source)
     if keys is None:
@@ -296,7 +335,90 @@ def _survey(
     prev_at = index.find(prev.rows.paths)
     held = np.full(len(rows), -1, dtype=np.int64)
     held[prev_at[prev_at >= 0]] = np.flatnonzero(prev_at >= 0)
-    return Inputs(prev, records, keys, rows, index, prev_at, held, _todo(rows, held, prev))
+    same = _unchanged(rows, held, prev)
+    keep = np.flatnonzero(same)
+    if keep.size:  # an unchanged input keeps its stored key, with the hash it was embedded from
+        rows.keys[keep] = prev.rows.keys[held[keep]]
+    todo = _todo(rows, same, prev)
+    reuse: dict[int, int] = {}
+    if todo and getattr(source, "hashes_files", False):
+        todo, reuse = _hash_todo(source, rows, held, prev, todo)
+    gone = prev_at < 0
+    if reuse and gone.any():
+        gone[list(set(reuse.values()))] = False  # their embedding moves to another input
+    inputs = Inputs(prev, records, rows.keys.tolist(), rows, index, prev_at, held, todo)
+    inputs.reuse, inputs.n_gone = reuse, int(np.count_nonzero(gone))
+    return inputs
+
+
+def _unchanged(rows: RowIndex, held: np.ndarray, prev: Previous) -> np.ndarray:
+    """Which inputs ``prev`` holds a row of with the same stat fields (or the same key)."""
+    same = np.zeros(len(rows), dtype=bool)
+    found = np.flatnonzero(held >= 0)
+    if found.size:
+        stored = prev.rows.keys[held[found]]
+        current = rows.keys[found]
+        equal = stored == current  # keys without hash (built-in data), failures
+        hashed = np.flatnonzero(~equal)
+        if hashed.size:
+            stat = np.asarray([stat_part(k) for k in stored[hashed].tolist()], dtype=object)
+            equal[hashed] = stat == current[hashed]
+        same[found] = equal
+    return same
+
+
+def _hash_todo(
+    source: Any, rows: RowIndex, held: np.ndarray, prev: Previous, todo: list[int]
+) -> tuple[list[int], dict[int, int]]:
+    """Hash the files in ``todo`` (their keys get the hash); those whose bytes a row of a
+    complete ``prev`` holds are copied from it instead: (still to embed, record -> row)."""
+    paths = rows.paths[todo].tolist()
+    failures = source.walk_failures
+    hashes = _hash_files([None if p in failures else p for p in paths])
+    by_hash: dict[str, int] = {}
+    if prev.complete_attrs is not None:  # rows with a place in a file to copy from
+        for r, key in enumerate(prev.rows.keys.tolist()):
+            digest = _hash_part(key)
+            if digest is not None:
+                by_hash.setdefault(digest, r)
+    embed, reuse = [], {}
+    for i, digest in zip(todo, hashes, strict=True):
+        if digest is None:  # unreadable now: decoding records why
+            embed.append(i)
+            continue
+        current = rows.keys[i]
+        rows.keys[i] = f"{current}{_HASH_SEP}{digest}"
+        r = int(held[i])
+        if prev.complete_attrs is not None and r >= 0:
+            stored = prev.rows.keys[r]
+            if _hash_part(stored) == digest or _legacy_match(stored, current):
+                reuse[i] = r
+                continue
+        r = by_hash.get(digest, -1)
+        if r >= 0:
+            reuse[i] = r
+        else:
+            embed.append(i)
+    if reuse:
+        logger.info(
+            "%d inputs changed status (chmod, touch, moved) but not content: their embeddings "
+            "are kept",
+            len(reuse),
+        )
+    return embed, reuse
+
+
+def _hash_files(paths: list[str | None]) -> list[str | None]:
+    """:func:`~pipeline.engine.sources.content_hash` of each path (None stays None), on a few
+    threads (hashlib releases the GIL on large buffers)."""
+
+    def one(path: str | None) -> str | None:
+        return None if path is None else content_hash(path)
+
+    if len(paths) < 64:
+        return [one(p) for p in paths]
+    with concurrent.futures.ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+        return list(pool.map(one, paths, chunksize=64))
 
 
 def _keys_of(source: Any, records: list[Any]) -> list[str]:
@@ -321,12 +443,9 @@ def _unique_records(source: Any) -> list[Any]:
     return records
 
 
-def _todo(rows: RowIndex, held: np.ndarray, prev: Previous) -> list[int]:
-    """Indices of inputs neither embedded nor failed with their current content; a failure
-    whose cause was outside the file (``TRANSIENT_PREFIX``) is retried."""
-    same = np.zeros(len(rows), dtype=bool)
-    found = held >= 0
-    same[found] = prev.rows.keys[held[found]] == rows.keys[found]
+def _todo(rows: RowIndex, same: np.ndarray, prev: Previous) -> list[int]:
+    """Indices of inputs neither embedded (``same``) nor failed with their current stat
+    fields; a failure whose cause was outside the file (``TRANSIENT_PREFIX``) is retried."""
     todo = np.flatnonzero(~same)
     if prev.failed and todo.size:
 
@@ -521,6 +640,7 @@ def plan_extraction(
         shutil.rmtree(parts_dir(out), ignore_errors=True)
     prev = _read_previous(out, recipe, known.prev if known is not None else None)
     inputs = known if known is not None and known.prev is prev else _survey(source, prev)
+    n_pruned = _check_prune(config, out, source, inputs)
     return ExtractionPlan(
         config,
         source,
@@ -533,4 +653,27 @@ def plan_extraction(
         inputs.todo,
         prev,
         inputs,
+        n_pruned,
     )
+
+
+def _check_prune(config: ExtractConfig, out: Path, source: Any, inputs: Inputs) -> int:
+    """How many stored rows this run removes (their input is not in ``--data``); refuse with
+    one line, before anything is written, unless ``--prune`` is given: embeddings are never
+    dropped silently (a narrower folder or a typo in ``--data`` would cost all the others)."""
+    n_gone = inputs.n_gone
+    if n_gone and not config.prune:
+        stored = (inputs.prev.complete_attrs or {}).get("source")
+        if stored is None:
+            try:
+                stored = read_attrs(out).get("source")
+            except StoreError:
+                stored = None
+        raise StoreError(
+            f"{out} holds {len(inputs.prev.rows)} rows, {n_gone} of them of inputs not in this "
+            f"--data (stored source: {stored or 'unknown'}; this one: {source.description}); "
+            "this run would remove them: pass --prune to do so, or --overwrite to start over, "
+            "or choose another --out",
+            param="data",
+        )
+    return n_gone

@@ -7,12 +7,14 @@ metadata copied from the feature store, so predictions rebuild the same embeddin
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import joblib
+import numpy as np
 
 from .. import __version__
 from .._io import atomic_path
@@ -108,7 +110,9 @@ def load_model_file(path: str | Path) -> dict[str, Any]:
     Raises
     ------
     ModelFileError
-        The file is missing, not a joblib dict, of another ``format_version``, or lacks keys.
+        The file is missing, not a joblib dict, of another ``format_version``, lacks keys,
+        or its estimator cannot predict one row under the installed libraries (the message
+        names the versions recorded in the file and those installed).
     """
 
     path = Path(path)
@@ -149,5 +153,42 @@ def load_model_file(path: str | Path) -> dict[str, Any]:
         )
     if not hasattr(payload["estimator"], "predict"):
         raise ModelFileError(f"{path}: model file's estimator has no predict(); retrain it")
+    _check_runs(path, payload)
     _warn_other_versions(path, payload.get("versions"))
     return payload
+
+
+def _check_runs(path: Path, payload: dict[str, Any]) -> None:
+    """Predict one row, so that a model the installed libraries cannot run (an attribute that
+    another scikit-learn or xgboost no longer has, say) is refused here, in one line naming the
+    versions, rather than as a traceback in whatever consumer uses it."""
+    try:
+        dim = int(payload["backbone"]["feature_dim"])
+    except (TypeError, ValueError):
+        raise ModelFileError(
+            f"{path}: model file's feature_dim is not a number; retrain it"
+        ) from None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            payload["estimator"].predict(np.ones((1, dim), dtype=np.float32))
+    except Exception as exc:  # any failure here means: these libraries cannot run it
+        detail = " ".join(f"{type(exc).__name__}: {exc}".split())
+        raise ModelFileError(
+            f"{path}: the installed libraries cannot run this model ({detail}); "
+            f"{_versions_line(payload.get('versions'))}; refit it with `python -m pipeline.fit`, "
+            "or install the recorded versions"
+        ) from exc
+
+
+def _versions_line(recorded: Any) -> str:
+    """'made with X, installed Y' over the libraries that differ (all when none does)."""
+    now = library_versions()
+    if not isinstance(recorded, dict) or not recorded:
+        installed = ", ".join(f"{k} {v}" for k, v in sorted(now.items()))
+        return f"the file records no library versions; installed: {installed}"
+    names = [n for n in sorted(recorded) if recorded[n] != now.get(n, "absent")]
+    names = names or sorted(recorded)
+    made = ", ".join(f"{n} {recorded[n]}" for n in names)
+    installed = ", ".join(f"{n} {now.get(n, 'absent')}" for n in names)
+    return f"made with {made}; installed: {installed}"
