@@ -211,7 +211,7 @@ def resolve_backbone(
     """
     canonical = parse_preprocess(preprocess)
     if is_timm(model):
-        spec = resolve_timm(model, weights)
+        spec = BackboneSpec(model, **resolve_timm(model, weights))
     else:
         spec = _resolve_torchvision(model, weights, auto_weights)
     if canonical is None:
@@ -411,7 +411,7 @@ def build_backbone(spec: BackboneSpec) -> Backbone:
     import torch.nn as nn
 
     if spec.is_timm:
-        module, feature_dim = build_timm(spec)
+        module, feature_dim = build_timm(spec, RANDOM_INIT_SEED)
         return Backbone(spec=spec, module=module, head=None, feature_dim=feature_dim)
     try:
         model, head_loaded = _build_network(spec)

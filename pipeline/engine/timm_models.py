@@ -18,6 +18,7 @@ import difflib
 import logging
 import math
 import os
+import types
 from typing import Any
 
 from ..exceptions import BackboneError
@@ -110,25 +111,25 @@ def _check_name(name: str) -> tuple[str, str | None]:
     return arch, tag or None
 
 
-def resolve_timm(model: str, weights: Any) -> Any:
-    """A :class:`~pipeline.engine.backbones.BackboneSpec` for ``timm:NAME[.TAG]``.
+def resolve_timm(model: str, weights: Any) -> dict[str, Any]:
+    """The weights fields of a :class:`~pipeline.engine.backbones.BackboneSpec` for
+    ``timm:NAME[.TAG]``: ``weights``, ``weights_sha256``, ``weights_file``.
 
     ``weights``: ``auto``/``DEFAULT``/``pretrained`` (the tag's or the architecture's default
     pretrained weights, which must be in a local cache), a pretrained tag, ``none``, or a
-    checkpoint file."""
-    from .backbones import BackboneSpec
+    checkpoint file (its keys are checked here)."""
     from .checkpoints import file_sha256, is_weights_file
 
     name = model[len(TIMM_PREFIX) :]
     arch, tag = _check_name(name)
     if weights is None or str(weights).lower() == "none":
-        return BackboneSpec(model, None)
+        return {"weights": None}
     if is_weights_file(weights):
         sha = file_sha256(weights)
         path = str(os.path.realpath(os.path.expanduser(os.fspath(weights))))
-        spec = BackboneSpec(model, path, weights_sha256=sha, weights_file=path)
+        spec = types.SimpleNamespace(model=model, weights_file=path, weights_sha256=sha)
         _check_file(spec)
-        return spec
+        return {"weights": path, "weights_sha256": sha, "weights_file": path}
     choice = str(weights)
     if choice not in PRETRAINED_NAMES:
         tag = _check_name(choice if choice.startswith(arch + ".") else f"{arch}.{choice}")[1]
@@ -142,7 +143,7 @@ def resolve_timm(model: str, weights: Any) -> Any:
             f"timm.create_model({full!r}, pretrained=True), or pass --weights PATH or none",
             param="weights",
         )
-    return BackboneSpec(model, full, weights_sha256=file_sha256(found), weights_file=found)
+    return {"weights": full, "weights_sha256": file_sha256(found), "weights_file": found}
 
 
 def timm_preprocessing_fields(spec: Any) -> dict[str, Any]:
@@ -220,16 +221,15 @@ def _check_file(spec: Any) -> None:
     _MATCHED.add((spec.model, spec.weights_sha256))
 
 
-def build_timm(spec: Any) -> tuple[Any, int]:
-    """(module, feature dim): the timm model cut at its pooled pre-logits, in eval mode."""
+def build_timm(spec: Any, seed: int) -> tuple[Any, int]:
+    """(module, feature dim): the timm model cut at its pooled pre-logits, in eval mode;
+    random init is seeded with ``seed``."""
     import torch
-
-    from .backbones import RANDOM_INIT_SEED
 
     import_timm()
     if spec.weights is None or spec.weights == spec.weights_file:
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(RANDOM_INIT_SEED)
+            torch.manual_seed(seed)
             model = _create(spec, pretrained=False)
         if spec.weights is not None:
             model.load_state_dict(_matched(model, spec, verbose=False), strict=False)
