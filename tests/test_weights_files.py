@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -259,3 +260,15 @@ def test_preprocess_errors_name_the_parameter():
         resolve_backbone("resnet18", "none", preprocess="IMAGENET1K_V9")
     with pytest.raises(ValueError, match="ImageEmbedder: .*std"):
         ImageEmbedder("squeezenet1_1", None, preprocess="std=0,1,1").fit()
+
+
+def test_timm_not_installed(small_data, tmp_path, capsys, monkeypatch):
+    """Runs with or without timm: without it, the same one line."""
+    monkeypatch.setitem(sys.modules, "timm", None)  # import timm raises ImportError
+    out = tmp_path / "o.h5"
+    capsys.readouterr()
+    assert _extract(small_data, out, "--model", "timm:resnet18", "--weights", "none") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "pip install 'pipeline[timm]'" in err
+    with pytest.raises(ValueError, match="timm is not installed|needs timm"):
+        ImageEmbedder("timm:resnet18", None).fit()
