@@ -75,9 +75,16 @@ def test_timm_models_extract_fit_and_predict_on_both_backends(name, small_data, 
         np.testing.assert_allclose(a.features[0], reference(first)[0].numpy(), rtol=1e-4, atol=1e-5)
 
     out = tmp_path / "run"
-    assert fit_main(["--features", str(stores["onnxruntime"]), "--clf", "logreg", "--out", str(out), "-q"]) == 0
+    assert (
+        fit_main(
+            ["--features", str(stores["onnxruntime"]), "--clf", "logreg", "--out", str(out), "-q"]
+        )
+        == 0
+    )
     for backend in ("torch", "onnxruntime"):
-        got = run_predict(out / "models" / "logreg.joblib", [str(small_data / "test")], backend=backend)
+        got = run_predict(
+            out / "models" / "logreg.joblib", [str(small_data / "test")], backend=backend
+        )
         assert len(got) == 2 and all(p.label in {"a", "b"} for p in got)
 
 
@@ -159,5 +166,8 @@ def test_failed_export_falls_back_to_torch_and_says_so(tmp_path, monkeypatch, ca
     embedder = ImageEmbedder("timm:test_vit", None, backend="onnxruntime", device="cpu")
     rows = embedder.transform(images)
     assert rows.shape == (1, 64) and np.isfinite(rows).all()
-    assert "ONNX Runtime unavailable for timm:test_vit (RuntimeError: exporter cannot trace" in caplog.text
+    assert (
+        "ONNX Runtime unavailable for timm:test_vit (RuntimeError: exporter cannot trace"
+        in caplog.text
+    )
     assert embedder._runner.backend == "torch"

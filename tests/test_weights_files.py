@@ -80,7 +80,9 @@ def test_official_files_are_recognised_by_their_hash(tmp_path):
     sha = OFFICIAL_SHA256[MOBILENET_CHECKPOINT]
     assert official_weights(sha, "mobilenet_v2")[1] == "MobileNet_V2_Weights.IMAGENET1K_V1"
     assert official_weights(sha)[0] == "mobilenet_v2"  # whatever model was asked for
-    assert official_weights("b0353104" + "0" * 56) is None  # the full hash is known: prefix alone is not enough
+    assert (
+        official_weights("b0353104" + "0" * 56) is None
+    )  # the full hash is known: prefix alone is not enough
     # Files whose full hash is not listed: torch.hub's convention, the URL's hash prefix.
     assert _is_file_of("d63eafa0" + "1" * 56, "resnet18_a1_0-d63eafa0.pth")
     assert not _is_file_of("d63eafa1" + "1" * 56, "resnet18_a1_0-d63eafa0.pth")
@@ -208,7 +210,9 @@ def test_bad_weights_files_are_one_line_errors_before_any_image(
 def test_official_file_of_another_architecture(real_weights, small_data, tmp_path, capsys):
     hub = Path(torch.hub.get_dir()) / "checkpoints" / MOBILENET_CHECKPOINT
     capsys.readouterr()
-    assert _extract(small_data, tmp_path / "o.h5", "--model", "resnet18", "--weights", str(hub)) == 2
+    assert (
+        _extract(small_data, tmp_path / "o.h5", "--model", "resnet18", "--weights", str(hub)) == 2
+    )
     err = capsys.readouterr().err.strip()
     assert "official MobileNet_V2_Weights.IMAGENET1K_V1 checkpoint (of mobilenet_v2)" in err
 
@@ -227,12 +231,17 @@ def test_preprocess_presets_and_values_enter_the_recipe(small_data, tmp_path):
     )
     fields = values.preprocessing_fields
     assert fields["resize_size"] == [160] and fields["crop_size"] == [128]
-    assert fields["mean"] == [0.5, 0.5, 0.5] and fields["std"] == default.preprocessing_fields["std"]
+    assert (
+        fields["mean"] == [0.5, 0.5, 0.5] and fields["std"] == default.preprocessing_fields["std"]
+    )
     assert fields["interpolation"] == "bicubic" and values.input_size == 128
     same = resolve_backbone("resnet50", "none", preprocess={"resize": 232, "crop": 224})
     prints = {EmbeddingRecipe(s, "fp32").fingerprint() for s in (default, v1, values, same)}
     assert len(prints) == 3  # values equal to the preset's leave the fingerprint as it was
-    assert EmbeddingRecipe(same, "fp32").fingerprint() == EmbeddingRecipe(default, "fp32").fingerprint()
+    assert (
+        EmbeddingRecipe(same, "fp32").fingerprint()
+        == EmbeddingRecipe(default, "fp32").fingerprint()
+    )
 
     # Recorded in the store; ImageEmbedder takes the same and gives the same rows; predict
     # rebuilds it from the model file.

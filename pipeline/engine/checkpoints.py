@@ -278,7 +278,9 @@ def match_state_dict(
         and not (dropped and _is_head_key(k, head))
     ]
     unexpected = [k for k in kept if k not in expected]
-    reshaped = [k for k in kept if k in expected and tuple(expected[k].shape) != tuple(kept[k].shape)]
+    reshaped = [
+        k for k in kept if k in expected and tuple(expected[k].shape) != tuple(kept[k].shape)
+    ]
     if missing or unexpected or reshaped:
         parts = []
         if missing:
