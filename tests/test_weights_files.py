@@ -16,7 +16,7 @@ from PIL import Image
 from pipeline import ImageEmbedder
 from pipeline.engine.backbones import resolve_backbone
 from pipeline.engine.checkpoints import OFFICIAL_SHA256, _is_file_of, official_weights
-from pipeline.exceptions import BackboneError, ConfigError
+from pipeline.exceptions import BackboneError, BackboneMismatchError, ConfigError
 from pipeline.extract import main as extract_main
 from pipeline.fit import main as fit_main
 from pipeline.predict import run_predict
@@ -122,9 +122,12 @@ def test_finetuned_checkpoint_extracts_fits_and_predicts(small_data, tmp_path, c
     predictions = run_predict(out / "models" / "logreg.joblib", [str(small_data / "test")])
     assert len(predictions) == 4 and all(p.label in {"a", "b"} for p in predictions)
 
-    # Another file at the same path is another recipe: never mixed into the same store.
+    # Another file at the same path is another recipe: never mixed into the same store, and
+    # the model fitted on the first file's rows refuses to predict with it.
     _finetuned_resnet18(ckpt, seed=2)
     assert _extract(small_data, store, *flags) == 2
+    with pytest.raises(BackboneMismatchError, match="fingerprint differs"):
+        run_predict(out / "models" / "logreg.joblib", [str(small_data / "test")])
 
 
 def test_state_dict_files_in_other_forms(tmp_path):
