@@ -38,7 +38,16 @@ from extract_throughput import make_photos  # noqa: E402
 from machine import describe  # noqa: E402
 
 PAIRS = [("resnet18", "timm:resnet18"), ("mobilenet_v2", "timm:mobilenetv2_100")]
-CIFAR = Path(__file__).resolve().parent.parent.parent.parent / "shared/data/cifar10-mini/train"
+REPO = Path(__file__).resolve().parent.parent
+# ../shared beside the checkout (/work/main), or beside the folder of worktrees (/work/wt/NAME).
+CIFAR = next(
+    (
+        p / "shared/data/cifar10-mini/train"
+        for p in (REPO.parent, REPO.parent.parent)
+        if (p / "shared/data/cifar10-mini/train").is_dir()
+    ),
+    REPO.parent / "shared/data/cifar10-mini/train",
+)
 
 
 def image_files(n: int, photos: bool, folder: Path) -> tuple[list[str], str]:

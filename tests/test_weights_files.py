@@ -148,6 +148,21 @@ def test_state_dict_files_in_other_forms(tmp_path):
     assert np.array_equal(rows[0], rows[1]) and np.array_equal(rows[0], rows[2])
     none = ImageEmbedder("squeezenet1_1", "none", backend="torch").transform(images)
     assert not np.allclose(rows[0], none)
+    # The CLI's default CPU backend exports, verifies and remembers the graph of the file's
+    # network; the second run starts from that record (no torch) and gives the same rows.
+    data = tmp_path / "data"
+    write_images(data, {"a": 2, "b": 2}, size=(20, 20))
+    for out in ("first.h5", "second.h5"):
+        flags = ["--model", "squeezenet1_1", "--weights", str(safe), "--device", "cpu"]
+        assert _extract(data, tmp_path / out, *flags) == 0
+    first, second = read_store(tmp_path / "first.h5"), read_store(tmp_path / "second.h5")
+    assert first.attrs["backend"] == second.attrs["backend"] == "onnxruntime"
+    assert first.attrs["fingerprint"] == second.attrs["fingerprint"]
+    np.testing.assert_array_equal(first.features, second.features)
+    direct = ImageEmbedder("squeezenet1_1", str(safe), backend="torch").transform(
+        [str(p) for p in first.paths]
+    )
+    np.testing.assert_allclose(first.features, direct, rtol=1e-4, atol=1e-4)
 
 
 # ---------------------------------------------------------------------------- bad input

@@ -141,7 +141,7 @@ class BackboneSpec:
 
     @cached_property
     def weights_url(self) -> str | None:
-        return None if self.weights is None else str(self.weights_enum.url)
+        return None if self.weights_enum is None else str(self.weights_enum.url)
 
     def to_record(self) -> dict[str, Any]:
         """Everything torchvision contributes to this spec, as JSON-able data."""
