@@ -171,3 +171,15 @@ def test_failed_export_falls_back_to_torch_and_says_so(tmp_path, monkeypatch, ca
         in caplog.text
     )
     assert embedder._runner.backend == "torch"
+
+
+def test_checkpoint_of_another_timm_architecture(small_data, tmp_path, capsys):
+    ckpt = tmp_path / "test_resnet.pth"
+    torch.save(timm.create_model("test_resnet").state_dict(), ckpt)
+    out = tmp_path / "o.h5"
+    argv = ["--data", str(small_data), "--out", str(out), "--model", "timm:test_vit"]
+    capsys.readouterr()
+    assert extract_main([*argv, "--weights", str(ckpt), *QUIET]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "is not a checkpoint of timm:test_vit: missing" in err
+    assert not out.exists()
