@@ -27,7 +27,14 @@ from .engine.backbones import BackboneSpec, resolve_backbone
 from .engine.preprocess import CROP_MODES, VIEWS, Preprocessing
 from .exceptions import ConfigError
 
-__all__ = ["DECODE_FIELDS", "RECIPE_ATTRS", "DecodeOptions", "EmbeddingRecipe", "parse_views"]
+__all__ = [
+    "BACKBONE_EXTRA_ATTRS",
+    "DECODE_FIELDS",
+    "RECIPE_ATTRS",
+    "DecodeOptions",
+    "EmbeddingRecipe",
+    "parse_views",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,6 +111,10 @@ def parse_views(views: Any) -> tuple[str, ...]:
 #: Decode options, in attrs order; a file without one was written before it existed (off).
 DECODE_FIELDS = tuple(f.name for f in dataclasses.fields(DecodeOptions))
 
+#: A checkpoint file's path and sha256 and the ``--preprocess`` override (``""`` when unused):
+#: absent from files written before they existed, which then mean "unused".
+BACKBONE_EXTRA_ATTRS = ("weights_file", "weights_sha256", "preprocess")
+
 #: The attributes a recipe writes (stores, model files' ``backbone`` dict, caches).
 RECIPE_ATTRS = (
     *DECODE_FIELDS,
@@ -113,10 +124,7 @@ RECIPE_ATTRS = (
     "preprocessing_fields",
     "precision",
     "fingerprint",
-    # "" unless weights come from a file or --preprocess overrides; older files lack them.
-    "weights_file",
-    "weights_sha256",
-    "preprocess",
+    *BACKBONE_EXTRA_ATTRS,
 )
 
 #: The fields named in a mismatch message, in this order.
