@@ -90,7 +90,8 @@ def main() -> None:
                 crops = np.stack([spec.preprocessing.crop(decode_image(f)) for f in files])
                 runs[(model, backend)] = (spec, runner, crops)
                 print(
-                    f"built {model:22s} {backend:12s} -> {runner.backend} ({runner.feature_dim}-d)"
+                    f"built {model:22s} {backend:12s} -> {runner.backend} ({runner.feature_dim}-d)",
+                    flush=True,
                 )
         times: dict[tuple[str, str, str], list[float]] = {
             k + (s,): [] for k in runs for s in ("e2e", "fwd")
@@ -113,6 +114,8 @@ def main() -> None:
                 for i in range(0, len(crops), 32):
                     runner(crops[i : i + 32])
                 times[key + ("fwd",)].append(len(files) / (time.perf_counter() - started))
+            done = ", ".join(f"{m}/{b} {times[(m, b, 'e2e')][-1]:.1f}" for m, b in keys)
+            print(f"repeat {r + 1}: end to end images/s: {done}", flush=True)
     print(f"uptime: {os.popen('uptime').read().strip()}")
     print("\n| model | backend | end to end, images/s | forward, images/s |")
     print("|---|---|---|---|")
