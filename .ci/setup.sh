@@ -12,9 +12,9 @@ PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
-if ! .venv/bin/python -c "import pipeline, torch, torchvision, sklearn, xgboost, h5py, onnxruntime, distributed, pytest, jinja2, cleanlab, selenium" 2>/dev/null; then
+if ! .venv/bin/python -c "import pipeline, torch, torchvision, sklearn, xgboost, h5py, onnxruntime, distributed, pytest, jinja2, cleanlab, selenium, timm, safetensors" 2>/dev/null; then
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -c constraints.txt -e ".[test]"
+  .venv/bin/python -m pip install -q -c constraints.txt -e ".[test,timm]"
 fi
 
 # Headless browser for tests/test_html_report.py: only when missing, only as root with apt-get.

@@ -137,6 +137,7 @@ class ExtractConfig:
     data: str = _default("extract", "data")
     model: str = _default("extract", "model")
     weights: str | None = _default("extract", "weights")
+    preprocess: str | Mapping[str, Any] | None = _default("extract", "preprocess")
     out: str = _default("extract", "out")
     batch_size: int = _default("extract", "batch_size")
     workers: int = _default("extract", "workers")

@@ -177,13 +177,16 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
     Parameters
     ----------
     model : str, default="mobilenet_v2"
-        Any name from ``torchvision.models.list_models()``.
+        Any name from ``torchvision.models.list_models()``, or ``"timm:NAME"`` for a timm
+        model (the ``pipeline[timm]`` extra; pooled pre-logits, timm's preprocessing).
     weights : str or None, default="auto"
         ``"auto"`` (:data:`pipeline.engine.backbones.AUTO_WEIGHTS`, the same table the shipped
         config's ``[extract.auto_weights]`` holds: ``IMAGENET1K_V1`` for mobilenet_v2;
         torchvision's ``DEFAULT`` for other models; no config file is read), ``"DEFAULT"``, a weights name such as
-        ``"IMAGENET1K_V1"`` or ``"MobileNet_V2_Weights.IMAGENET1K_V1"``, or ``None``/``"none"``
-        for seeded random initialisation.
+        ``"IMAGENET1K_V1"`` or ``"MobileNet_V2_Weights.IMAGENET1K_V1"``, ``None``/``"none"``
+        for seeded random initialisation, or a checkpoint file (``.pth``, ``.pt``,
+        ``.pth.tar``, ``.safetensors``: a state dict, or a dict holding one; a classifier head
+        of another shape is dropped), as ``pipeline.extract --weights``.
     batch_size : int, default=32
         Images per forward pass.
     device : str, default="auto"
@@ -218,6 +221,12 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
         a transformer cannot average a later classifier's probabilities, and the mean
         embedding is the test-time augmentation every downstream estimator receives alike,
         in fit and in predict. The cache keeps those means (its recipe names the views).
+    preprocess : str, dict or None, default=None
+        As ``pipeline.extract --preprocess``: None for the weights' own preprocessing (the
+        architecture's default weights' for a checkpoint file; timm's for a timm model), a
+        preset name (``"IMAGENET1K_V1"``), or values (``{"resize": 256, "crop": 224, "mean":
+        [...], "std": [...], "interpolation": "bicubic"}`` or the same as a string,
+        ``"resize=256 crop=224"``). Part of the recipe (fingerprint).
 
     Attributes
     ----------
@@ -269,6 +278,7 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
         workers: int = 0,
         crop_mode: str = "center",
         views: Sequence[str] | str = (),
+        preprocess: str | dict[str, Any] | None = None,
     ) -> None:
         self.model = model
         self.weights = weights
@@ -281,6 +291,7 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
         self.workers = workers
         self.crop_mode = crop_mode
         self.views = views
+        self.preprocess = preprocess
 
     # ----------------------------------------------------------------- sklearn plumbing
 
@@ -325,7 +336,7 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
         self._options()
         try:
             check_backend(self.backend)
-            spec = resolve_backbone(self.model, self.weights)
+            spec = resolve_backbone(self.model, self.weights, preprocess=self.preprocess)
             device = resolve_device(self.device)
             precision = resolve_precision(self.precision, device)
         except PipelineError as exc:  # a ValueError naming the parameter ("device: ...")
@@ -382,7 +393,8 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
                 self._runner.backend,
                 time.perf_counter() - started,
             )
-        self._feature_dim = ((spec.model, spec.weights), int(self._runner.feature_dim))
+        known = (spec.model, spec.weights, spec.preprocess)
+        self._feature_dim = (known, int(self._runner.feature_dim))
         return self._runner
 
     def _embed(
@@ -482,7 +494,7 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
                 groups[i] = [i]
         if found:
             dim = int(next(iter(found.values())).shape[0])
-            self._feature_dim = ((spec.model, spec.weights), dim)
+            self._feature_dim = ((spec.model, spec.weights, spec.preprocess), dim)
         return rows, groups, keys
 
     def _record(
@@ -544,7 +556,7 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
         """
         spec, device, precision = self._check_params()
         known_spec, dim = getattr(self, "_feature_dim", (None, None))
-        if known_spec != (spec.model, spec.weights):
+        if known_spec != (spec.model, spec.weights, spec.preprocess):
             dim = self._get_runner(spec, device, precision).feature_dim
         return np.asarray([f"{self.model}_{i}" for i in range(int(dim))], dtype=object)
 

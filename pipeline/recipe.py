@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -26,7 +27,14 @@ from .engine.backbones import BackboneSpec, resolve_backbone
 from .engine.preprocess import CROP_MODES, VIEWS, Preprocessing
 from .exceptions import ConfigError
 
-__all__ = ["DECODE_FIELDS", "RECIPE_ATTRS", "DecodeOptions", "EmbeddingRecipe", "parse_views"]
+__all__ = [
+    "BACKBONE_EXTRA_ATTRS",
+    "DECODE_FIELDS",
+    "RECIPE_ATTRS",
+    "DecodeOptions",
+    "EmbeddingRecipe",
+    "parse_views",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +81,15 @@ class DecodeOptions:
         return cls(**{k: _or_default(attrs.get(k), getattr(default, k)) for k in DECODE_FIELDS})
 
 
+def _backbone_extras(spec: BackboneSpec) -> dict[str, str]:
+    """The checkpoint file, its sha256 and the ``--preprocess`` override ("" when none)."""
+    return {
+        "weights_file": spec.weights_file or "",
+        "weights_sha256": spec.weights_sha256 or "",
+        "preprocess": spec.preprocess or "",
+    }
+
+
 def _or_default(value: Any, default: Any) -> Any:
     return default if value is None else value
 
@@ -94,6 +111,10 @@ def parse_views(views: Any) -> tuple[str, ...]:
 #: Decode options, in attrs order; a file without one was written before it existed (off).
 DECODE_FIELDS = tuple(f.name for f in dataclasses.fields(DecodeOptions))
 
+#: A checkpoint file's path and sha256 and the ``--preprocess`` override (``""`` when unused):
+#: absent from files written before they existed, which then mean "unused".
+BACKBONE_EXTRA_ATTRS = ("weights_file", "weights_sha256", "preprocess")
+
 #: The attributes a recipe writes (stores, model files' ``backbone`` dict, caches).
 RECIPE_ATTRS = (
     *DECODE_FIELDS,
@@ -103,6 +124,7 @@ RECIPE_ATTRS = (
     "preprocessing_fields",
     "precision",
     "fingerprint",
+    *BACKBONE_EXTRA_ATTRS,
 )
 
 #: The fields named in a mismatch message, in this order.
@@ -156,6 +178,7 @@ class EmbeddingRecipe:
             "preprocessing_fields": self.spec.preprocessing_fields,
             "precision": self.precision,
             "fingerprint": self.fingerprint(),
+            **_backbone_extras(self.spec),
         }
 
     @classmethod
@@ -166,7 +189,12 @@ class EmbeddingRecipe:
         Compare ``fingerprint()`` with ``attrs["fingerprint"]`` to know whether this
         installation reproduces the embedding.
         """
-        spec = resolve_backbone(str(attrs["model"]), attrs["weights"])
+        weights, file = attrs["weights"], attrs.get("weights_file")
+        if file and os.path.isfile(file):  # official weights given as a file: that file again
+            weights = file
+        spec = resolve_backbone(
+            str(attrs["model"]), weights, preprocess=attrs.get("preprocess") or None
+        )
         return cls(spec, str(attrs["precision"]), DecodeOptions.from_attrs(attrs))
 
     def differences(self, attrs: Mapping[str, Any]) -> list[str]:

@@ -9,7 +9,7 @@ from sklearn.dummy import DummyClassifier
 
 from pipeline.exceptions import ModelFileError
 from pipeline.fit.model_file import BACKBONE_KEYS, MODEL_FORMAT_VERSION, load_model_file, save_model
-from pipeline.recipe import DECODE_FIELDS, RECIPE_ATTRS
+from pipeline.recipe import BACKBONE_EXTRA_ATTRS, DECODE_FIELDS, RECIPE_ATTRS
 
 from ._fit_helpers import RECIPE
 
@@ -39,7 +39,8 @@ def test_round_trip(tmp_path):
 
 
 def test_files_from_before_the_decode_options_still_load(tmp_path):
-    old = {k: v for k, v in RECIPE.to_attrs().items() if k not in DECODE_FIELDS}
+    older = (*DECODE_FIELDS, *BACKBONE_EXTRA_ATTRS)  # and before weights files, --preprocess
+    old = {k: v for k, v in RECIPE.to_attrs().items() if k not in older}
     path = tmp_path / "old.joblib"
     joblib.dump(_payload({**old, "feature_dim": 4}), path)
     backbone = load_model_file(path)["backbone"]

@@ -34,6 +34,7 @@ from .backbones import BackboneSpec
 __all__ = [
     "GRAPH_FORMAT",
     "ONNX_TOLERANCE",
+    "backbone_request",
     "OnnxRunner",
     "VerifiedGraph",
     "graph_path",
@@ -77,13 +78,35 @@ def graph_path(spec: Any) -> Path:
             spec.preprocessing_fields,
             installed_version("torch"),
             GRAPH_FORMAT,
+            *([installed_version("timm")] if spec.model.startswith("timm:") else []),
         ],
         sort_keys=True,
     )
-    return onnx_cache_dir() / f"{spec.model}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.onnx"
+    name = spec.model.replace(":", "-")  # timm:NAME
+    return onnx_cache_dir() / f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.onnx"
 
 
-def request_key(model: str, weights: Any, auto_weights: Mapping[str, str]) -> str:
+def backbone_request(model: str, weights: Any, preprocess: Any = None) -> dict[str, Any]:
+    """What a request for a checkpoint file, a timm model or a ``--preprocess`` override
+    depends on besides its names (the file's sha256, timm's version, the override); empty
+    for a plain torchvision request, so its keys stay as they were. Needs no torch."""
+    from .checkpoints import file_sha256, is_weights_file
+    from .preprocess import parse_preprocess
+
+    extra: dict[str, Any] = {}
+    if is_weights_file(weights):
+        extra["weights_sha256"] = file_sha256(weights)
+    if str(model).startswith("timm:"):
+        extra["timm"] = installed_version("timm")
+    canonical = parse_preprocess(preprocess)
+    if canonical is not None:
+        extra["preprocess"] = canonical
+    return extra
+
+
+def request_key(
+    model: str, weights: Any, auto_weights: Mapping[str, str], preprocess: Any = None
+) -> str:
     """Identifies an unresolved request with everything its resolution depends on."""
     payload = {
         "model": model,
@@ -93,6 +116,7 @@ def request_key(model: str, weights: Any, auto_weights: Mapping[str, str]) -> st
         + [__version__],
         "env": [os.environ.get("TORCH_HOME"), os.environ.get("XDG_CACHE_HOME")],
         "format": GRAPH_FORMAT,
+        **backbone_request(model, weights, preprocess),
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
 

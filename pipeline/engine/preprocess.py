@@ -18,6 +18,9 @@ from copied constants, and the composition equals ``weights.transforms()(image)`
 from __future__ import annotations
 
 import dataclasses
+import json
+import re
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -29,7 +32,11 @@ __all__ = [
     "MAX_ASPECT_RATIO",
     "VIEWS",
     "Preprocessing",
+    "PREPROCESS_KEYS",
+    "classification_preset",
     "make_view",
+    "override_fields",
+    "parse_preprocess",
     "transform_fields",
 ]
 
@@ -70,6 +77,117 @@ def transform_fields(transform: Any) -> dict[str, Any]:
         "interpolation": str(transform.interpolation.value),
         "antialias": transform.antialias,
     }
+
+
+#: The values ``--preprocess`` may set (the rest keep the architecture's preset).
+PREPROCESS_KEYS = ("resize", "crop", "mean", "std", "interpolation")
+
+
+def _preprocess_error(message: str) -> ValueError:
+    from ..exceptions import ConfigError
+
+    return ConfigError(message, param="preprocess")
+
+
+def _parse_values(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Checked ``--preprocess`` values -> canonical ones (ints, float lists, a filter name)."""
+    unknown = sorted(set(values) - set(PREPROCESS_KEYS))
+    if unknown:
+        raise _preprocess_error(f"unknown key(s) {unknown}; valid: {', '.join(PREPROCESS_KEYS)}")
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        try:
+            if key in ("resize", "crop"):
+                out[key] = int(value)
+                if out[key] < 1:
+                    raise ValueError
+            elif key in ("mean", "std"):
+                parts = value if isinstance(value, (list, tuple)) else re.split(r"[,/]", str(value))
+                out[key] = [float(v) for v in parts if str(v).strip()]
+                if len(out[key]) != 3 or (key == "std" and min(out[key]) <= 0):
+                    raise ValueError
+            elif key == "interpolation":
+                out[key] = str(value).lower()
+                if out[key] not in _PIL_FILTERS:
+                    raise _preprocess_error(
+                        f"unknown interpolation {value!r}; choose one of {', '.join(_PIL_FILTERS)}"
+                    )
+        except (TypeError, ValueError) as exc:
+            if isinstance(exc, ValueError) and getattr(exc, "param", None):
+                raise
+            raise _preprocess_error(
+                f"bad value {key}={value!r} (resize/crop: a positive int; mean/std: "
+                "three numbers such as 0.5,0.5,0.5)"
+            ) from None
+    return out
+
+
+def parse_preprocess(value: Any) -> str | None:
+    """``--preprocess`` as a canonical string: None for the default (None, ``""``,
+    ``"default"``), a preset name as given (``"IMAGENET1K_V1"``), or the values sorted,
+    ``"crop=224 interpolation=bicubic mean=0.5,0.5,0.5"`` (from such a string, with ``;`` or
+    blanks between the pairs, a JSON object, or a mapping)."""
+    if value is None:
+        return None
+    if isinstance(value, Mapping):
+        values = dict(value)
+    else:
+        text = str(value).strip()
+        if text.lower() in ("", "default", "auto"):
+            return None
+        if text.startswith("{"):
+            try:
+                values = json.loads(text)
+            except ValueError as exc:
+                raise _preprocess_error(f"is not a JSON object ({exc})") from None
+        elif "=" in text:
+            pairs = [p for p in re.split(r"[;\s]+", text) if p]
+            if any("=" not in p for p in pairs):
+                raise _preprocess_error(f"expected KEY=VALUE pairs, got {text!r}")
+            values = dict(p.split("=", 1) for p in pairs)
+        else:
+            return text  # a preset name, checked against the architecture's weights
+    if not values:
+        return None
+    parsed = _parse_values(values)
+
+    def shown(v: Any) -> str:
+        if isinstance(v, list):
+            return ",".join(repr(float(x)) for x in v)
+        return str(v)
+
+    return " ".join(f"{k}={shown(parsed[k])}" for k in sorted(parsed))
+
+
+def override_fields(fields: Mapping[str, Any], canonical: str) -> dict[str, Any]:
+    """Preset ``fields`` (:func:`transform_fields`) with ``--preprocess`` values applied."""
+    values = _parse_values(dict(p.split("=", 1) for p in canonical.split()))
+    out = dict(fields)
+    if "crop" in values:
+        out["crop_size"] = [values["crop"]]
+    if "resize" in values:
+        out["resize_size"] = [values["resize"]]
+    for key in ("mean", "std", "interpolation"):
+        if key in values:
+            out[key] = values[key]
+    return out
+
+
+def classification_preset(fields: Mapping[str, Any]) -> Any:
+    """torchvision's ``ImageClassification`` preset with these fields (its ``repr`` is what a
+    store records as ``preprocessing``)."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms._presets import ImageClassification
+
+    resize = fields.get("resize_size")
+    return ImageClassification(
+        crop_size=int(fields["crop_size"][0]),
+        resize_size=int(resize[0]) if resize else None,
+        mean=tuple(float(m) for m in fields["mean"]),
+        std=tuple(float(s) for s in fields["std"]),
+        interpolation=InterpolationMode(fields["interpolation"]),
+        antialias=fields.get("antialias", True),
+    )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -205,7 +205,10 @@ def verify_runner(candidate: Any, reference: TorchRunner, size: int) -> float:
 
 
 def checkpoint_path(spec: BackboneSpec) -> str | None:
-    """Where torchvision's weight loading keeps (or would download) the spec's checkpoint."""
+    """Where torchvision's weight loading keeps (or would download) the spec's checkpoint
+    (the file itself for weights given as a file, or timm's cached file)."""
+    if spec.weights_file is not None:
+        return spec.weights_file
     if spec.weights_url is None:
         return None
     import torch

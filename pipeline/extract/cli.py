@@ -38,6 +38,12 @@ def _add_recipe_flags(add: Callable[..., Any]) -> None:
         "aspect ignored), border (aspect kept, padded); part of the fingerprint",
     )
     add(
+        "--preprocess",
+        help="the weights' preprocessing (default), another preset's (IMAGENET1K_V1), or values "
+        "\"resize=256 crop=224 mean=0.485,0.456,0.406 std=0.229,0.224,0.225 "
+        "interpolation=bilinear\" (any subset; part of the fingerprint)",
+    )
+    add(
         "--views",
         help="augmented views embedded besides the plain one, comma-separated: flip "
         "(stored under /views/<name>/features; part of the fingerprint)",
@@ -67,8 +73,16 @@ def build_parser(prog: str = "python -m pipeline.extract") -> argparse.ArgumentP
         "--data",
         help="ImageFolder dir, dir with train/val/test, CSV path,label[,split], or sklearn:digits",
     )
-    add("--model", help="torchvision model name, e.g. mobilenet_v2, resnet50, convnext_tiny")
-    add("--weights", help="auto | DEFAULT | none | a weights name such as IMAGENET1K_V1")
+    add(
+        "--model",
+        help="torchvision model name (mobilenet_v2, resnet50, convnext_tiny) or timm:NAME "
+        "(timm:convnext_tiny; needs pipeline[timm])",
+    )
+    add(
+        "--weights",
+        help="auto | DEFAULT | none | a weights name such as IMAGENET1K_V1 | a checkpoint file "
+        "(.pth, .pt, .pth.tar, .safetensors)",
+    )
     add("--out", help="output HDF5 store")
     add("--batch-size", type=int, help="images per forward pass (0: automatic)")
     add(

@@ -69,7 +69,7 @@ MIN_SHARD_SIZE = 64
 SHARDS_PER_WORKER = 4
 SHARD_RETRIES = 2
 
-# Per worker process: built runners, keyed by (model, weights, device, precision, backend).
+# Per worker process: built runners, keyed by (spec, device, precision, backend).
 _RUNNERS: dict[tuple[Any, ...], Any] = {}
 _RUNNERS_LOCK = threading.Lock()
 
@@ -117,7 +117,9 @@ def _make_runner(plan: ExtractionPlan, verified: Any) -> Any:
         plan.precision,
         config.backend,
         threads=threads,
-        remember_as=request_key(config.model, config.weights, config.auto_weights),
+        remember_as=request_key(
+            config.model, config.weights, config.auto_weights, config.preprocess
+        ),
     )
 
 
@@ -224,7 +226,7 @@ def _cached_runner(spec: Any, device: str, precision: str, backend: str) -> Any:
     """Build the runner once per worker process (and per device)."""
     import torch
 
-    key = (spec.model, spec.weights, device, precision, backend)
+    key = (spec, device, precision, backend)
     with _RUNNERS_LOCK:
         if key not in _RUNNERS:
             threads = max(1, _worker_threads())

@@ -62,7 +62,7 @@ def begin_parts(plan: ExtractionPlan, feature_dim: int, backend: str) -> Extract
         **plan.attrs,
         "feature_dim": feature_dim,
         "backend": backend,
-        "versions": versions(backend),
+        "versions": versions(backend, plan.spec.model),
     }
     folder = parts_dir(plan.out)
     folder.mkdir(exist_ok=True)

@@ -45,8 +45,9 @@ from .._runtime import (
 )
 from ..config import ExtractConfig
 from ..engine.backbones import BackboneSpec, resolve_backbone
-from ..engine.onnx import load_verified, no_gpu_present, request_key
+from ..engine.onnx import backbone_request, load_verified, no_gpu_present, request_key
 from ..engine.sources import ImageSource, content_hash, is_transient, open_source
+from ..engine.timm_models import is_timm
 from ..exceptions import CacheMismatchError, ConfigError, StoreError
 from ..recipe import DecodeOptions, EmbeddingRecipe, parse_views
 from ..store import (
@@ -221,7 +222,7 @@ def _check_writable(out: Path) -> None:
         ) from exc
 
 
-def versions(backend: str | None = None) -> dict[str, str]:
+def versions(backend: str | None = None, model: str = "") -> dict[str, str]:
     """Provenance: installed versions, read from package metadata (no imports)."""
 
     versions = {"pipeline": __version__, "python": sys.version.split()[0]}
@@ -230,6 +231,7 @@ def versions(backend: str | None = None) -> dict[str, str]:
         "torchvision",
         "h5py",
         *([backend] if backend == "onnxruntime" else []),
+        *(["timm"] if is_timm(model) else []),
     ):
         versions[package] = installed_version(package)
     return versions
@@ -477,6 +479,7 @@ def _request(config: ExtractConfig) -> dict[str, Any]:
         "auto_weights": dict(sorted(config.auto_weights.items())),
         "torchvision": installed_version("torchvision"),
         "pipeline": __version__,
+        **backbone_request(config.model, config.weights, config.preprocess),
     }
 
 
@@ -594,7 +597,9 @@ def verified_cpu_graph(config: ExtractConfig) -> Any:
         or config.backend == "torch"
     ):
         return None
-    return load_verified(request_key(config.model, config.weights, config.auto_weights))
+    return load_verified(
+        request_key(config.model, config.weights, config.auto_weights, config.preprocess)
+    )
 
 
 def plan_extraction(
@@ -615,7 +620,9 @@ def plan_extraction(
     if verified is not None:
         spec, device, precision = verified.spec, "cpu", "fp32"
     else:
-        spec = resolve_backbone(config.model, config.weights, config.auto_weights)
+        spec = resolve_backbone(
+            config.model, config.weights, config.auto_weights, preprocess=config.preprocess
+        )
         device = resolve_device(config.device)
         precision = resolve_precision(config.precision, device)
     options = DecodeOptions(config.jpeg_draft, config.gpu_decode, config.crop_mode, config.views)
@@ -629,7 +636,7 @@ def plan_extraction(
         **recipe.to_attrs(),
         "class_names": source.class_names,
         "source": source.description,
-        "versions": versions(),
+        "versions": versions(model=spec.model),
         "format_version": FORMAT_VERSION,
         "request": _request(config),
         "complete": False,

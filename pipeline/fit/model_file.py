@@ -19,7 +19,7 @@ import numpy as np
 from .. import __version__
 from .._io import atomic_path
 from ..exceptions import ModelFileError
-from ..recipe import DECODE_FIELDS, RECIPE_ATTRS
+from ..recipe import BACKBONE_EXTRA_ATTRS, DECODE_FIELDS, RECIPE_ATTRS
 
 __all__ = [
     "BACKBONE_KEYS",
@@ -145,7 +145,8 @@ def load_model_file(path: str | Path) -> dict[str, Any]:
     backbone = payload["backbone"]
     if not isinstance(backbone, dict):
         raise ModelFileError(f"{path}: model file's backbone metadata is not a dict; retrain it")
-    missing = [k for k in BACKBONE_KEYS if k not in backbone and k not in DECODE_FIELDS]
+    optional = (*DECODE_FIELDS, *BACKBONE_EXTRA_ATTRS)  # absent from older files: defaults
+    missing = [k for k in BACKBONE_KEYS if k not in backbone and k not in optional]
     if missing:
         raise ModelFileError(
             f"{path}: model file's backbone metadata lacks {missing}; retrain with "
