@@ -48,12 +48,25 @@ def _extract_argv(data: Path, out: Path, *extra: str) -> list[str]:
 # -- one writer per store -------------------------------------------------------------------------
 
 
-def test_second_extract_on_the_same_out_exits_2_at_once(image_dir, tmp_path, capsys):
+def test_second_extract_on_the_same_out_exits_2_at_once(image_dir, tmp_path, capsys, monkeypatch):
+    """"At once": every attempt on the lock is non-blocking (timeout 0), so the run never
+    waits for the holder; checked on the calls, not with a clock (a busy machine is slow)."""
+    import filelock
+
     out = tmp_path / "f.h5"
+    attempts: list[float] = []
+    acquire = filelock.FileLock.acquire
+
+    def recorded(self, timeout=None, *args, blocking=None, **kwargs):
+        waits = blocking is not False and (timeout if timeout is not None else self.timeout) != 0
+        attempts.append(waits)
+        return acquire(self, timeout, *args, blocking=blocking, **kwargs)
+
     with exclusive_run(out):  # stands for a running extract
-        started = time.perf_counter()
+        monkeypatch.setattr(filelock.FileLock, "acquire", recorded)
         assert extract(image_dir, out) == 2
-        assert time.perf_counter() - started < 5
+        monkeypatch.undo()
+        assert attempts and not any(attempts), attempts  # tried the lock, never waited on it
         line = _one_error_line(capsys.readouterr().err)
         assert f"--out: another extract (process {os.getpid()}) is writing {out}" in line
         assert not out.exists() and not parts_dir(out).exists()

@@ -137,9 +137,7 @@ def _bound_svc_approx(pipe, X):
     # The distances: float64 (float32 input is upcast by scikit-learn), then rounded once to
     # the map's dtype (a relative unit of D, gamma D u in K).
     dist_error = _gamma(scaled.shape[1] + 3, np.float64) * norms**2
-    sq = np.maximum(
-        (scaled**2).sum(1)[:, None] + (C**2).sum(1)[None, :] - 2 * scaled @ C.T, 0
-    )
+    sq = np.maximum((scaled**2).sum(1)[:, None] + (C**2).sum(1)[None, :] - 2 * scaled @ C.T, 0)
     K = np.exp(-gamma * sq)
     k_error = (gamma * dist_error + (gamma * sq + 2) * _unit(dtype)) * K
     mapped = K @ N.T
