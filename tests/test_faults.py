@@ -49,7 +49,7 @@ def _extract_argv(data: Path, out: Path, *extra: str) -> list[str]:
 
 
 def test_second_extract_on_the_same_out_exits_2_at_once(image_dir, tmp_path, capsys, monkeypatch):
-    """"At once": every attempt on the lock is non-blocking (timeout 0), so the run never
+    """At once: every attempt on the lock is non-blocking (timeout 0), so the run never
     waits for the holder; checked on the calls, not with a clock (a busy machine is slow)."""
     import filelock
 
