@@ -89,19 +89,38 @@ def test_fit_on_a_store_being_written_says_so(tmp_path, capsys):
 # -- Ctrl-C ---------------------------------------------------------------------------------------
 
 
+_MARK_BATCHES = """
+import pathlib, sys, time
+import pipeline.extract.parts as parts
+from pipeline.extract.cli import main
+marker, plain_add = pathlib.Path(sys.argv.pop(1)), parts.PartWriter.add
+
+def marked_add(self, *args, **kwargs):
+    plain_add(self, *args, **kwargs)
+    if marker.exists():
+        time.sleep(0.2)
+    marker.touch()
+
+parts.PartWriter.add = marked_add
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 def test_ctrl_c_saves_the_rows_embedded_so_far(tmp_path):
     data = tmp_path / "images"
     write_images(data, {"a": 300, "b": 300}, size=(8, 8))
     out = tmp_path / "f.h5"
     # No checkpoint would fall due before the end: only the interrupt handler can save rows.
     argv = _extract_argv(data, out, "--batch-size", "2", "--checkpoint-seconds", "100000")
+    # Interrupted once a batch is embedded (a marker file says so), whatever the machine's
+    # speed; later batches are slowed so that the run cannot end first.
+    embedded = tmp_path / "embedded"
+    argv = [sys.executable, "-c", _MARK_BATCHES, str(embedded), *argv[3:]]
     proc = subprocess.Popen(argv, cwd=REPO, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
-    while not out.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)  # the index appears when embedding begins
-    time.sleep(1.0)
-    if proc.poll() is not None:
-        pytest.skip("extraction finished before it could be interrupted")
+    while not embedded.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert embedded.exists() and proc.poll() is None, "no batch embedded before the end"
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
