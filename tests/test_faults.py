@@ -96,9 +96,9 @@ from pipeline.extract.cli import main
 marker, plain_add = pathlib.Path(sys.argv.pop(1)), parts.PartWriter.add
 
 def marked_add(self, *args, **kwargs):
-    plain_add(self, *args, **kwargs)
-    if marker.exists():
+    if marker.exists():  # slowed before adding: an interrupt here leaves the count exact
         time.sleep(0.2)
+    plain_add(self, *args, **kwargs)
     marker.touch()
 
 parts.PartWriter.add = marked_add
@@ -116,7 +116,15 @@ def test_ctrl_c_saves_the_rows_embedded_so_far(tmp_path):
     # speed; later batches are slowed so that the run cannot end first.
     embedded = tmp_path / "embedded"
     argv = [sys.executable, "-c", _MARK_BATCHES, str(embedded), *argv[3:]]
-    proc = subprocess.Popen(argv, cwd=REPO, stderr=subprocess.PIPE, text=True)
+    # Ctrl-C's default action, even where the suite itself was started with SIGINT ignored
+    # (`nohup ... &`, a background job): Python then keeps ignoring it, as a user would want.
+    proc = subprocess.Popen(
+        argv,
+        cwd=REPO,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.monotonic() + 120
     while not embedded.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
