@@ -122,17 +122,20 @@ def _svc_approx(
     """Nystroem RBF feature map + linear SVM: approximates ``svc`` at linear cost in rows.
 
     ``gamma=None`` is ``1 / n_features``, which after standardisation equals SVC's
-    ``gamma="scale"``.
+    ``gamma="scale"``. The map is :class:`~pipeline._nystroem.DistinctNystroem` (distinct
+    components, float64), so a row's output does not depend on the batch or the BLAS kernel.
     """
     from sklearn.calibration import CalibratedClassifierCV
-    from sklearn.kernel_approximation import Nystroem
     from sklearn.pipeline import Pipeline
     from sklearn.svm import LinearSVC
 
+    from ._nystroem import DistinctNystroem  # lazy: sklearn
+
     svm = LinearSVC(C=C, class_weight=class_weight, random_state=random_state)
+    nystroem = DistinctNystroem(gamma=gamma, n_components=n_components, random_state=random_state)
     return Pipeline(
         [
-            ("map", Nystroem(gamma=gamma, n_components=n_components, random_state=random_state)),
+            ("map", nystroem),
             ("clf", CalibratedClassifierCV(svm, ensemble=False, cv=calibration_cv)),
         ]
     )

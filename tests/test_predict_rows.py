@@ -18,6 +18,7 @@ from pipeline.fit.streaming import predict_rows, predicts_argmax_proba
 from pipeline.fit.views import ViewsClassifier
 
 from ._fit_helpers import CLASS_NAMES, blobs
+from .test_subset_invariance import BOUNDS
 
 #: Per registry classifier: is its ``predict`` the arg-max of its ``predict_proba``?
 #: (logreg: no, it predicts from the decision function; see the counterexamples below.)
@@ -100,7 +101,12 @@ def test_labels_and_probabilities_equal_predict_and_predict_proba(fitted, case):
         labels, proba = predict_rows(pipe, X_test, block_rows=block_rows)
         np.testing.assert_array_equal(labels, expected)
         assert labels.dtype == expected.dtype
-        np.testing.assert_allclose(proba, pipe.predict_proba(X_test), rtol=0, atol=1e-12)
+        # Each block's probabilities are predict_proba's for those rows, which may differ
+        # from the whole set's by what the classifier's arithmetic allows (logreg: a float32
+        # product; see test_subset_invariance).
+        bound = BOUNDS[case.split("_distance")[0]](pipe, X_test)[0]
+        difference = np.abs(proba - pipe.predict_proba(X_test))
+        assert np.all(difference <= 2 * bound), (block_rows, difference.max())
 
 
 @pytest.mark.parametrize("case", [c for c in CASES if ONE_PASS[c.split("_distance")[0]]])
