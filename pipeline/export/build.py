@@ -9,6 +9,7 @@ is refused here, before anything is computed.
 
 from __future__ import annotations
 
+import functools
 import json
 import tempfile
 from collections.abc import Mapping
@@ -60,14 +61,19 @@ def check_exportable(payload: Mapping[str, Any], recipe: EmbeddingRecipe, model_
 
 def _backbone_model(recipe: EmbeddingRecipe) -> onnx.ModelProto:
     """The backbone as the CPU backend exports it (uint8 crops in, normalisation inside)."""
+    return onnx.load_from_string(_backbone_bytes(recipe.spec))
+
+
+@functools.lru_cache(maxsize=2)
+def _backbone_bytes(spec: Any) -> bytes:
     from ..engine.backbones import build_backbone
     from ..engine.runners import TorchRunner, export_onnx
 
-    runner = TorchRunner(build_backbone(recipe.spec), "cpu", "fp32")
+    runner = TorchRunner(build_backbone(spec), "cpu", "fp32")
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "backbone.onnx"
         export_onnx(runner, path, opset=18)
-        return onnx.load(str(path))
+        return path.read_bytes()
 
 
 def add_head(g: GraphBuilder, clf: str, estimator: Any, features: str, dim: int) -> str:

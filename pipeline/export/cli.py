@@ -38,7 +38,8 @@ def build_parser(prog: str = "python -m pipeline.export") -> argparse.ArgumentPa
         "--tolerance",
         type=float,
         default=None,
-        help="largest |probability difference| to predict allowed (0.01)",
+        help="largest |probability difference| to predict allowed where the graph is fed "
+        "PIL's crops (0.001); the whole graph must also agree on 90 %% of the labels",
     )
     add_verbosity(parser)
     return parser

@@ -143,7 +143,7 @@ def _xgboost(estimator: Any, n_features: int) -> onnx.ModelProto:
         model = convert_xgboost(
             booster,
             initial_types=[(FEATURES, FloatTensorType([None, n_features]))],
-            target_opset={"": OPSET, "ai.onnx.ml": ML_OPSET},
+            target_opset=15,  # the newest onnxmltools converts to; raised to OPSET on embedding
         )
     outputs = g.embed(model, {FEATURES: x}, "xgb_")
     proba = next(o for o in outputs if "prob" in o)

@@ -21,6 +21,7 @@ from ..recipe import EmbeddingRecipe
 from .runtime import ExportedModel
 
 __all__ = [
+    "MIN_LABEL_AGREEMENT",
     "PROBABILITY_TOLERANCE",
     "Verification",
     "reference_predictions",
@@ -30,8 +31,14 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Largest |probability difference| to ``predict`` an export may have (``--tolerance``).
-PROBABILITY_TOLERANCE = 0.01
+#: Largest |probability difference| to ``predict`` the graph may have when it is fed PIL's
+#: crops (``--tolerance``): the converters and the float32 arithmetic, the resize left out.
+PROBABILITY_TOLERANCE = 1e-3
+#: Least label agreement with ``predict`` of the whole graph (its resize included), whose
+#: uint8 rounding differs from PIL's by a grey level in a few pixels: a near-tie, or a tree
+#: split or nearest neighbour next to the edge, may go the other way; a broken resize or
+#: crop would disagree on most images.
+MIN_LABEL_AGREEMENT = 0.9
 
 
 @dataclasses.dataclass
@@ -42,17 +49,24 @@ class Verification:
     images: str  # "store" or "generated"
     label_agreement: float
     max_abs_probability_difference: float
+    max_abs_probability_difference_from_pil_crops: float
     tolerance: float
+    min_label_agreement: float = MIN_LABEL_AGREEMENT
 
     @property
     def passed(self) -> bool:
-        return self.max_abs_probability_difference <= self.tolerance
+        return (
+            self.max_abs_probability_difference_from_pil_crops <= self.tolerance
+            and self.label_agreement >= self.min_label_agreement
+        )
 
     def line(self) -> str:
         return (
             f"{self.n_images} {self.images} images: labels agree on "
-            f"{100 * self.label_agreement:.2f} %, max |Δp| {self.max_abs_probability_difference:.2e}"
-            f" (tolerance {self.tolerance:g})"
+            f"{100 * self.label_agreement:.2f} % (at least {100 * self.min_label_agreement:g} "
+            f"%), max |Δp| {self.max_abs_probability_difference:.2e}; from PIL's crops max "
+            f"|Δp| {self.max_abs_probability_difference_from_pil_crops:.2e} (tolerance "
+            f"{self.tolerance:g})"
         )
 
 
@@ -150,16 +164,31 @@ def reference_predictions(
 
 
 def verify(
-    model_bytes: bytes,
+    model: bytes,
+    from_crops: bytes,
     payload: Mapping[str, Any],
     recipe: EmbeddingRecipe,
     images: Sequence[Any],
     source: str,
     tolerance: float = PROBABILITY_TOLERANCE,
 ) -> Verification:
-    """Run the graph and ``predict`` on ``images``; compare."""
+    """Run ``predict``'s code, the graph (``model``) and the graph without its resize
+    (``from_crops``, fed PIL's crops) on ``images``; compare."""
     labels, proba = reference_predictions(payload, recipe, images)
-    got_proba, got_labels = ExportedModel(model_bytes).run([np.asarray(im) for im in images])
-    difference = float(np.abs(got_proba.astype(np.float64) - proba).max()) if len(images) else 0.0
-    agreement = float(np.mean(got_labels == labels)) if len(images) else 1.0
-    return Verification(len(images), source, agreement, difference, tolerance)
+    got_proba, got_labels = ExportedModel(model).run([np.asarray(im) for im in images])
+    crops = [recipe.preprocessing.crop(im) for im in images]
+    cropped = ExportedModel(from_crops)
+    crop_proba = np.concatenate(
+        [
+            cropped.session.run(["probabilities"], {"crops": np.stack(crops[i : i + 32])})[0]
+            for i in range(0, len(crops), 32)
+        ]
+    )
+    return Verification(
+        n_images=len(images),
+        images=source,
+        label_agreement=float(np.mean(got_labels == labels)),
+        max_abs_probability_difference=float(np.abs(got_proba - proba).max()),
+        max_abs_probability_difference_from_pil_crops=float(np.abs(crop_proba - proba).max()),
+        tolerance=tolerance,
+    )
