@@ -121,6 +121,7 @@ def _load_recipe(payload: dict[str, Any], model_path: Path) -> EmbeddingRecipe:
     return recipe
 
 
+# long: the model file's steps in order (an exported .onnx branches off at the top).
 def run_predict(
     model_path: str | os.PathLike[str],
     inputs: Sequence[str | os.PathLike[str]],

@@ -59,10 +59,10 @@ def _only_probabilities(model: onnx.ModelProto, name: str = PROBABILITIES) -> on
     out = g.embed(model, {FEATURES: FEATURES}, "m_")
     source = next(o for o in out if o.endswith(name) or o == "m_" + name)
     g.nodes.append(onnx.helper.make_node("Identity", [source], [PROBABILITIES]))
-    return _finish(g, model_dim(model))
+    return _finish(g, _model_dim(model))
 
 
-def model_dim(model: onnx.ModelProto) -> Any:
+def _model_dim(model: onnx.ModelProto) -> Any:
     dims = model.graph.input[0].type.tensor_type.shape.dim
     return dims[1].dim_value if len(dims) > 1 and dims[1].dim_value else None
 
