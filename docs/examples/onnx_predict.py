@@ -15,6 +15,6 @@ print("path,prediction,probability")
 for path in sys.argv[2:]:
     with Image.open(path) as image:  # decoding stays outside the graph: upright RGB pixels
         pixels = np.asarray(ImageOps.exif_transpose(image).convert("RGB"), dtype=np.uint8)
-    probabilities, label = session.run(None, {"image": pixels[None]})  # [1, H, W, 3] in
+    (probabilities,) = session.run(["probabilities"], {"image": pixels[None]})  # [1, H, W, 3]
     best = int(probabilities[0].argmax())
     print(f"{path},{classes[best]},{probabilities[0, best]:.6f}")
