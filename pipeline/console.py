@@ -1,4 +1,4 @@
-"""The ``pipeline`` console command: ``pipeline extract|fit|predict [flags]``.
+"""The ``pipeline`` console command: ``pipeline extract|fit|predict|export [flags]``.
 
 Each sub-command is the CLI of ``python -m pipeline.<command>`` (same parser, same flags, same
 exit codes), imported only when it is run, so ``pipeline --help`` and ``pipeline --version``
@@ -21,6 +21,7 @@ COMMANDS = {
     "extract": ("pipeline.extract.cli", "embed images into an HDF5 feature store (stage one)"),
     "fit": ("pipeline.fit.cli", "fit and compare classifiers on a feature store (stage two)"),
     "predict": ("pipeline.predict", "classify new images with a model file from `fit`"),
+    "export": ("pipeline.export.cli", "export a model file as one verified ONNX graph"),
 }
 
 

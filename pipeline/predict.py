@@ -5,7 +5,8 @@ recorded in the model file (checked by fingerprint), then classified. An unreada
 gets a row with its error instead of stopping the run.
 
 .. warning:: Model files are joblib pickles: loading one runs code from it. Only pass model
-   files you made or trust.
+   files you made or trust. A model exported by ``pipeline export`` (``.onnx``) is data:
+   ``--model x.onnx`` runs it with ONNX Runtime, no code from the file is executed.
 """
 
 from __future__ import annotations
@@ -29,12 +30,20 @@ from ._runtime import BACKENDS, check_device, resolve_runtime
 from .engine.runners import embed_images, make_runner
 from .engine.sources import decode_image, walk_images
 from .exceptions import BackboneMismatchError, ConfigError, ImageDecodeError, PipelineError
+from .export.runtime import ExportedModel, is_exported_model
 from .fit.model_file import load_model_file
 from .fit.streaming import predict_rows
 from .fit.views import predict_proba_views
 from .recipe import EmbeddingRecipe
 
-__all__ = ["Prediction", "build_parser", "collect_images", "main", "run_predict"]
+__all__ = [
+    "Prediction",
+    "build_parser",
+    "classify_features",
+    "collect_images",
+    "main",
+    "run_predict",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -112,6 +121,7 @@ def _load_recipe(payload: dict[str, Any], model_path: Path) -> EmbeddingRecipe:
     return recipe
 
 
+# long: the model file's steps in order (an exported .onnx branches off at the top).
 def run_predict(
     model_path: str | os.PathLike[str],
     inputs: Sequence[str | os.PathLike[str]],
@@ -127,6 +137,8 @@ def run_predict(
     if not paths:
         raise ConfigError("give at least one image or folder", param="inputs")
     model_path = Path(model_path)
+    if is_exported_model(model_path):
+        return _predict_exported(model_path, paths, walked, batch_size)
     payload = load_model_file(model_path)
     recipe = _load_recipe(payload, model_path)
     spec, precision, draft_size = recipe.spec, recipe.precision, recipe.draft_size
@@ -175,6 +187,48 @@ def run_predict(
     return _classify(payload["estimator"], paths, features if views else features[None], errors)
 
 
+def classify_features(estimator: Any, features: np.ndarray) -> tuple[np.ndarray, Any]:
+    """``(labels, probabilities or None)`` of ``features`` (views, N, D), as predict makes
+    them (see :func:`_classify`); ``pipeline export`` checks its graph against this."""
+    if hasattr(estimator, "predict_proba") and len(features) > 1:
+        proba = predict_proba_views(estimator, features)
+        return np.asarray(estimator.classes_)[proba.argmax(axis=1)], proba
+    return predict_rows(estimator, features[0])
+
+
+def _predict_exported(
+    model_path: Path, paths: list[str], walked: dict[str, str], batch_size: int
+) -> list[Prediction]:
+    """Classify with an exported ``.onnx`` model (ONNX Runtime; loading it runs no code):
+    the same decoding as with a model file, the resize and everything after in the graph."""
+    if not model_path.is_file():
+        raise ConfigError(f"{model_path}: no such model file", param="model_path")
+    try:
+        model = ExportedModel(model_path)
+    except Exception as exc:  # not ONNX, or not one written by `pipeline export`
+        detail = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+        raise ConfigError(
+            f"{model_path}: not a model written by `pipeline export` ({detail})",
+            param="model_path",
+        ) from exc
+    errors = dict(walked)
+    pixels: dict[int, np.ndarray] = {}
+    for i, path in enumerate(paths):
+        if errors[path]:
+            continue
+        try:
+            pixels[i] = np.asarray(decode_image(path))
+        except ImageDecodeError as exc:
+            errors[path] = str(exc)
+    rows = sorted(pixels)
+    proba, labels = model.run([pixels[i] for i in rows], batch_size=batch_size or 32)
+    found = {i: (labels[j], float(proba[j].max())) for j, i in enumerate(rows)}
+    return [
+        Prediction(p, *found[i]) if i in found else Prediction(p, error=errors[p])
+        for i, p in enumerate(paths)
+    ]
+
+
 def _classify(
     estimator: Any, paths: list[str], features: np.ndarray, errors: list[str]
 ) -> list[Prediction]:
@@ -188,11 +242,7 @@ def _classify(
     ok = [i for i, e in enumerate(errors) if not e]
     results = {i: Prediction(paths[i], error=errors[i]) for i in range(len(paths)) if errors[i]}
     if ok:
-        if hasattr(estimator, "predict_proba") and len(features) > 1:
-            proba = predict_proba_views(estimator, features[:, ok])
-            labels = np.asarray(estimator.classes_)[proba.argmax(axis=1)]
-        else:
-            labels, proba = predict_rows(estimator, features[0, ok])
+        labels, proba = classify_features(estimator, features[:, ok])
         if proba is None:
             scores = [None] * len(ok)
         else:
@@ -226,7 +276,8 @@ def build_parser(prog: str = "python -m pipeline.predict") -> argparse.ArgumentP
     parser = ArgumentParser(
         prog=prog,
         description=f"Classify images with a model file from `{fit}`. "
-        "Model files are pickles: only load ones you trust.",
+        "joblib model files are pickles: only load ones you trust; exported .onnx models "
+        "are data.",
         epilog=examples(
             prog,
             [
@@ -236,7 +287,12 @@ def build_parser(prog: str = "python -m pipeline.predict") -> argparse.ArgumentP
         ),
     )
     add = parser.add_argument
-    add("--model", required=True, help="a models/<clf>.joblib file written by pipeline.fit")
+    add(
+        "--model",
+        required=True,
+        help="a models/<clf>.joblib file written by pipeline.fit (a pickle: loading runs "
+        "code), or an .onnx file written by `pipeline export` (data: safe to receive)",
+    )
     add("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files and/or folders")
     add("--out", help="write CSV here instead of standard output")
     add("--batch-size", type=int, default=0, help="images per forward pass (0: automatic)")

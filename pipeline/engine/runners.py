@@ -52,6 +52,7 @@ __all__ = [
     "checkpoint_path",
     "embed_images",
     "embed_loaded",
+    "export_onnx",
     "inference_threads",
     "iter_batches",
     "make_runner",
@@ -154,8 +155,10 @@ def embed_loaded(
     return out, errors
 
 
-def _export_onnx(runner: TorchRunner, path: Path) -> None:
-    """Export the CPU runner's module (normalisation included) to ``path``, atomically."""
+def export_onnx(runner: TorchRunner, path: Path, opset: int = 17) -> None:
+    """Export the CPU runner's module (normalisation included) to ``path``, atomically:
+    uint8 ``crops`` (N, H, W, 3) in, float32 ``embeddings`` out (``pipeline export`` asks
+    for opset 18)."""
     import torch
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -176,7 +179,7 @@ def _export_onnx(runner: TorchRunner, path: Path) -> None:
             output_names=["embeddings"],
             dynamic_axes={"crops": {0: "batch"}, "embeddings": {0: "batch"}},
             dynamo=False,
-            opset_version=17,
+            opset_version=opset,
         )
     runner.module.eval()
 
@@ -188,7 +191,7 @@ def _load_or_export(reference: TorchRunner, path: Path, threads: int) -> OnnxRun
             return OnnxRunner(path, reference.feature_dim, threads)
         except Exception as exc:  # a truncated or foreign file: make it anew
             logger.warning("cached ONNX graph %s unusable (%s); exporting it again", path, exc)
-    _export_onnx(reference, path)
+    export_onnx(reference, path)
     return OnnxRunner(path, reference.feature_dim, threads)
 
 
