@@ -290,3 +290,42 @@ def test_real_mobilenet_v2(real_weights, tmp_path):
     assert _export(run / "models", "logreg", out) == 0
     check = ExportedModel(out).json("verification")
     assert check["label_agreement"] == 1.0 and check["max_abs_probability_difference"] < 0.01
+
+
+@pytest.mark.parametrize("clf", ["svc", "xgboost"])
+def test_export_page_end_to_end_in_chromium(clf, center_flip, tmp_path, new_images):
+    """`pipeline export --page`: the page of a really exported model (views, a skl2onnx or
+    onnxmltools head) gives, offline in Chromium, ONNX Runtime's probabilities in Python."""
+    import onnxruntime as ort
+
+    from tests.test_export_page import (
+        TOLERANCE,
+        _browser_paths,
+        _classify,
+        _load,
+        _offline_chrome,
+        _runtime_or_skip,
+    )
+
+    _runtime_or_skip()
+    chromium, driver = _browser_paths()
+    out, page_dir = tmp_path / f"{clf}.onnx", tmp_path / "page"
+    assert _export(center_flip, clf, out, "--page", str(page_dir)) == 0
+    pngs = [Path(p) for p in new_images if p.endswith(".png")]
+    assert pngs
+    browser = _offline_chrome(chromium, driver)
+    try:
+        assert _load(browser, page_dir / "index.html") == "ready"
+        seen = _classify(browser, pngs)
+        severe = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    finally:
+        browser.quit()
+    assert severe == [], severe
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    for result, path in zip(seen, pngs, strict=True):
+        with Image.open(path) as opened:
+            pixels = np.asarray(opened.convert("RGB"))[None]
+        expected, label = session.run(["probabilities", "label"], {"image": pixels})
+        assert result["error"] is None, result
+        np.testing.assert_allclose(result["probabilities"], expected[0], rtol=0, atol=TOLERANCE)
+        assert result["label"] == label[0]
