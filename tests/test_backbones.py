@@ -59,5 +59,5 @@ def test_weights_names_and_fingerprints():
 def test_unknown_names_suggest_alternatives():
     with pytest.raises(BackboneError, match="did you mean .*resnet50"):
         resolve_backbone("resnet05")
-    with pytest.raises(BackboneError, match="valid: DEFAULT, none, IMAGENET1K_V1, IMAGENET1K_V2"):
+    with pytest.raises(BackboneError, match="valid: auto, DEFAULT, none, IMAGENET1K_V1, IMAGENET1K_V2$"):
         resolve_backbone("resnet50", "IMAGENET")

@@ -51,7 +51,7 @@ def test_export_failure_falls_back_to_torch_with_reason(monkeypatch, caplog, tmp
     def broken_export(*args, **kwargs):
         raise RuntimeError("unsupported operator aten::magic")
 
-    monkeypatch.setattr(embedding, "_export_onnx", broken_export)
+    monkeypatch.setattr(embedding, "export_onnx", broken_export)
     spec = resolve_backbone("squeezenet1_1", "none")
     runner = make_runner(spec, CPU, "fp32", "onnxruntime")
     assert runner.backend == "torch"

@@ -155,7 +155,7 @@ def test_failed_export_falls_back_to_torch_and_says_so(tmp_path, monkeypatch, ca
     def broken(*args, **kwargs):
         raise RuntimeError("exporter cannot trace this model")
 
-    monkeypatch.setattr(runners, "_export_onnx", broken)
+    monkeypatch.setattr(runners, "export_onnx", broken)
     monkeypatch.setenv("PIPELINE_CACHE_DIR", str(tmp_path))  # no graph exported before
     caplog.set_level("INFO")
     images = [np.full((20, 20, 3), 90, dtype=np.uint8)]

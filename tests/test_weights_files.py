@@ -298,6 +298,8 @@ def test_preprocess_errors_name_the_parameter():
 def test_timm_not_installed(small_data, tmp_path, capsys, monkeypatch):
     """Runs with or without timm: without it, the same one line."""
     monkeypatch.setitem(sys.modules, "timm", None)  # import timm raises ImportError
+    # no verified ONNX graph of timm:resnet18 from an earlier test (that one runs without timm)
+    monkeypatch.setenv("PIPELINE_CACHE_DIR", str(tmp_path / "cache"))
     out = tmp_path / "o.h5"
     capsys.readouterr()
     assert _extract(small_data, out, "--model", "timm:resnet18", "--weights", "none") == 2

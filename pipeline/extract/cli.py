@@ -50,6 +50,32 @@ def _add_recipe_flags(add: Callable[..., Any]) -> None:
     )
 
 
+def _add_store_flags(add: Callable[..., Any]) -> None:
+    """What a run may do to an existing store, and how it shows progress."""
+    add("--overwrite", action="store_true", default=None, help="replace an existing store at --out")
+    add(
+        "--prune",
+        action="store_true",
+        default=None,
+        help="remove the stored rows of inputs this --data no longer has (without it, such a "
+        "run is refused and the store left untouched)",
+    )
+    add(
+        "--compact",
+        action="store_true",
+        default=None,
+        help="rewrite the store as one self-contained file in source order (updates otherwise "
+        "append new rows to part files in <out>.parts/)",
+    )
+    add(
+        "--no-progress",
+        dest="progress",
+        action="store_false",
+        default=None,
+        help="no progress bar (terminal) or progress lines (redirected)",
+    )
+
+
 def build_parser(prog: str = "python -m pipeline.extract") -> argparse.ArgumentParser:
     fit = prog.replace("extract", "fit")
     parser = ArgumentParser(
@@ -96,28 +122,7 @@ def build_parser(prog: str = "python -m pipeline.extract") -> argparse.ArgumentP
     add("--dask", help="run on Dask: local[:N] or tcp://HOST:PORT")
     add("--checkpoint-seconds", type=float, help="how often finished rows are made durable")
     _add_recipe_flags(add)
-    add("--overwrite", action="store_true", default=None, help="replace an existing store at --out")
-    add(
-        "--prune",
-        action="store_true",
-        default=None,
-        help="remove the stored rows of inputs this --data no longer has (without it, such a "
-        "run is refused and the store left untouched)",
-    )
-    add(
-        "--compact",
-        action="store_true",
-        default=None,
-        help="rewrite the store as one self-contained file in source order (updates otherwise "
-        "append new rows to part files in <out>.parts/)",
-    )
-    add(
-        "--no-progress",
-        dest="progress",
-        action="store_false",
-        default=None,
-        help="no progress bar (terminal) or progress lines (redirected)",
-    )
+    _add_store_flags(add)
     add_verbosity(parser)
     show_defaults(parser, default_values("extract"))
     return parser
