@@ -392,17 +392,16 @@ def _step_beyond(values: Sequence[Any], up: bool) -> Any:
 
 def _accepts(searched: Any, param: str, value: Any) -> bool:
     """Does ``searched``'s own parameter validation accept ``param=value``? (scikit-learn's
-    ``_validate_params``; estimators without one are trusted)."""
+    ``_validate_params`` of the step's declared constraints; other estimators are trusted)."""
     from sklearn.base import clone
 
     step_name, _, key = param.rpartition("__")
     probe = clone(searched).set_params(**{param: value})
     step = probe.get_params()[step_name] if step_name else probe
-    validate = getattr(step, "_validate_params", None)
-    if validate is None:
-        return True
+    if getattr(type(step), "_parameter_constraints", None) is None:
+        return True  # not a scikit-learn estimator with declared constraints
     try:
-        validate()
+        step._validate_params()
     except (TypeError, ValueError):
         return False
     return True
