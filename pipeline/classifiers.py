@@ -164,6 +164,7 @@ def _ensemble(
     cv: int = 3,
     alpha: float = 0.05,
     combine: str = "vote",
+    max_rows: int | None = None,
     random_state: Any = None,
 ) -> Any:
     """:class:`~pipeline.ensemble.TiedEnsembleClassifier` of ``candidates`` (registry names),
@@ -182,8 +183,9 @@ def _ensemble(
         for c in candidates
     ]
     return TiedEnsembleClassifier(
-        estimators, cv=cv, alpha=alpha, combine=combine, random_state=random_state
-    )
+        estimators, cv=cv, alpha=alpha, combine=combine, max_rows=max_rows,
+        random_state=random_state,
+    )  # fmt: skip
 
 
 def _ensemble_params() -> set[str]:

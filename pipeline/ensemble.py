@@ -64,8 +64,12 @@ class TiedEnsembleClassifier(ClassifierMixin, BaseEstimator):
     combine : {"vote", "stack"}, default="vote"
         Equal-weight mean of the members' probabilities, or a logistic regression on their
         out-of-fold probabilities.
+    max_rows : int or None, default=None
+        Choose the members on a stratified, seeded subsample of at most this many training
+        rows (the out-of-fold fits cost ``cv`` fits of every candidate on ``(cv - 1) / cv`` of
+        them); the members are still fitted on every row. None: all rows.
     random_state : int or None, default=None
-        Seeds the folds (and the stacker).
+        Seeds the folds, the subsample (and the stacker).
 
     Attributes
     ----------
@@ -78,8 +82,9 @@ class TiedEnsembleClassifier(ClassifierMixin, BaseEstimator):
     stacker_ : LogisticRegression or None
         The stacking model (``combine="stack"``).
     selection_ : dict
-        Per candidate: ``oof_accuracy``, ``p_value_vs_best`` (Holm-adjusted, None for the
-        best), ``member`` (bool); and ``"cv"``: the folds used.
+        ``cv`` (folds used; 0: too few rows, every candidate a member), ``rows`` (rows they
+        cut) and ``candidates``: per candidate ``oof_accuracy``, ``p_value_vs_best``
+        (Holm-adjusted, None for the best) and ``member`` (bool).
     classes_ : ndarray
     """
 
@@ -92,12 +97,14 @@ class TiedEnsembleClassifier(ClassifierMixin, BaseEstimator):
         cv: int = 3,
         alpha: float = ALPHA,
         combine: str = "vote",
+        max_rows: int | None = None,
         random_state: int | None = None,
     ) -> None:
         self.estimators = estimators
         self.cv = cv
         self.alpha = alpha
         self.combine = combine
+        self.max_rows = max_rows
         self.random_state = random_state
 
     def _check_params(self) -> list[tuple[str, Any]]:
@@ -113,16 +120,29 @@ class TiedEnsembleClassifier(ClassifierMixin, BaseEstimator):
             raise ValueError(f"cv must be an int >= 2, got {self.cv!r}")
         if not 0 < self.alpha < 1:
             raise ValueError(f"alpha must be in (0, 1), got {self.alpha!r}")
+        rows = self.max_rows
+        if rows is not None and (isinstance(rows, bool) or not isinstance(rows, int) or rows < 2):
+            raise ValueError(f"max_rows must be None or an int >= 2, got {rows!r}")
         return candidates
 
     def _out_of_fold(
         self, candidates: list[tuple[str, Any]], X: np.ndarray, y: np.ndarray
-    ) -> tuple[dict[str, np.ndarray], int]:
-        """Out-of-fold probabilities per candidate (training rows only), and the folds."""
+    ) -> tuple[dict[str, np.ndarray], int, np.ndarray]:
+        """Out-of-fold probabilities per candidate (training rows only), the folds, and the
+        labels of the rows they are of (a subsample with ``max_rows``)."""
         _, counts = np.unique(y, return_counts=True)
         folds = min(self.cv, int(counts.min()))
         if folds < 2:
-            return {}, 0
+            return {}, 0, y
+        if self.max_rows is not None and self.max_rows < len(y):
+            from sklearn.model_selection import train_test_split
+
+            keep = max(self.max_rows, folds * len(counts))  # every class in every fold
+            X, _, y, _ = train_test_split(
+                X, y, train_size=keep, stratify=y, random_state=self.random_state
+            )
+            _, counts = np.unique(y, return_counts=True)
+            folds = min(folds, int(counts.min()))
         splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=self.random_state)
         splits = list(splitter.split(X, y))
         oof = {}
@@ -132,20 +152,23 @@ class TiedEnsembleClassifier(ClassifierMixin, BaseEstimator):
                 fold = clone(estimator).fit(X[train], y[train])
                 proba[test] = _aligned(fold, X[test], self.classes_)
             oof[name] = proba
-        return oof, folds
+        return oof, folds, y
 
     def _select(
         self, names: list[str], oof: dict[str, np.ndarray], folds: int, y: np.ndarray
     ) -> list[str]:
         """The members: the best by out-of-fold accuracy and every candidate tied with it."""
         if not oof:  # too few rows per class for folds: no evidence to leave any out
-            self.selection_ = {"cv": 0, **{n: {"member": True} for n in names}}
+            every = {
+                n: {"oof_accuracy": None, "p_value_vs_best": None, "member": True} for n in names
+            }
+            self.selection_ = {"cv": 0, "rows": 0, "candidates": every}
             return names
         correct = {n: self.classes_[oof[n].argmax(axis=1)] == y for n in names}
         verdict = compare_to_best(correct=correct, alpha=self.alpha)
-        self.selection_ = {"cv": folds}
+        self.selection_ = {"cv": folds, "rows": len(y), "candidates": {}}
         for name in names:
-            self.selection_[name] = {
+            self.selection_["candidates"][name] = {
                 "oof_accuracy": verdict[name]["score"],
                 "p_value_vs_best": verdict[name]["p_value_vs_best"],
                 "member": verdict[name]["tied_with_best"],
@@ -164,9 +187,9 @@ class TiedEnsembleClassifier(ClassifierMixin, BaseEstimator):
                 "TiedEnsembleClassifier needs samples of at least 2 classes, but the data "
                 "contains only one class"
             )
-        oof, folds = self._out_of_fold(candidates, X, y)
+        oof, folds, y_oof = self._out_of_fold(candidates, X, y)
         names = [name for name, _ in candidates]
-        members = self._select(names, oof, folds, y)
+        members = self._select(names, oof, folds, y_oof)
         by_name = dict(candidates)
         self.names_ = members
         self.estimators_ = [clone(by_name[name]).fit(X, y) for name in members]
@@ -176,7 +199,7 @@ class TiedEnsembleClassifier(ClassifierMixin, BaseEstimator):
 
             stacked = np.hstack([oof[name] for name in members])
             self.stacker_ = LogisticRegression(max_iter=1000, random_state=self.random_state)
-            self.stacker_.fit(stacked, y)
+            self.stacker_.fit(stacked, y_oof)
             self.weights_ = None
         else:
             self.weights_ = np.full(len(members), 1.0 / len(members))

@@ -50,8 +50,9 @@ def test_members_are_the_candidates_tied_with_the_best(data):
         "KNeighborsClassifier",
     ]
     np.testing.assert_allclose(ens.weights_, [0.5, 0.5])
-    sel = ens.selection_
-    assert sel["cv"] == 3 and not sel["prior"]["member"] and sel["prior"]["p_value_vs_best"] < 0.05
+    assert ens.selection_["cv"] == 3 and ens.selection_["rows"] == len(y)
+    sel = ens.selection_["candidates"]
+    assert not sel["prior"]["member"] and sel["prior"]["p_value_vs_best"] < 0.05
     assert sel["prior"]["oof_accuracy"] < 0.5 < sel["logreg"]["oof_accuracy"]
     # the vote is the weighted mean of the members' probabilities: what export averages
     expected = sum(
@@ -59,6 +60,9 @@ def test_members_are_the_candidates_tied_with_the_best(data):
     )
     np.testing.assert_allclose(ens.predict_proba(X), expected)
     assert (ens.predict(X) == ens.classes_[expected.argmax(axis=1)]).all()
+    few = TiedEnsembleClassifier(_candidates(), max_rows=45, random_state=0).fit(X, y)
+    assert few.selection_["rows"] == 45  # members chosen on a stratified subsample...
+    assert few.estimators_[1].n_samples_fit_ == len(y)  # ...and fitted on every row
     stacked = TiedEnsembleClassifier(_candidates(), combine="stack", random_state=0).fit(X, y)
     assert stacked.weights_ is None and stacked.stacker_.coef_.shape == (3, 6)
     assert (stacked.predict(X) == y).mean() > 0.8

@@ -323,16 +323,15 @@ def _ensemble_rows(results: Sequence[Mapping[str, Any]]) -> list[str]:
         rows = [
             [name, _fmt(c.get("oof_accuracy")), _fmt(c.get("p_value_vs_best")),
              "yes" if c["member"] else "no"]
-            for name, c in selection.items()
-            if name != "cv"
+            for name, c in selection["candidates"].items()
         ]  # fmt: skip
         lines += [
             "",
             "## Ensemble",
             "",
             f"Members ({e['combine']}): {members}; chosen on {selection['cv']}-fold "
-            "out-of-fold predictions of the training rows (the candidates an exact McNemar "
-            "test, Holm-adjusted, cannot separate from the best).",
+            f"out-of-fold predictions of {selection['rows']} training rows (the candidates an "
+            "exact McNemar test, Holm-adjusted, cannot separate from the best).",
             "",
             *_md_table(["candidate", "out-of-fold accuracy", "p vs best", "member"], rows),
         ]
