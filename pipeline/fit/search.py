@@ -273,7 +273,6 @@ def run_search(
         (``"interior"``, ``"bound"``, ``"budget"`` or ``"off"``)).
     """
     from sklearn.base import clone
-    from sklearn.model_selection import ParameterGrid
 
     if method not in ("grid", "halving"):
         raise ValueError(f"search method must be 'grid' or 'halving', got {method!r}")
@@ -285,46 +284,84 @@ def run_search(
     X_search, y_search = _search_rows(X_train, y_train, max_rows, cv, method, seed)
     splitter = _inner_cv(y_search, cv, seed, name)
     started = time.perf_counter()
-    # Every round scores on the same rows and folds (a seeded splitter), so the best of all
-    # rounds is one comparison; the choice is refitted below on all training rows.
-    grid, rounds, stopped = checked, [], "off" if widen == 0 else "budget"
-    n_candidates = 0
-    searched_space = {k: list(v) for k, v in checked.items()}
-    while True:
+    rounds = _Rounds(name, searched, checked, widen, widen_bound)
+    while rounds.next_grid is not None:
         search, label = _search_round(
-            name, searched, grid, X_search, y_search, splitter, len(y_train), method, max_rows,
-            seed, n_jobs, verbose, calibrated,
+            name, searched, rounds.next_grid, X_search, y_search, splitter, len(y_train),
+            method, max_rows, seed, n_jobs, verbose, calibrated,
         )  # fmt: skip
-        rounds.append((dict(search.best_params_), float(search.best_score_)))
-        n_candidates += len(ParameterGrid(grid))
-        best_params, best_score = max(rounds, key=lambda r: r[1])  # ties: the earlier round
-        if len(rounds) > widen:
-            break
-        grid, stopped = widen_space(searched, checked, searched_space, best_params, widen_bound)
-        if grid is None:
-            break
-        logger.info("search %s: widening (round %d of %d): %s", name, len(rounds), widen, grid)
-        for param, (value,) in grid.items():
-            if value not in searched_space[param]:  # a widened parameter: numbers only
-                searched_space[param] = sorted([*searched_space[param], value])
-    if stopped == "budget" and not _numeric_edges(searched_space, best_params):
-        stopped = "interior"  # the last round's value was not chosen: the edge is passed
-    best = _calibrated_params(best_params) if calibrated else best_params
+        rounds.add(search)
+    best = _calibrated_params(rounds.best_params) if calibrated else rounds.best_params
     fitted = clone(estimator).set_params(**best).fit(X_train, y_train)
     seconds = time.perf_counter() - started
     info = _search_info(
-        name, searched_space, best_params, best_score, label, splitter.get_n_splits(),
-        calibrated, max_rows, seconds,
+        name, rounds.space, rounds.best_params, rounds.best_score, label,
+        splitter.get_n_splits(), calibrated, max_rows, seconds,
     )  # fmt: skip
-    info["n_candidates"] = n_candidates  # scored, over every round
-    info["widen"] = {
-        "initial_space": {k: list(v) for k, v in checked.items()},
-        "grown": len(rounds) - 1,
-        "budget": widen,
-        "bound": widen_bound,
-        "stopped": stopped,
-    }
+    info["n_candidates"] = rounds.n_candidates  # scored, over every round
+    info["widen"] = rounds.summary()
     return fitted, info
+
+
+class _Rounds:
+    """The rounds of one search: each round's grid, the best of all rounds so far, the range
+    searched, and when to stop widening. Every round scores on the same rows and folds (a
+    seeded splitter), so the best of all rounds is one comparison (ties: the earlier)."""
+
+    def __init__(
+        self,
+        name: str,
+        searched: Any,
+        initial: Mapping[str, Sequence[Any]],
+        budget: int,
+        bound: float,
+    ) -> None:
+        self.name, self.searched, self.initial = name, searched, initial
+        self.budget, self.bound = budget, bound
+        self.next_grid: Mapping[str, Sequence[Any]] | None = initial
+        self.space = {k: list(v) for k, v in initial.items()}
+        self.results: list[tuple[dict[str, Any], float]] = []
+        self.n_candidates = 0
+        self.stopped = "off" if budget == 0 else "budget"
+
+    def add(self, search: Any) -> None:
+        """Record a fitted search of ``next_grid``; set the grid of the next round, or None."""
+        from sklearn.model_selection import ParameterGrid
+
+        self.results.append((dict(search.best_params_), float(search.best_score_)))
+        self.n_candidates += len(ParameterGrid(self.next_grid))
+        self.best_params, self.best_score = max(self.results, key=lambda r: r[1])
+        self.next_grid = None
+        if len(self.results) > self.budget:
+            if self.stopped == "budget" and not _numeric_edges(self.space, self.best_params):
+                self.stopped = "interior"  # the last value added was not chosen
+            return
+        grid, self.stopped = widen_space(
+            self.searched, self.initial, self.space, self.best_params, self.bound
+        )
+        if grid is None:
+            return
+        logger.info(
+            "search %s: widening (round %d of %d): %s",
+            self.name,
+            len(self.results),
+            self.budget,
+            grid,
+        )
+        for param, (value,) in grid.items():
+            if value not in self.space[param]:  # a widened parameter: numbers only
+                self.space[param] = sorted([*self.space[param], value])
+        self.next_grid = grid
+
+    def summary(self) -> dict[str, Any]:
+        """report.json's ``search.widen``."""
+        return {
+            "initial_space": {k: list(v) for k, v in self.initial.items()},
+            "grown": len(self.results) - 1,
+            "budget": self.budget,
+            "bound": self.bound,
+            "stopped": self.stopped,
+        }
 
 
 def _check_widen(widen: Any, bound: Any) -> None:
