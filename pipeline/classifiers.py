@@ -21,6 +21,7 @@ from .config import default_values
 __all__ = [
     "ALL_CLASSIFIERS",
     "CLASSIFIER_NAMES",
+    "ENSEMBLE_CANDIDATES",
     "REGISTRY",
     "ClassifierEntry",
     "classifier_params",
@@ -145,6 +146,56 @@ def _svc_approx_params() -> set[str]:
     return set(inspect.signature(_svc_approx).parameters)
 
 
+def _toml_params(name: str) -> dict[str, Any]:
+    """``[fit.<name>]`` of the shipped defaults as keyword arguments (``"none"`` -> None,
+    ``hidden_layer_sizes`` a tuple), as ``fit`` passes them."""
+    params = {}
+    for key, value in default_params(name).items():
+        if isinstance(value, str) and value.lower() == "none":
+            value = None
+        if key == "hidden_layer_sizes" and isinstance(value, list):
+            value = tuple(value)
+        params[key] = value
+    return params
+
+
+#: The candidates of ``ensemble`` unless told otherwise: the other classifiers of ``--clf all``.
+ENSEMBLE_CANDIDATES = ("nn", "svc", "xgboost", "logreg", "knn")
+
+
+def _ensemble(
+    candidates: Any = ENSEMBLE_CANDIDATES,
+    cv: int = 3,
+    alpha: float = 0.05,
+    combine: str = "vote",
+    max_rows: int | None = None,
+    random_state: Any = None,
+) -> Any:
+    """:class:`~pipeline.ensemble.TiedEnsembleClassifier` of ``candidates`` (registry names),
+    each built with its ``[fit.<name>]`` defaults (``fit`` gives it the run's own, searched
+    ones)."""
+    from .ensemble import TiedEnsembleClassifier  # lazy: sklearn
+
+    unknown = [c for c in candidates if c not in REGISTRY or c == "ensemble"]
+    if unknown or not candidates:
+        raise ValueError(
+            f"ensemble candidates must be classifier names other than ensemble, got "
+            f"{list(candidates)!r}; valid: {', '.join(n for n in REGISTRY if n != 'ensemble')}"
+        )
+    estimators = [
+        (c, make_classifier(c, **{**_toml_params(c), "random_state": random_state}))
+        for c in candidates
+    ]
+    return TiedEnsembleClassifier(
+        estimators, cv=cv, alpha=alpha, combine=combine, max_rows=max_rows,
+        random_state=random_state,
+    )  # fmt: skip
+
+
+def _ensemble_params() -> set[str]:
+    return set(inspect.signature(_ensemble).parameters)
+
+
 REGISTRY: dict[str, ClassifierEntry] = {
     entry.name: entry
     for entry in (
@@ -167,6 +218,13 @@ REGISTRY: dict[str, ClassifierEntry] = {
             _svc_approx,
             _svc_approx_params,
             in_all=False,
+        ),
+        ClassifierEntry(  # last: under --clf all it takes the other classifiers' choices
+            "ensemble",
+            "soft vote of the candidates tied with the best on training folds",
+            _ensemble,
+            _ensemble_params,
+            scaled=False,
         ),
     )
 }
@@ -225,7 +283,10 @@ def make_classifier(name: str, **params: Any) -> Any:
     - ``knn``: :class:`~pipeline._knn.CosineKNNClassifier` (cosine k-nearest-neighbours on the
       raw embeddings, k chosen by leave-one-out on the training rows);
     - ``svc_approx``: StandardScaler + Nystroem RBF map + calibrated
-      :class:`~sklearn.svm.LinearSVC`, for row counts where exact SVC is too slow.
+      :class:`~sklearn.svm.LinearSVC`, for row counts where exact SVC is too slow;
+    - ``ensemble``: :class:`~pipeline.ensemble.TiedEnsembleClassifier`, the soft vote of the
+      ``candidates`` that out-of-fold predictions on the training rows cannot separate from
+      the best.
 
     Parameters
     ----------

@@ -172,9 +172,10 @@ class ExtractConfig:
 class FitConfig:
     """Everything stage two needs; fields map 1:1 to ``[fit]`` keys and CLI flags.
 
-    ``nn``, ``svc``, ``xgboost``, ``logreg``, ``knn`` and ``svc_approx`` hold each classifier's
-    hyperparameters (the ``[fit.<clf>]`` tables; ``--set svc.C=10`` overrides one); ``search``
-    is the ``[fit.search]`` table (``enabled``, ``cv`` and one search space per classifier).
+    ``nn``, ``svc``, ``xgboost``, ``logreg``, ``knn``, ``svc_approx`` and ``ensemble`` hold each
+    classifier's hyperparameters (the ``[fit.<clf>]`` tables; ``--set svc.C=10`` overrides
+    one); ``search`` is the ``[fit.search]`` table (``enabled``, ``cv``, ``widen``,
+    ``widen_bound`` and one search space per searched classifier).
     """
 
     features: str = _default("fit", "features")
@@ -190,6 +191,7 @@ class FitConfig:
     logreg: Mapping[str, Any] = _default("fit", "logreg")
     knn: Mapping[str, Any] = _default("fit", "knn")
     svc_approx: Mapping[str, Any] = _default("fit", "svc_approx")
+    ensemble: Mapping[str, Any] = _default("fit", "ensemble")
     svc_warn_rows: int = _default("fit", "svc_warn_rows")
     tta: bool = _default("fit", "tta")
     augment: bool = _default("fit", "augment")
@@ -207,6 +209,11 @@ class FitConfig:
     def search_cv(self) -> int:
         """Inner folds of ``--search`` (``[fit.search] cv``)."""
         return self.search.get("cv", 3)
+
+    @property
+    def search_widen(self) -> tuple[int, float]:
+        """``[fit.search] widen`` (rounds) and ``widen_bound`` (factor)."""
+        return self.search.get("widen", 0), self.search.get("widen_bound", 100.0)
 
     @property
     def search_spaces(self) -> dict[str, Mapping[str, Any]]:

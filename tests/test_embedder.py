@@ -413,6 +413,21 @@ def test_make_classifier_pipeline_predicts_original_labels(images, tmp_path):
     assert pipe.classes_.tolist() == sorted(set(labels))
 
 
+def test_ensemble_in_an_image_embedder_pipeline(images, tmp_path):
+    from pipeline import make_classifier
+
+    paths, labels = images
+    pipe = make_pipeline(
+        ImageEmbedder(**TINY, cache=tmp_path / "c.h5"),
+        make_classifier("ensemble", candidates=["logreg", "knn"], random_state=0),
+    )
+    pipe.fit(paths, labels)
+    ensemble = pipe[-1].named_steps["clf"]
+    assert ensemble.names_ and set(ensemble.names_) <= {"logreg", "knn"}
+    assert set(pipe.predict(paths)) <= set(labels)
+    np.testing.assert_allclose(pipe.predict_proba(paths).sum(axis=1), 1.0, rtol=1e-6)
+
+
 def test_example_script(images, tmp_path):
     spec = importlib.util.spec_from_file_location(
         "grid_search_example", REPO / "docs" / "examples" / "grid_search.py"

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import torch
 from sklearn.base import clone
+from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV, cross_val_score
+from sklearn.naive_bayes import GaussianNB
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
@@ -16,6 +18,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 from pipeline import TorchMLPClassifier, make_classifier
 from pipeline._nystroem import DistinctNystroem
 from pipeline.classifiers import CLASSIFIER_NAMES as CLASSIFIERS
+from pipeline.ensemble import TiedEnsembleClassifier
 from pipeline.estimators import XGBoostClassifier
 from tests._fit_helpers import blobs
 
@@ -29,6 +32,14 @@ def _expected_failures(estimator) -> dict[str, str]:
         TorchMLPClassifier(max_iter=20, random_state=0, device="cpu"),
         XGBoostClassifier(n_estimators=10, random_state=0, device="cpu"),
         DistinctNystroem(n_components=5, random_state=0),
+        TiedEnsembleClassifier(
+            [("logreg", LogisticRegression()), ("nb", GaussianNB())], random_state=0
+        ),
+        TiedEnsembleClassifier(
+            [("logreg", LogisticRegression()), ("nb", GaussianNB())],
+            combine="stack",
+            random_state=0,
+        ),
     ],
     expected_failed_checks=_expected_failures,
 )

@@ -60,7 +60,7 @@ def test_help_is_instant_and_torch_free(capsys):
 
 
 def test_parse_clf():
-    assert parse_clf("all") == ["nn", "svc", "xgboost", "logreg", "knn"]
+    assert parse_clf("all") == ["nn", "svc", "xgboost", "logreg", "knn", "ensemble"]
     assert parse_clf("svc, xgboost,svc") == ["svc", "xgboost"]
     with pytest.raises(ValueError, match="clf: unknown classifier 'kmeans'"):
         parse_clf("svc,kmeans")
@@ -79,7 +79,9 @@ def test_end_to_end_all_classifiers(store, tmp_path, capsys):
     assert report["fingerprint"] == RECIPE.fingerprint()
     assert (report["n_train"], report["n_test"]) == (72, 18)
     assert [r["clf"] for r in report["results"]] != []
-    assert {r["clf"] for r in report["results"]} == {"nn", "svc", "xgboost", "logreg", "knn"}
+    assert {r["clf"] for r in report["results"]} == {
+        "nn", "svc", "xgboost", "logreg", "knn", "ensemble"
+    }  # fmt: skip
     accuracies = [r["accuracy"] for r in report["results"]]
     assert accuracies == sorted(accuracies, reverse=True)
     for r in report["results"]:
@@ -98,10 +100,10 @@ def test_end_to_end_all_classifiers(store, tmp_path, capsys):
     # the printed table: header, rule, then best first
     lines = stdout.splitlines()
     assert lines[0].split()[:2] == ["clf", "accuracy"]
-    assert [line.split()[0] for line in lines[2:7]] == [r["clf"] for r in report["results"]]
+    assert [line.split()[0] for line in lines[2:8]] == [r["clf"] for r in report["results"]]
 
     X, y = blobs(seed=0)
-    for name in ("nn", "svc", "xgboost", "logreg", "knn"):
+    for name in ("nn", "svc", "xgboost", "logreg", "knn", "ensemble"):
         model = load_model_file(out / "models" / f"{name}.joblib")
         assert model["clf"] == name and model["format_version"] == 1
         assert model["class_names"] == CLASS_NAMES

@@ -20,6 +20,7 @@ from pipeline.fit.search import (
     check_space,
     format_toml,
     run_search,
+    widen_space,
 )
 from tests._fit_helpers import blobs
 
@@ -194,3 +195,78 @@ def test_max_rows_scores_on_a_subsample_and_refits_on_all(data, method):
     assert sorted(fits[-1].tolist()) == list(range(len(y)))  # the refit: every train row
     assert info["max_rows"] == 60 and info["best_params"] == {"clf__mode": "means"}
     assert fitted.named_steps["clf"].mode == "means"
+
+
+class Knob(ClassifierMixin, BaseEstimator):
+    """Accuracy set by a numeric parameter: ``0.3 + slope * log10(level)`` (clipped to
+    [0, 1]) of the rows, by their id in column 0, are predicted right, the rest wrong. With
+    ``slope > 0`` the largest level always wins, with ``slope < 0`` the smallest."""
+
+    def __init__(self, level=1.0, slope=0.1):
+        self.level = level
+        self.slope = slope
+
+    def fit(self, X, y):
+        self.classes_ = np.unique(y)
+        self.y_ = dict(zip(np.asarray(X)[:, 0].astype(int).tolist(), np.asarray(y), strict=True))
+        return self
+
+    def predict(self, X):
+        ids = np.asarray(X)[:, 0].astype(int)
+        share = float(np.clip(0.3 + self.slope * np.log10(self.level), 0.0, 1.0))
+        right = (ids % 100) < 100 * share
+        truth = ids % len(self.classes_)  # the label of row id i is i % classes (see below)
+        return np.where(
+            right, self.classes_[truth], self.classes_[(truth + 1) % len(self.classes_)]
+        )
+
+
+def _knob_data(n: int = 300) -> tuple[np.ndarray, np.ndarray]:
+    ids = np.arange(n, dtype=float)[:, None]
+    return np.hstack([ids, np.zeros((n, 2))]), np.array(["a", "b", "c"])[np.arange(n) % 3]
+
+
+def test_widening_follows_the_edge_up_to_the_bound():
+    X, y = _knob_data()
+    space = {"clf__level": [1.0, 10.0, 100.0]}  # the largest always wins
+    _, info = run_search("knob", Pipeline([("clf", Knob())]), space, X, y, widen=5)
+    # one log step (x10) per round, never past 100 x the configured maximum (1e4)
+    assert info["space"] == {"clf__level": [1.0, 10.0, 100.0, 1000.0, 10000.0]}
+    assert info["best_params"] == {"clf__level": 10000.0}
+    assert info["widen"]["grown"] == 2 and info["widen"]["stopped"] == "bound"
+    assert info["widen"]["initial_space"] == space
+    assert info["at_edge"] == ["clf__level"]  # still at the edge: said so
+    assert info["n_candidates"] == 5
+
+
+def test_widening_downwards_stops_at_the_budget():
+    X, y = _knob_data()
+    pipe = Pipeline([("clf", Knob(slope=-0.05))])  # the smallest always wins
+    _, info = run_search("knob", pipe, {"clf__level": [0.1, 1.0, 10.0]}, X, y, widen=1)
+    assert info["space"]["clf__level"] == [0.01, 0.1, 1.0, 10.0]
+    assert info["best_params"] == {"clf__level": 0.01}
+    assert info["widen"]["grown"] == 1 and info["widen"]["stopped"] == "budget"
+
+
+def test_no_widening_inside_the_range_or_when_off():
+    X, y = _knob_data()
+    pipe = Pipeline([("clf", Knob())])
+    # saturated: levels >= 1e7 all score 1.0, the first (interior after one step) is kept
+    _, info = run_search("knob", pipe, {"clf__level": [1e5, 1e6, 1e7]}, X, y, widen=3)
+    assert info["widen"]["grown"] == 1 and info["widen"]["stopped"] == "interior"
+    assert info["best_params"] == {"clf__level": 1e7} and info["at_edge"] == []
+    _, info = run_search("knob", pipe, {"clf__level": [1.0, 10.0, 100.0]}, X, y, widen=0)
+    assert info["widen"]["grown"] == 0 and info["widen"]["stopped"] == "off"
+    assert info["at_edge"] == ["clf__level"]
+    with pytest.raises(ValueError, match="widen must be an int >= 0"):
+        run_search("knob", pipe, {"clf__level": [1.0]}, X, y, widen=-1)
+
+
+def test_widening_respects_the_estimator_validation():
+    # l1_ratio must lie in [0, 1]: the step past 1.0 (2.0) is refused, whatever the budget
+    pipe = make_classifier("logreg", solver="saga", l1_ratio=0.5)
+    space = {"clf__l1_ratio": [0.25, 0.5, 1.0]}
+    assert widen_space(pipe, space, space, {"clf__l1_ratio": 1.0}) == (None, "bound")
+    grid, reason = widen_space(pipe, space, space, {"clf__l1_ratio": 0.25})
+    assert grid == {"clf__l1_ratio": [0.12]} and reason == "budget"  # 0.25 / 2, 2 digits
+    assert widen_space(pipe, space, space, {"clf__l1_ratio": 0.5}) == (None, "interior")

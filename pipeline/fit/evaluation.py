@@ -31,7 +31,15 @@ from ..config import FitConfig
 from ..exceptions import ConfigError, StoreError
 from ..rows import RowSource, StoreRows, materialize
 from ..store import FeatureTable, check_finite, read_attrs, read_store, split_rows, view_dataset
-from .evidence import bootstrap_intervals, compare_to_best, cv_interval, separability_warning
+from .evidence import (
+    bootstrap_intervals,
+    compare_to_best,
+    corrected_ttest,
+    cv_interval,
+    mcnemar_exact,
+    paired_difference_interval,
+    separability_warning,
+)
 from .memory import check_fit_memory, held_out_share
 from .model_file import BACKBONE_KEYS
 from .outputs import check_out_dir, check_replace, publish_run
@@ -41,7 +49,7 @@ from .run_outputs import write_outputs
 from .search import SEARCH_OPTIONS, run_search
 from .streaming import Plan, fit_plan, fit_rows, predict_rows
 from .summary import plain_summary
-from .views import ViewsClassifier, views_report, views_used, with_views
+from .views import ViewsClassifier, saved_estimator, views_report, views_used, with_views
 
 __all__ = ["parse_clf", "run_fit"]
 
@@ -164,7 +172,7 @@ def _fit_or_search(
     """Fit ``estimator`` on ``(X, y)``, or with ``--search`` choose its hyperparameters by inner
     CV on these rows only and refit; ``(fitted, seconds, search info or None)``. The search
     reads the rows into one matrix; a plain fit reads them as :func:`fit_rows` plans."""
-    if not config.search_enabled:
+    if not config.search_enabled or name == "ensemble":  # its candidates carry the choices
         started = time.perf_counter()
         fitted = _fit_one(name, estimator, X, y, config)
         return fitted, time.perf_counter() - started, None
@@ -180,6 +188,8 @@ def _fit_or_search(
         y,
         cv=config.search_cv,
         seed=config.seed,
+        widen=config.search_widen[0],
+        widen_bound=config.search_widen[1],
         **SEARCH_OPTIONS.get(name, {}),
     )
     if views:  # chosen on the plain view; then refit with the views (--augment) for TTA
@@ -247,8 +257,11 @@ def _search_summary(info: dict[str, Any] | None, folds: Sequence[Any] = ()) -> A
         return None
     keep = ("space", "best_params", "cv_score", "seconds", "search_class", "cv", "max_rows")
     summary = {key: info[key] for key in keep}
+    summary["at_edge"] = info.get("at_edge", [])
+    summary["widen"] = info.get("widen")  # initial_space, grown, budget, bound, stopped
     if folds:  # --cv: the search ran again inside each outer fold
         summary["fold_best_params"] = [f["best_params"] for f in folds]
+        summary["fold_grown"] = [(f.get("widen") or {}).get("grown", 0) for f in folds]
         summary["fold_seconds"] = [f["seconds"] for f in folds]
     return summary
 
@@ -354,6 +367,78 @@ def _train_saved_models(
         seen = {"rows": "train", "n_rows": data.n_train, "how": "the comparison's training rows"}
     for outcome in outcomes.values():
         outcome.result["trained_on"] = dict(seen)
+
+
+# -- ensemble -----------------------------------------------------------------------------------
+
+
+def _with_candidates(
+    built: Mapping[str, tuple[Any, dict[str, Any]]],
+    outcomes: Mapping[str, _Outcome],
+    config: FitConfig,
+) -> tuple[Any, dict[str, Any]]:
+    """The ensemble with its candidates as this run trains them: each its ``[fit.<clf>]``
+    estimator, or, with ``--search`` on a holdout, the parameters its search chose on the
+    training rows (the fitted model's, cloned unfitted). With ``--cv`` the saved models'
+    choices were made on every row, the evaluated ones' too: the candidates keep their
+    configured parameters there, so no fold's test rows shape its ensemble."""
+    from sklearn.base import clone
+
+    estimator, params = built["ensemble"]
+    ensemble = clone(estimator)
+    inner = ensemble.estimator if isinstance(ensemble, ViewsClassifier) else ensemble
+    candidates = []
+    for name, default in inner.named_steps["clf"].estimators:
+        chosen = outcomes.get(name)
+        if chosen is not None and config.search_enabled and not config.cv:
+            default = saved_estimator(chosen.fitted)
+        elif name in built:
+            default = built[name][0]
+            default = default.estimator if isinstance(default, ViewsClassifier) else default
+        candidates.append((name, clone(default)))
+    inner.set_params(clf__estimators=candidates)
+    return ensemble, params
+
+
+def ensemble_summary(
+    outcomes: Mapping[str, _Outcome], data: _Data, config: FitConfig
+) -> dict[str, Any]:
+    """report.json's ``ensemble`` entry of the ensemble's result: its members, weights and the
+    training-fold evidence that chose them, and its accuracy against the best single
+    classifier of this run (the difference with its interval and a paired test: exact
+    McNemar and a paired bootstrap of the test rows, or with ``--cv`` the corrected t-test
+    and interval of the fold differences)."""
+    fitted = saved_estimator(outcomes["ensemble"].fitted).named_steps["clf"]
+    summary: dict[str, Any] = {
+        "members": list(fitted.names_),
+        "weights": None if fitted.weights_ is None else [float(w) for w in fitted.weights_],
+        "combine": fitted.combine,
+        "selection": fitted.selection_,  # per candidate: oof_accuracy, p_value_vs_best, member
+    }
+    singles = [n for n in outcomes if n != "ensemble"]
+    if not singles:
+        return summary
+    best = max(singles, key=lambda n: (outcomes[n].result["accuracy"], -singles.index(n)))
+    ens = outcomes["ensemble"]
+    if config.cv:
+        n_train, n_test = _fold_sizes(data)
+        diffs = np.subtract(ens.fold_accuracy, outcomes[best].fold_accuracy)
+        interval = cv_interval(diffs, n_train, n_test)["interval"]
+        p_value = corrected_ttest(ens.fold_accuracy, outcomes[best].fold_accuracy, n_train, n_test)
+        test = "corrected resampled t-test over the folds"
+    else:
+        right = ens.y_pred == data.y_test, outcomes[best].y_pred == data.y_test
+        interval = paired_difference_interval(*right, seed=config.seed)
+        p_value = mcnemar_exact(*right)
+        test = "exact McNemar on the test rows; interval: paired bootstrap"
+    summary["vs_best_single"] = {
+        "clf": best,
+        "difference": float(ens.result["accuracy"] - outcomes[best].result["accuracy"]),
+        "interval": [float(interval[0]), float(interval[1])],
+        "p_value": float(p_value),
+        "test": test,
+    }
+    return summary
 
 
 # -- the stage ----------------------------------------------------------------------------------
@@ -563,7 +648,13 @@ def _check_search(names: Sequence[str], config: FitConfig) -> None:
     cv = config.search_cv
     if isinstance(cv, bool) or not isinstance(cv, int) or cv < 2:
         raise ConfigError(f"must be an int >= 2, got {cv!r}", param="search-cv")
-    missing = [name for name in names if name not in config.search_spaces]
+    widen, bound = config.search_widen
+    if isinstance(widen, bool) or not isinstance(widen, int) or widen < 0:
+        raise ConfigError(f"must be an int >= 0 (rounds), got {widen!r}", param="search.widen")
+    if isinstance(bound, bool) or not isinstance(bound, int | float) or not bound >= 1:
+        raise ConfigError(f"must be a number >= 1, got {bound!r}", param="search.widen_bound")
+    searched = [name for name in names if name != "ensemble"]  # its candidates are searched
+    missing = [name for name in searched if name not in config.search_spaces]
     if missing:
         raise ConfigError(
             f"no search space for {', '.join(missing)}: add [fit.search.{missing[0]}] to the "
@@ -669,8 +760,14 @@ def run_fit(config: FitConfig) -> dict[str, Any]:
     data = _load_data(table, path, datasets, config)
     _check_data_finite(path, table, data)
     _log_plan(path, data, names, config)
-    outcomes = {name: _run_one(name, built[name], data, config) for name in names}
+    outcomes: dict[str, _Outcome] = {}
+    for name in names:  # ensemble last (registry order): its candidates take the choices
+        if name == "ensemble":
+            built[name] = _with_candidates(built, outcomes, config)
+        outcomes[name] = _run_one(name, built[name], data, config)
     _compare(outcomes, data, config)
+    if "ensemble" in outcomes:
+        outcomes["ensemble"].result["ensemble"] = ensemble_summary(outcomes, data, config)
     _train_saved_models(outcomes, built, data, path, config)
     # best first; stable, so equal accuracies keep the --clf order (as compare_to_best does)
     ranked = sorted(outcomes.values(), key=lambda o: -o.result["accuracy"])

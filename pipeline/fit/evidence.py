@@ -35,6 +35,7 @@ __all__ = [
     "corrected_ttest",
     "cv_interval",
     "mcnemar_exact",
+    "paired_difference_interval",
     "point_scores",
     "separability_warning",
 ]
@@ -216,6 +217,41 @@ def mcnemar_exact(correct_a: ArrayLike, correct_b: ArrayLike) -> float:
     if only_a + only_b == 0:
         return 1.0
     return float(binomtest(only_a, only_a + only_b, 0.5).pvalue)
+
+
+def paired_difference_interval(
+    correct_a: ArrayLike,
+    correct_b: ArrayLike,
+    *,
+    n_boot: int = 2000,
+    confidence: float = 0.95,
+    seed: int | np.random.Generator | None = 0,
+) -> tuple[float, float]:
+    """Percentile-bootstrap interval of ``accuracy(a) - accuracy(b)`` on the same rows.
+
+    The rows are resampled in pairs; the difference depends only on how many rows only ``a``
+    and only ``b`` got right, so each resample is one multinomial draw over those two kinds
+    and the rest.
+
+    Examples
+    --------
+    >>> lo, hi = paired_difference_interval([True] * 90 + [False] * 10, [True] * 80 + [False] * 20)
+    >>> bool(0 < lo < 0.1 < hi)
+    True
+    """
+    a, b = np.asarray(correct_a, dtype=bool), np.asarray(correct_b, dtype=bool)
+    if a.shape != b.shape or a.ndim != 1 or len(a) == 0:
+        raise ValueError(
+            f"correct_a and correct_b must be 1-d, non-empty, of equal length, got "
+            f"{a.shape} and {b.shape}"
+        )
+    n = len(a)
+    shares = np.array([np.sum(a & ~b), np.sum(~a & b), np.sum(a == b)]) / n
+    draws = np.random.default_rng(seed).multinomial(n, shares, size=n_boot)
+    diffs = (draws[:, 0] - draws[:, 1]) / n
+    tail = 50.0 * (1.0 - confidence)
+    lo, hi = np.percentile(diffs, [tail, 100.0 - tail])
+    return float(lo), float(hi)
 
 
 def _corrected_variance(values: np.ndarray, n_train: int, n_test: int) -> float:

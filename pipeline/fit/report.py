@@ -280,19 +280,71 @@ def _search_rows(results: Sequence[Mapping[str, Any]]) -> list[str]:
         [
             str(r["clf"]),
             f"`{r['search']['space']}`",
-            f"`{r['search']['best_params']}`",
+            f"`{r['search']['best_params']}`"
+            + (" (at the edge)" if r["search"].get("at_edge") else ""),
             _fmt(r["search"]["cv_score"]),
+            _grown(r["search"].get("widen")),
             f"{r['search']['seconds']:.1f}",
         ]
         for r in searched
     ]
-    header = ["clf", "space", "chosen", "inner-CV accuracy", "search_s"]
+    header = ["clf", "final range", "chosen", "inner-CV accuracy", "range grew", "search_s"]
     return [
         "",
         "## Hyperparameter search (inner CV on training rows only)",
         "",
         *_md_table(header, rows),
+        "",
+        "A choice at the edge of a numeric range adds one value a log step beyond it and "
+        "searches again, up to the budget (rounds) and within the bound (a factor beyond the "
+        "configured range); *range grew*: rounds of budget (why it stopped).",
     ]
+
+
+def _grown(widen: Mapping[str, Any] | None) -> str:
+    if not widen:
+        return "-"
+    return f"{widen['grown']} of {widen['budget']} ({widen['stopped']})"
+
+
+def _ensemble_rows(results: Sequence[Mapping[str, Any]]) -> list[str]:
+    """report.md lines on the ensemble: members, their training-fold evidence, and the
+    ensemble against the best single classifier."""
+    lines = []
+    for r in results:
+        e = r.get("ensemble")
+        if not e:
+            continue
+        weights = e.get("weights") or [None] * len(e["members"])
+        members = ", ".join(
+            f"`{m}`" + (f" ({w:.3f})" if w is not None else "")
+            for m, w in zip(e["members"], weights, strict=True)
+        )
+        selection = e["selection"]
+        rows = [
+            [name, _fmt(c.get("oof_accuracy")), _fmt(c.get("p_value_vs_best")),
+             "yes" if c["member"] else "no"]
+            for name, c in selection["candidates"].items()
+        ]  # fmt: skip
+        lines += [
+            "",
+            "## Ensemble",
+            "",
+            f"Members ({e['combine']}): {members}; chosen on {selection['cv']}-fold "
+            f"out-of-fold predictions of {selection['rows']} training rows (the candidates an "
+            "exact McNemar test, Holm-adjusted, cannot separate from the best).",
+            "",
+            *_md_table(["candidate", "out-of-fold accuracy", "p vs best", "member"], rows),
+        ]
+        v = e.get("vs_best_single")
+        if v:
+            lines += [
+                "",
+                f"Against the best single classifier `{v['clf']}`: accuracy difference "
+                f"{100 * v['difference']:+.2f} points [{100 * v['interval'][0]:+.2f}, "
+                f"{100 * v['interval'][1]:+.2f}], p = {v['p_value']:.3g} ({v['test']}).",
+            ]
+    return lines
 
 
 def format_table(results: Sequence[Mapping[str, Any]]) -> str:
@@ -346,6 +398,7 @@ def write_report_md(path: str | Path, report: Mapping[str, Any]) -> Path:
     lines += ["", *(f"> warning: {w}" for w in report.get("warnings", []))]
     lines += [f"> note: {note}" for note in report.get("notes", [])]
     lines += _search_rows(report["results"])
+    lines += _ensemble_rows(report["results"])
     if report.get("comparison_png"):
         lines += ["", f"![comparison]({report['comparison_png']})"]
     for r in report["results"]:

@@ -35,6 +35,7 @@ __all__ = [
     "check_space",
     "format_toml",
     "run_search",
+    "widen_space",
 ]
 
 logger = logging.getLogger(__name__)
@@ -52,6 +53,9 @@ SEARCH_SPACES: dict[str, dict[str, list[Any]]] = {
 #: How each classifier is searched: ``run_search`` keyword arguments (``method``: ``"grid"``
 #: or ``"halving"``; ``max_rows``: score candidates on a stratified subsample of at most this
 #: many training rows, then refit on all). Absent means a full grid.
+#: Default of ``widen_bound`` (``[fit.search] widen_bound``): a widened value stays within this
+#: factor of the configured range.
+WIDEN_BOUND = 100.0
 SEARCH_OPTIONS: dict[str, dict[str, Any]] = {
     "nn": {"method": "halving", "max_rows": 2000},
     "xgboost": {"method": "grid", "max_rows": 600},
@@ -213,6 +217,8 @@ def run_search(
     max_rows: int | None = None,
     n_jobs: int | None = None,
     verbose: int = 0,
+    widen: int = 0,
+    widen_bound: float = WIDEN_BOUND,
 ) -> tuple[Any, dict[str, Any]]:
     """Choose ``estimator``'s hyperparameters by inner stratified CV on the training rows.
 
@@ -243,6 +249,14 @@ def run_search(
         (``n_jobs`` None or 1); otherwise use ``verbose``.
     verbose : int, default=0
         Passed to the search class.
+    widen : int, default=0
+        Budget of widening rounds (see :func:`widen_space`): while a numeric parameter's
+        choice is the smallest or largest of its candidates, one more value one log step
+        beyond it is searched (the other parameters held at their chosen values), at most
+        ``widen`` times. Every round scores on the same rows and folds, so the scores compare.
+    widen_bound : float, default=100.0
+        A widened value never lies more than this factor beyond the configured range
+        (below ``min / widen_bound`` or above ``max * widen_bound``).
 
     Returns
     -------
@@ -252,53 +266,221 @@ def run_search(
         ``{"space": {param: [values]}, "best_params": {param: value}, "cv_score": float
         (mean inner-CV accuracy of the chosen candidate), "seconds": float (search and
         refit), "search_class": str, "cv": int, "n_candidates": int, "calibrated_after":
-        bool, "max_rows": int | None, "at_edge": [param]}`` (``at_edge``: numeric
-        parameters whose choice is the smallest or largest of 3 or more candidates; warned).
+        bool, "max_rows": int | None, "at_edge": [param], "widen": {...}}`` (``space``:
+        every value searched, the final range; ``at_edge``: numeric parameters whose choice is
+        still the smallest or largest of 3 or more candidates, warned; ``widen``:
+        ``initial_space``, ``grown`` (rounds run), ``budget``, ``bound``, ``stopped``
+        (``"interior"``, ``"bound"``, ``"budget"`` or ``"off"``)).
     """
     from sklearn.base import clone
-    from sklearn.model_selection import ParameterGrid
 
     if method not in ("grid", "halving"):
         raise ValueError(f"search method must be 'grid' or 'halving', got {method!r}")
+    _check_widen(widen, widen_bound)
     calibrated = _is_calibrated(estimator)
     searched = _plain(estimator) if calibrated else clone(estimator)
     checked = check_space(name, space, searched)
     y_train = np.asarray(y_train)
     X_search, y_search = _search_rows(X_train, y_train, max_rows, cv, method, seed)
     splitter = _inner_cv(y_search, cv, seed, name)
-    n_candidates = len(ParameterGrid(checked))
+    started = time.perf_counter()
+    rounds = _Rounds(name, searched, checked, widen, widen_bound)
+    while rounds.next_grid is not None:
+        search, label = _search_round(
+            name, searched, rounds.next_grid, X_search, y_search, splitter, len(y_train),
+            method, max_rows, seed, n_jobs, verbose, calibrated,
+        )  # fmt: skip
+        rounds.add(search)
+    best = _calibrated_params(rounds.best_params) if calibrated else rounds.best_params
+    fitted = clone(estimator).set_params(**best).fit(X_train, y_train)
+    seconds = time.perf_counter() - started
+    info = _search_info(
+        name, rounds.space, rounds.best_params, rounds.best_score, label,
+        splitter.get_n_splits(), calibrated, max_rows, seconds,
+    )  # fmt: skip
+    info["n_candidates"] = rounds.n_candidates  # scored, over every round
+    info["widen"] = rounds.summary()
+    return fitted, info
+
+
+class _Rounds:
+    """The rounds of one search: each round's grid, the best of all rounds so far, the range
+    searched, and when to stop widening. Every round scores on the same rows and folds (a
+    seeded splitter), so the best of all rounds is one comparison (ties: the earlier)."""
+
+    def __init__(
+        self,
+        name: str,
+        searched: Any,
+        initial: Mapping[str, Sequence[Any]],
+        budget: int,
+        bound: float,
+    ) -> None:
+        self.name, self.searched, self.initial = name, searched, initial
+        self.budget, self.bound = budget, bound
+        self.next_grid: Mapping[str, Sequence[Any]] | None = initial
+        self.space = {k: list(v) for k, v in initial.items()}
+        self.results: list[tuple[dict[str, Any], float]] = []
+        self.n_candidates = 0
+        self.stopped = "off" if budget == 0 else "budget"
+
+    def add(self, search: Any) -> None:
+        """Record a fitted search of ``next_grid``; set the grid of the next round, or None."""
+        from sklearn.model_selection import ParameterGrid
+
+        self.results.append((dict(search.best_params_), float(search.best_score_)))
+        self.n_candidates += len(ParameterGrid(self.next_grid))
+        self.best_params, self.best_score = max(self.results, key=lambda r: r[1])
+        self.next_grid = None
+        if len(self.results) > self.budget:
+            if self.stopped == "budget" and not _numeric_edges(self.space, self.best_params):
+                self.stopped = "interior"  # the last value added was not chosen
+            return
+        grid, self.stopped = widen_space(
+            self.searched, self.initial, self.space, self.best_params, self.bound
+        )
+        if grid is None:
+            return
+        logger.info(
+            "search %s: widening (round %d of %d): %s",
+            self.name,
+            len(self.results),
+            self.budget,
+            grid,
+        )
+        for param, (value,) in grid.items():
+            if value not in self.space[param]:  # a widened parameter: numbers only
+                self.space[param] = sorted([*self.space[param], value])
+        self.next_grid = grid
+
+    def summary(self) -> dict[str, Any]:
+        """report.json's ``search.widen``."""
+        return {
+            "initial_space": {k: list(v) for k, v in self.initial.items()},
+            "grown": len(self.results) - 1,
+            "budget": self.budget,
+            "bound": self.bound,
+            "stopped": self.stopped,
+        }
+
+
+def _check_widen(widen: Any, bound: Any) -> None:
+    if isinstance(widen, bool) or not isinstance(widen, numbers.Integral) or widen < 0:
+        raise ValueError(f"search widen must be an int >= 0 (rounds), got {widen!r}")
+    if isinstance(bound, bool) or not isinstance(bound, numbers.Real) or not bound >= 1:
+        raise ValueError(f"search widen_bound must be a number >= 1, got {bound!r}")
+
+
+def _search_round(
+    name: str,
+    searched: Any,
+    grid: Mapping[str, Sequence[Any]],
+    X_search: ArrayLike,
+    y_search: np.ndarray,
+    splitter: Any,
+    n_train: int,
+    method: str,
+    max_rows: int | None,
+    seed: int,
+    n_jobs: int | None,
+    verbose: int,
+    calibrated: bool,
+) -> tuple[Any, str]:
+    """One fitted ``GridSearchCV`` / ``HalvingGridSearchCV`` over ``grid`` (no refit)."""
+    from sklearn.model_selection import ParameterGrid
+
+    n_candidates = len(ParameterGrid(grid))
     # successive halving decides its number of fits as it goes
     n_fits = n_candidates * splitter.get_n_splits() if method == "grid" else None
     in_process = n_jobs in (None, 1)
-    scoring = _progress_scorer(name, list(checked), n_fits) if in_process else "accuracy"
-    # The search class refits its best candidate unless the pipeline to ship differs from the
-    # one searched (calibration) or the candidates saw only some rows (max_rows).
-    search_refits = not calibrated and max_rows is None
+    scoring = _progress_scorer(name, list(grid), n_fits) if in_process else "accuracy"
     common = dict(
         scoring=scoring,
         cv=splitter,
         n_jobs=n_jobs,
         verbose=verbose,
-        refit=search_refits,
+        refit=False,  # the choice of all rounds is refitted on all training rows
         error_score="raise",
         return_train_score=False,  # halving's default is True: twice the scoring, no use here
     )
-    search, label = _search_class(method, searched, checked, common, len(y_train), max_rows, seed)
-    scored_rows = len(y_search) if method == "grid" else min(len(y_train), max_rows or len(y_train))
+    search, label = _search_class(method, searched, grid, common, n_train, max_rows, seed)
+    scored_rows = len(y_search) if method == "grid" else min(n_train, max_rows or n_train)
     plan = label + (", calibration after the search" if calibrated else "")
-    _log_plan(name, n_candidates, splitter.get_n_splits(), scored_rows, len(y_train), plan)
-    started = time.perf_counter()
+    _log_plan(name, n_candidates, splitter.get_n_splits(), scored_rows, n_train, plan)
     search.fit(X_search, y_search)
-    if search_refits:
-        fitted = search.best_estimator_
-    else:
-        best = _calibrated_params(search.best_params_) if calibrated else search.best_params_
-        fitted = clone(estimator).set_params(**best).fit(X_train, y_train)
-    seconds = time.perf_counter() - started
-    info = _search_info(
-        name, search, checked, label, splitter.get_n_splits(), calibrated, max_rows, seconds
-    )
-    return fitted, info
+    return search, label
+
+
+def _numeric_edges(space: Mapping[str, Sequence[Any]], best: Mapping[str, Any]) -> list[str]:
+    """:func:`_at_edge`, for parameters whose candidates are all positive numbers (a log
+    step needs them)."""
+    return [p for p in _at_edge(space, best) if all(v > 0 for v in space[p])]
+
+
+def _step_beyond(values: Sequence[Any], up: bool) -> Any:
+    """The next value one log step past the end of ``values`` (sorted, positive): the ratio of
+    the two outermost values, rounded to 2 significant digits (ints: to an int)."""
+    a, b = (values[-2], values[-1]) if up else (values[1], values[0])
+    nxt = b * (b / a)
+    if all(isinstance(v, numbers.Integral) for v in values):
+        return int(round(nxt))
+    return float(f"{nxt:.2g}")
+
+
+def _accepts(searched: Any, param: str, value: Any) -> bool:
+    """Does ``searched``'s own parameter validation accept ``param=value``? (scikit-learn's
+    ``_validate_params`` of the step's declared constraints; other estimators are trusted)."""
+    from sklearn.base import clone
+
+    step_name, _, key = param.rpartition("__")
+    probe = clone(searched).set_params(**{param: value})
+    step = probe.get_params()[step_name] if step_name else probe
+    if getattr(type(step), "_parameter_constraints", None) is None:
+        return True  # not a scikit-learn estimator with declared constraints
+    try:
+        step._validate_params()
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def widen_space(
+    searched: Any,
+    initial: Mapping[str, Sequence[Any]],
+    space: Mapping[str, Sequence[Any]],
+    best: Mapping[str, Any],
+    bound: float = 100.0,
+) -> tuple[dict[str, list[Any]] | None, str]:
+    """The next round's grid when a choice lies at the edge of ``space``, else None.
+
+    For each positive numeric parameter whose chosen value is the smallest (largest) of 3 or
+    more candidates, one value one log step below (above) it (:func:`_step_beyond`), unless
+    that value passes ``bound`` (a factor beyond the ``initial`` range) or the estimator
+    rejects it; every other parameter is held at its chosen value.
+
+    Returns
+    -------
+    grid : dict or None
+        Parameter -> candidates of the next round; None when nothing is to be widened.
+    reason : str
+        ``"budget"`` (a grid was returned: widening goes on while the budget lasts),
+        ``"interior"`` (no choice at an edge) or ``"bound"`` (every edge is at its bound).
+    """
+    edges = _numeric_edges(space, best)
+    if not edges:
+        return None, "interior"
+    grid: dict[str, list[Any]] = {p: [v] for p, v in best.items()}
+    grown = False
+    for param in edges:
+        values = sorted(space[param])
+        up = best[param] == values[-1]
+        nxt = _step_beyond(values, up)
+        lo, hi = min(initial[param]) / bound, max(initial[param]) * bound
+        within = (nxt <= hi * (1 + 1e-9)) if up else (nxt >= lo * (1 - 1e-9))
+        if within and nxt not in values and nxt > 0 and _accepts(searched, param, nxt):
+            grid[param] = [nxt]
+            grown = True
+    return (grid, "budget") if grown else (None, "bound")
 
 
 def _log_plan(
@@ -363,8 +545,9 @@ def _search_class(
 
 def _search_info(
     name: str,
-    search: Any,
-    checked: Mapping[str, Sequence[Any]],
+    space: Mapping[str, Sequence[Any]],
+    best_params: Mapping[str, Any],
+    best_score: float,
     label: str,
     n_splits: int,
     calibrated: bool,
@@ -375,23 +558,23 @@ def _search_info(
     from sklearn.model_selection import ParameterGrid
 
     info = {
-        "space": {k: list(v) for k, v in checked.items()},
-        "best_params": dict(search.best_params_),
-        "cv_score": float(search.best_score_),
+        "space": {k: list(v) for k, v in space.items()},
+        "best_params": dict(best_params),
+        "cv_score": float(best_score),
         "seconds": seconds,
         "search_class": label,
         "cv": n_splits,
-        "n_candidates": len(ParameterGrid(checked)),
+        "n_candidates": len(ParameterGrid(space)),
         "calibrated_after": calibrated,
         "max_rows": max_rows,
-        "at_edge": _at_edge(checked, search.best_params_),
+        "at_edge": _at_edge(space, best_params),
     }
     if info["at_edge"]:
         logger.warning(
             "search %s: the chosen %s lie at the edge of the searched values; the best may lie "
             "beyond: widen [fit.search.%s]",
             name,
-            ", ".join(f"{p}={search.best_params_[p]!r}" for p in info["at_edge"]),
+            ", ".join(f"{p}={best_params[p]!r}" for p in info["at_edge"]),
             name,
         )
     logger.info(
