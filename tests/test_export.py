@@ -28,6 +28,8 @@ from .conftest import TINY_MODEL, write_images
 FAST = [
     "--set", "nn.max_iter=20", "--set", "xgboost.n_estimators=20",
     "--set", "svc_approx.n_components=16", "--no-audit", "-q",
+    # svc's own probability calibration needs 5 rows a class in each of the ensemble's folds
+    "--set", 'ensemble.candidates=["nn", "xgboost", "logreg", "knn"]', "--set", "ensemble.cv=2",
 ]  # fmt: skip
 CLASSES = {"red": 8, "green": 8, "blue": 8}
 
@@ -329,3 +331,27 @@ def test_export_page_end_to_end_in_chromium(clf, center_flip, tmp_path, new_imag
         assert result["error"] is None, result
         np.testing.assert_allclose(result["probabilities"], expected[0], rtol=0, atol=TOLERANCE)
         assert result["label"] == label[0]
+
+
+@pytest.mark.parametrize("combine", ["vote", "stack"])
+def test_ensemble_head_equals_predict_proba(combine, center_flip):
+    """The ensemble's head (members' heads averaged, or the stacker on them) against
+    ``TiedEnsembleClassifier.predict_proba``, for both ways of combining."""
+    import onnxruntime as ort
+    from sklearn.pipeline import Pipeline
+
+    from pipeline.classifiers import make_classifier
+    from pipeline.ensemble import TiedEnsembleClassifier
+    from pipeline.export.heads import head_model
+    from pipeline.store import read_store
+
+    table = read_store(joblib.load(center_flip / "logreg.joblib")["store"])
+    X, y = table.features, np.asarray(table.class_names)[table.labels]
+    members = [(n, make_classifier(n, random_state=0)) for n in ("logreg", "knn", "xgboost")]
+    ensemble = TiedEnsembleClassifier(members, cv=2, alpha=1e-9, combine=combine, random_state=0)
+    estimator = Pipeline([("clf", ensemble)]).fit(X, y)
+    model = head_model("ensemble", estimator, X.shape[1])
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"features": X.astype(np.float32)})[0]
+    assert len(ensemble.names_) >= 2
+    assert np.abs(got - estimator.predict_proba(X)).max() < 1e-4

@@ -10,10 +10,10 @@ whose last step is ``"clf"``) and returns a model with one input, ``features`` f
   (which skl2onnx does not convert) as MatMul / Exp here;
 - ``xgboost``: the booster by onnxmltools (the wrapper's renormalisation added here);
 - ``nn``: the torch MLP by ``torch.onnx`` with a Softmax, after the scaler;
-- ``knn``: cosine k-nearest-neighbours as MatMul + TopK + a vote over one-hot labels.
+- ``knn``: cosine k-nearest-neighbours as MatMul + TopK + a vote over one-hot labels;
+- ``ensemble``: its members' heads, averaged with ``weights_`` (or its stacker on them).
 
-:data:`HEADS` maps a classifier name to its converter; an ensemble can average the
-``probabilities`` of its members' graphs (see :func:`pipeline.export.build.add_head`).
+:data:`HEADS` maps a classifier name to its converter.
 Converters are known to be wrong in corner cases, which is why every export is compared with
 ``predict`` before it is written (:mod:`pipeline.export.verify`).
 """
@@ -208,6 +208,37 @@ def _knn(estimator: Any, n_features: int) -> onnx.ModelProto:
     return _finish(g, n_features)
 
 
+def _ensemble(estimator: Any, n_features: int) -> onnx.ModelProto:
+    """The tied-with-the-best ensemble: each member's head on the same features, then their
+    weighted mean (``weights_``), or the stacker (a logistic regression, skl2onnx) on the
+    members' concatenated probabilities, as ``TiedEnsembleClassifier.predict_proba``."""
+    steps = list(estimator.steps) if hasattr(estimator, "steps") else [("clf", estimator)]
+    if len(steps) != 1:
+        raise ValueError("ensemble: a pipeline step before the ensemble is not exported")
+    final = steps[0][1]
+    classes = [str(c) for c in final.classes_]
+    g = GraphBuilder()
+    probas = []
+    for i, (name, member) in enumerate(zip(final.names_, final.estimators_, strict=True)):
+        if [str(c) for c in member.classes_] != classes:
+            raise ValueError(f"ensemble: member {name!r} saw other classes than the ensemble")
+        (proba,) = g.embed(head_model(name, member, n_features), {FEATURES: FEATURES}, f"m{i}_")
+        probas.append(proba)
+    if final.stacker_ is not None:
+        if [str(c) for c in final.stacker_.classes_] != classes:
+            raise ValueError("ensemble: the stacker saw other classes than the ensemble")
+        stacked = g.op("Concat", *probas, axis=1)
+        stacker = _sklearn(final.stacker_, len(probas) * len(classes))
+        (total,) = g.embed(stacker, {FEATURES: stacked}, "stack_")
+    else:
+        weights = np.asarray(final.weights_, np.float32)
+        total = g.op("Mul", probas[0], g.const(weights[0], "w0"))
+        for i, proba in enumerate(probas[1:], start=1):
+            total = g.op("Add", total, g.op("Mul", proba, g.const(weights[i], f"w{i}")))
+    g.nodes.append(onnx.helper.make_node("Identity", [total], [PROBABILITIES]))
+    return _finish(g, n_features)
+
+
 #: classifier name (the registry's) -> converter(fitted estimator, n_features) -> head model.
 HEADS: dict[str, Callable[[Any, int], onnx.ModelProto]] = {
     "logreg": _logreg,
@@ -216,6 +247,7 @@ HEADS: dict[str, Callable[[Any, int], onnx.ModelProto]] = {
     "xgboost": _xgboost,
     "nn": _nn,
     "knn": _knn,
+    "ensemble": _ensemble,
 }
 
 
