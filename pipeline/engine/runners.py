@@ -29,7 +29,7 @@ from .._runtime import (
     resolve_device,
     resolve_precision,
 )
-from ..exceptions import ImageDecodeError
+from ..exceptions import ConfigError, ImageDecodeError
 from .backbones import Backbone, BackboneSpec, build_backbone
 from .decoding import Batch, decode_batches, iter_batches
 from .onnx import (
@@ -220,6 +220,7 @@ def make_runner(
     backend: str = "auto",
     threads: int | None = None,
     remember_as: str | None = None,
+    int8_graph: str = "",
 ) -> Any:
     """Build the backbone and the fastest runner whose output matches torch's.
 
@@ -228,8 +229,21 @@ def make_runner(
     probe batch); when export fails or the outputs differ, it falls back to torch and logs why.
     With ``remember_as`` (a :func:`pipeline.onnx_backend.request_key`), a verified graph is
     recorded so that later runs of that request skip torch (:func:`~pipeline.onnx_backend.load_verified`).
+
+    ``int8``: the cached quantised graph ``int8_graph`` (a sha256, see
+    :mod:`pipeline.engine.quantize`) on ONNX Runtime, on the CPU whatever ``device``; no torch.
     """
     check_backend(backend)
+    if precision == "int8":
+        if backend == "torch":
+            raise ConfigError(
+                "int8 runs on ONNX Runtime only; leave out --backend torch", param="backend"
+            )
+        if not int8_graph:
+            raise ConfigError("int8 needs the sha256 of its quantised graph", param="precision")
+        from .quantize import int8_runner
+
+        return int8_runner(int8_graph, threads or cpu_cores())
     backbone = build_backbone(spec)
     reference = TorchRunner(backbone, device, precision)
     cpu_fp32 = reference.device.type == "cpu" and precision == "fp32"
