@@ -131,6 +131,8 @@ def run_predict(
     recipe = _load_recipe(payload, model_path)
     spec, precision, draft_size = recipe.spec, recipe.precision, recipe.draft_size
     gpu_decode = recipe.decode.gpu_decode
+    if precision == "int8":  # a quantised graph on ONNX Runtime: the CPU, whatever is here
+        device = "cpu"
     runtime = resolve_runtime(device, precision, batch_size, workers, backend)
     torch_device = runtime.device
     if gpu_decode and torch_device.type != "cuda":
@@ -139,14 +141,21 @@ def run_predict(
             f"predicting with it needs a CUDA device, not {torch_device}",
             param="model_path",
         )
-    if torch_device.type == "cpu" and precision != "fp32":
+    if torch_device.type == "cpu" and precision not in ("fp32", "int8"):
         logger.warning(
             "the model was trained on %s embeddings; computing them on the CPU in %s "
             "(slow) to match",
             precision,
             precision,
         )
-    runner = make_runner(spec, torch_device, precision, backend, threads=runtime.threads)
+    runner = make_runner(
+        spec,
+        torch_device,
+        precision,
+        backend,
+        threads=runtime.threads,
+        int8_graph=recipe.int8_graph,
+    )
     expected_dim = int(payload["backbone"]["feature_dim"])
     if runner.feature_dim != expected_dim:
         raise BackboneMismatchError(

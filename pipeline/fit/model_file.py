@@ -141,7 +141,9 @@ def load_model_file(path: str | Path) -> dict[str, Any]:
     backbone = payload["backbone"]
     if not isinstance(backbone, dict):
         raise ModelFileError(f"{path}: model file's backbone metadata is not a dict; retrain it")
-    missing = [k for k in BACKBONE_KEYS if k not in backbone and k not in DECODE_FIELDS]
+    # Decode options and the int8 graph are absent from files written before they existed.
+    optional = {*DECODE_FIELDS, "int8_graph"}
+    missing = [k for k in BACKBONE_KEYS if k not in backbone and k not in optional]
     if missing:
         raise ModelFileError(
             f"{path}: model file's backbone metadata lacks {missing}; retrain with "
