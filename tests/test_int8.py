@@ -198,4 +198,4 @@ def test_quantised_graph_keeps_float_where_asked(tmp_path):
         return [n.name for n in graph.node if n.op_type == "Conv" and n.input[1] not in dequantized]
 
     assert float_convs(tmp_path / "minmax.onnx") == []
-    assert len(float_convs(tmp_path / "test-keep-first-last.onnx")) == 2
+    assert len(float_convs(tmp_path / "test-keep-first-last.onnx")) == 2  # first and last

@@ -117,15 +117,18 @@ class _Crops:
 
 
 def _convolutions_kept(model: Any, keep: Sequence[str]) -> list[str]:
-    """Names of the Conv nodes that ``keep`` names (``first``, ``last``, ``depthwise``)."""
-    convs = [node for node in model.graph.node if node.op_type == "Conv"]
+    """Names of the nodes that ``keep`` names: ``first`` (the first Conv), ``last`` (the last
+    Conv and every node after it: the pooling that makes the embedding), ``depthwise``
+    (grouped Convs). Nodes are in topological order, as ONNX requires."""
+    nodes = list(model.graph.node)
+    convs = [i for i, node in enumerate(nodes) if node.op_type == "Conv"]
     kept = []
-    for i, node in enumerate(convs):
+    for i, node in enumerate(nodes):
         group = next((a.i for a in node.attribute if a.name == "group"), 1)
         if (
-            ("first" in keep and i == 0)
-            or ("last" in keep and i == len(convs) - 1)
-            or ("depthwise" in keep and group > 1)
+            ("first" in keep and i == convs[0])
+            or ("last" in keep and i >= convs[-1])
+            or ("depthwise" in keep and node.op_type == "Conv" and group > 1)
         ):
             kept.append(node.name)
     return kept
