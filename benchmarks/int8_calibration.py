@@ -6,9 +6,10 @@ below, calibrated on the first ``--calib`` training images (in content-key order
 ``--precision int8`` does), and every variant is compared with fp32 on the same crops:
 
 - per image, the cosine of its int8 embedding to its fp32 one (min, 1st percentile, median);
-- a logistic-regression probe (``make_classifier("logreg")``, fit's defaults) trained on the
-  train split and scored on the test split: accuracy difference int8 - fp32 with a 95 %
-  paired bootstrap interval (5,000 resamples of the test images);
+- classifiers (``--clf``, default logreg; fit's default hyperparameters, seed 0) trained on
+  the train split (digits: a fixed third of the content keys is test) and scored on the test
+  split: accuracy difference int8 - fp32 with a 95 % paired bootstrap interval (5,000
+  resamples of the test images) and fit's exact McNemar test;
 - forward-only speed: int8 / fp32 images per second, batches alternated, median of
   ``--repeats`` (batch 32, all cores).
 
@@ -71,18 +72,27 @@ def session(path: Path) -> Any:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def probe(train: np.ndarray, y_train: np.ndarray, test: np.ndarray) -> np.ndarray:
+def probe(clf: str, train: np.ndarray, y_train: np.ndarray, test: np.ndarray) -> np.ndarray:
+    """Test predictions of ``clf`` with fit's default hyperparameters and seed 0."""
     from pipeline.classifiers import default_params, make_classifier
 
-    clf = make_classifier("logreg", **default_params("logreg"))
-    return clf.fit(train, y_train).predict(test)
+    params = default_params(clf)
+    if clf == "nn":
+        params = {**params, "random_state": 0, "device": "cpu"}
+    model = make_classifier(clf, **params)
+    return model.fit(train, y_train).predict(test)
 
 
 def paired(correct_ref: np.ndarray, correct: np.ndarray, resamples: int = 5000) -> list[float]:
+    """int8 - fp32 accuracy, its 95 % paired bootstrap interval (the test images resampled
+    together), and the exact McNemar p-value fit uses to call a difference."""
+    from pipeline.fit.evidence import mcnemar_exact
+
     a, b = correct_ref.astype(float), correct.astype(float)
     idx = np.random.default_rng(0).integers(0, len(a), (resamples, len(a)))
     diffs = (b[idx] - a[idx]).mean(1)
-    return [float(b.mean() - a.mean()), *np.percentile(diffs, [2.5, 97.5]).tolist()]
+    p = mcnemar_exact(correct_ref, correct)
+    return [float(b.mean() - a.mean()), *np.percentile(diffs, [2.5, 97.5]).tolist(), float(p)]
 
 
 def speed(sessions: list[Any], crops: np.ndarray, repeats: int, batch: int = 32) -> list[float]:
@@ -111,6 +121,7 @@ def main() -> None:
     parser.add_argument("--calib", type=int, default=256)
     parser.add_argument("--variants", default=",".join(QUANT_VARIANTS))
     parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--clf", default="logreg", help="e.g. logreg,svc,nn")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     print(f"machine: {machine.describe('cpu')}", flush=True)
@@ -119,8 +130,12 @@ def main() -> None:
     runner = make_runner(spec, "cpu", "fp32", "onnxruntime")
     fp32 = session(runner.path)
     ref_train, ref_test = embed(fp32, train["crops"]), embed(fp32, test["crops"])
-    ref_correct = probe(ref_train, train["labels"], ref_test) == test["labels"]
-    print(f"fp32 logreg accuracy {ref_correct.mean():.4f}", flush=True)
+    clfs = args.clf.split(",")
+    ref_correct = {
+        c: probe(c, ref_train, train["labels"], ref_test) == test["labels"] for c in clfs
+    }
+    ref_acc = ", ".join(f"{c} {v.mean():.4f}" for c, v in ref_correct.items())
+    print(f"fp32 accuracy: {ref_acc}", flush=True)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.variants.split(","):
@@ -133,30 +148,43 @@ def main() -> None:
             both = np.concatenate([e_train, e_test]).astype(np.float64)
             ref = np.concatenate([ref_train, ref_test]).astype(np.float64)
             cos = (both * ref).sum(1) / (np.linalg.norm(both, axis=1) * np.linalg.norm(ref, axis=1))
-            correct = probe(e_train, train["labels"], e_test) == test["labels"]
+            diffs = {
+                c: paired(
+                    ref_correct[c], probe(c, e_train, train["labels"], e_test) == test["labels"]
+                )
+                for c in clfs
+            }
             f, i = speed([fp32, q], test["crops"], args.repeats)
             row = {
                 "variant": name,
                 "calib": args.calib,
                 "quantise_s": seconds,
                 "cos": [float(cos.min()), float(np.percentile(cos, 1)), float(np.median(cos))],
-                "logreg": paired(ref_correct, correct),
+                "diff": diffs,
                 "speedup": i / f,
             }
             rows.append(row)
             print(json.dumps(row), flush=True)
     print(
-        f"\nData: {args.data}; {args.model} ({spec.weights}); fp32 logreg {ref_correct.mean():.4f}\n"
+        f"\nData: {args.data} ({len(train['labels'])} train / {len(test['labels'])} test); "
+        f"{args.model} ({spec.weights}); fp32 accuracy: {ref_acc}\n"
     )
     print(
-        "| variant | calib images | cosine min / p01 / median | logreg int8 - fp32 [95 % paired] | int8 / fp32 forward | quantise s |"
+        "| variant | calib images | cosine min / p01 / median | "
+        + " | ".join(f"{c} int8 - fp32 [95 % paired], McNemar p" for c in clfs)
+        + " | int8 / fp32 forward | quantise s |"
     )
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|" + "---|" * len(clfs) + "---|---|")
     for r in rows:
-        c, d = r["cos"], r["logreg"]
+        c = r["cos"]
+        cells = [
+            f"{100 * d[0]:+.1f} [{100 * d[1]:+.1f}, {100 * d[2]:+.1f}], {d[3]:.2f}"
+            for d in (r["diff"][k] for k in clfs)
+        ]
         print(
-            f"| {r['variant']} | {r['calib']} | {c[0]:.3f} / {c[1]:.3f} / {c[2]:.3f} "
-            f"| {100 * d[0]:+.1f} [{100 * d[1]:+.1f}, {100 * d[2]:+.1f}] | {r['speedup']:.2f}x | {r['quantise_s']:.0f} |"
+            f"| {r['variant']} | {r['calib']} | {c[0]:.3f} / {c[1]:.3f} / {c[2]:.3f} | "
+            + " | ".join(cells)
+            + f" | {r['speedup']:.2f}x | {r['quantise_s']:.0f} |"
         )
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
