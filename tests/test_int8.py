@@ -199,3 +199,37 @@ def test_quantised_graph_keeps_float_where_asked(tmp_path):
 
     assert float_convs(tmp_path / "minmax.onnx") == []
     assert len(float_convs(tmp_path / "test-keep-first-last.onnx")) == 2  # first and last
+
+
+def test_concurrent_streams_give_the_same_rows_in_order(tmp_path):
+    """Two batches at once on single-threaded sessions: the rows of one 2-thread session, bit
+    for bit, each in its place (failed items NaN, errors kept)."""
+    from PIL import Image
+
+    from pipeline.engine.onnx import OnnxRunner
+    from pipeline.engine.runners import embed_images, make_runner
+
+    spec = resolve_backbone("squeezenet1_1", None)
+    path = make_runner(spec, "cpu", "fp32", "onnxruntime").path
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)) for _ in range(11)]
+
+    def load(i):
+        if i == 4:
+            raise ValueError("broken")
+        return images[i]
+
+    results = []
+    for threads, streams in ((2, 1), (2, 2), (1, 1)):
+        runner = OnnxRunner(path, 512, threads, streams=streams)
+        assert runner.streams == streams
+        results.append(
+            embed_images(
+                load, 11, spec.preprocessing, runner, batch_size=3, workers=2, on_error="nan"
+            )
+        )
+    (first, errors), *others = results
+    assert np.isnan(first[4]).all() and errors[4] and np.isfinite(np.delete(first, 4, 0)).all()
+    for rows, errs in others:
+        np.testing.assert_array_equal(rows, first)
+        assert errs == errors

@@ -10,10 +10,12 @@ channels-last. torch is imported only when a function here needs it.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +58,7 @@ __all__ = [
     "iter_batches",
     "make_runner",
     "max_relative_difference",
+    "ordered_map",
     "onnx_cache_dir",
     "resolve_device",
     "resolve_precision",
@@ -134,6 +137,26 @@ class TorchRunner:
         return out.float().cpu().numpy()
 
 
+def ordered_map(fn: Callable[[Any], Any], items: Iterable[Any], streams: int) -> Iterator[Any]:
+    """``map(fn, items)``, with up to ``streams`` calls running at once in threads (for a
+    runner whose ``streams`` > 1), results in order."""
+    if streams <= 1:
+        yield from map(fn, items)
+        return
+    with ThreadPoolExecutor(streams, thread_name_prefix="infer") as pool:
+        pending: collections.deque[Future[Any]] = collections.deque()
+        try:
+            for item in items:
+                pending.append(pool.submit(fn, item))
+                if len(pending) >= streams:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for future in pending:
+                future.cancel()
+
+
 def embed_loaded(
     runner: Any, batches: Iterator[Batch], n: int, on_error: str = "raise"
 ) -> tuple[np.ndarray, list[str]]:
@@ -141,16 +164,22 @@ def embed_loaded(
     the per-item error strings ('' when fine)."""
     out = np.full((n, runner.feature_dim), np.nan, dtype=np.float32)
     errors = [""] * n
-    for batch in batches:
+
+    def embed(batch: Batch) -> tuple[Batch, list[int], np.ndarray | None]:
         ok = [j for j, e in enumerate(batch.errors) if not e]
+        if not ok:
+            return batch, ok, None
+        images = batch.images[ok] if len(ok) < len(batch.indices) else batch.images
+        return batch, ok, runner(images)
+
+    for batch, ok, rows in ordered_map(embed, batches, getattr(runner, "streams", 1)):
         for j, e in enumerate(batch.errors):
             if e:
                 if on_error == "raise":
                     raise ImageDecodeError(e)
                 errors[batch.indices[j]] = e
         if ok:
-            rows = [batch.indices[j] for j in ok]
-            out[rows] = runner(batch.images[ok] if len(ok) < len(batch.indices) else batch.images)
+            out[[batch.indices[j] for j in ok]] = rows
     return out, errors
 
 
