@@ -110,6 +110,31 @@ def speed(sessions: list[Any], crops: np.ndarray, repeats: int, batch: int = 32)
     return [batch / statistics.median(t) for t in times]
 
 
+def speed_only(args: argparse.Namespace) -> None:
+    """int8 / fp32 forward-only images per second of each variant, alternated."""
+    from pipeline.engine.backbones import resolve_backbone
+    from pipeline.engine.quantize import quantize_graph
+    from pipeline.engine.runners import make_runner
+
+    spec = resolve_backbone(args.model, None if args.weights == "none" else args.weights)
+    crops = np.random.default_rng(0).integers(0, 256, (64, 224, 224, 3), dtype=np.uint8)
+    graph = make_runner(spec, "cpu", "fp32", "onnxruntime").path
+    fp32 = session(graph)
+    print("\n| model | variant | fp32 images/s | int8 images/s | int8 / fp32 | quantise s |")
+    print("|---|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.variants.split(","):
+            out = Path(tmp) / f"{name}.onnx"
+            started = time.perf_counter()
+            quantize_graph(graph, out, crops[: args.calib], variant=name)
+            seconds = time.perf_counter() - started
+            f, i = speed([fp32, session(out)], crops, args.repeats)
+            print(
+                f"| {args.model} ({args.weights}) | {name} | {f:.1f} | {i:.1f} | {i / f:.2f} | {seconds:.0f} |",
+                flush=True,
+            )
+
+
 def main() -> None:
     from pipeline.engine.quantize import QUANT_VARIANTS, quantize_graph
     from pipeline.engine.runners import make_runner
@@ -122,9 +147,17 @@ def main() -> None:
     parser.add_argument("--variants", default=",".join(QUANT_VARIANTS))
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--clf", default="logreg", help="e.g. logreg,svc,nn")
+    parser.add_argument(
+        "--speed-only",
+        action="store_true",
+        help="only int8 / fp32 forward speed (e.g. resnet18 --weights none), 64 crops",
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     print(f"machine: {machine.describe('cpu')}", flush=True)
+    if args.speed_only:
+        speed_only(args)
+        return
     splits, spec = load_crops(args.data, args.model, args.weights)
     train, test = splits["train"], splits["test"]
     runner = make_runner(spec, "cpu", "fp32", "onnxruntime")

@@ -353,6 +353,11 @@ def test_dask_int8_store_uses_the_plans_graph(images, cluster, tmp_path):
     from pipeline.engine.backbones import resolve_backbone
     from pipeline.engine.onnx import graph_path
 
+    # Workers load the graph from their cache: here the test's (they were started before
+    # the test set it), as on a cluster whose workers share the client's home folder.
+    _, client = cluster
+    cache = os.environ["PIPELINE_CACHE_DIR"]
+    client.run(os.environ.__setitem__, "PIPELINE_CACHE_DIR", cache)
     fp32_graph = graph_path(resolve_backbone("squeezenet1_1", None))
     quantize.save_speedup(fp32_graph, 2.0)  # whatever this CPU's speed: int8 is used
     try:

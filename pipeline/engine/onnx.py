@@ -161,10 +161,11 @@ def load_verified(key: str) -> VerifiedGraph | None:
     return graph
 
 
-#: Batches an :class:`OnnxRunner` runs at once by default (each on ``threads // streams``
-#: threads): 1, one batch on every core (see docs/benchmarks.md, issue 31, for the
-#: measurement of 2 single-threaded streams against it).
-DEFAULT_STREAMS = 1
+#: Batches an :class:`OnnxRunner` runs at once by default, each on ``threads // streams``
+#: threads (at most ``threads``): two, so that no forward pass waits at a barrier for a thread
+#: a decoding thread has taken the core of (docs/benchmarks.md, issue 31: end to end 0.92x
+#: forward-only against 0.71x with one 2-thread session, on a heavily loaded machine).
+DEFAULT_STREAMS = 2
 
 
 class OnnxRunner:
