@@ -242,6 +242,19 @@ def checkpoint_path(spec: BackboneSpec) -> str | None:
     return str(Path(torch.hub.get_dir()) / "checkpoints" / spec.weights_url.rsplit("/", 1)[-1])
 
 
+def _int8_runner(backend: str, int8_graph: str, threads: int) -> Any:
+    """The cached int8 graph ``int8_graph`` on ONNX Runtime (no torch)."""
+    if backend == "torch":
+        raise ConfigError(
+            "int8 runs on ONNX Runtime only; leave out --backend torch", param="backend"
+        )
+    if not int8_graph:
+        raise ConfigError("int8 needs the sha256 of its quantised graph", param="precision")
+    from .quantize import int8_runner
+
+    return int8_runner(int8_graph, threads)
+
+
 def make_runner(
     spec: BackboneSpec,
     device: Any,
@@ -264,15 +277,7 @@ def make_runner(
     """
     check_backend(backend)
     if precision == "int8":
-        if backend == "torch":
-            raise ConfigError(
-                "int8 runs on ONNX Runtime only; leave out --backend torch", param="backend"
-            )
-        if not int8_graph:
-            raise ConfigError("int8 needs the sha256 of its quantised graph", param="precision")
-        from .quantize import int8_runner
-
-        return int8_runner(int8_graph, threads or cpu_cores())
+        return _int8_runner(backend, int8_graph, threads or cpu_cores())
     backbone = build_backbone(spec)
     reference = TorchRunner(backbone, device, precision)
     cpu_fp32 = reference.device.type == "cpu" and precision == "fp32"
