@@ -357,7 +357,7 @@ def test_dask_int8_store_uses_the_plans_graph(images, cluster, tmp_path):
     # the test set it), as on a cluster whose workers share the client's home folder.
     _, client = cluster
     cache = os.environ["PIPELINE_CACHE_DIR"]
-    client.run(os.environ.__setitem__, "PIPELINE_CACHE_DIR", cache)
+    client.run(lambda: os.environ.update(PIPELINE_CACHE_DIR=cache))
     fp32_graph = graph_path(resolve_backbone("squeezenet1_1", None))
     quantize.save_speedup(fp32_graph, 2.0)  # whatever this CPU's speed: int8 is used
     try:
