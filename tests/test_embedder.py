@@ -191,6 +191,7 @@ def test_clone_get_set_params():
         "workers": 0,
         "crop_mode": "center",
         "views": (),
+        "int8_graph": None,
     }
     assert ImageEmbedder().get_params()["device"] == "auto"  # TINY pins the CPU
     copy = clone(embedder)
