@@ -4,6 +4,13 @@ Everything is measured in one run on the same generated photo-sized JPEGs, so th
 comparable. Usage::
 
     python benchmarks/extract_throughput.py --images 800 --repeats 3
+    python benchmarks/extract_throughput.py --stages --cifar ../shared/data/cifar10-mini --images 320 --repeats 3
+
+``--stages`` (issue 31) measures in one process, variants alternated: fp32 and int8
+(``--precision int8``'s graph, calibrated on 256 of the images) forward-only on ready crops and
+end to end (``embed_images``: decoding threads, resize, batch, forward; the rows checked equal
+to forward-only's), on 500x375 JPEGs (upscaled from ``--cifar``, else generated) and on
+CIFAR-size ones; the time per stage; the first-run quantisation cost.
 
 Rows printed (images/s, median of ``--repeats`` runs):
 
@@ -162,10 +169,171 @@ def tutorial_process(data: Path, n: int) -> float:
     return n / (time.perf_counter() - started)
 
 
+def upscaled_photos(source: Path, root: Path, n: int, size=(500, 375)) -> None:
+    """Decode-heavy JPEGs from real small images: each upscaled (bicubic) to ``size``."""
+    files = sorted(source.rglob("*.jpg"))[:n]
+    for i, path in enumerate(files):
+        folder = root / path.parent.name
+        folder.mkdir(parents=True, exist_ok=True)
+        with Image.open(path) as image:
+            image.convert("RGB").resize(size, Image.BICUBIC).save(
+                folder / f"{i:05d}.jpg", quality=90
+            )
+
+
+def small_images(source: Path | None, root: Path, n: int) -> None:
+    """CIFAR-size JPEGs: the source's own files, else generated 32x32 ones."""
+    if source is None:
+        make_photos(root, n, size=(32, 32))
+        return
+    for i, path in enumerate(sorted(source.rglob("*.jpg"))[:n]):
+        folder = root / path.parent.name
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{i:05d}.jpg").write_bytes(path.read_bytes())
+
+
+def _stage_times(files: list[Path], pre, runner, batch: int = 32) -> dict[str, float]:
+    """Milliseconds per image of each stage, one after the other in this thread (the
+    forward pass with its own threads)."""
+    import h5py
+
+    from pipeline.engine.sources import decode_image
+
+    t0 = time.perf_counter()
+    images = [decode_image(f) for f in files]
+    t1 = time.perf_counter()
+    crops = [pre.crop(im) for im in images]
+    t2 = time.perf_counter()
+    batches = [np.stack(crops[i : i + batch]) for i in range(0, len(crops), batch)]
+    t3 = time.perf_counter()
+    rows = [runner(b) for b in batches]
+    t4 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp, h5py.File(Path(tmp) / "w.h5", "w") as fh:
+        out = fh.create_dataset("x", (len(files), rows[0].shape[1]), "f4")
+        at = 0
+        for r in rows:
+            out[at : at + len(r)] = r
+            at += len(r)
+    t5 = time.perf_counter()
+    n = len(files) / 1000
+    return {
+        "decode": (t1 - t0) / n,
+        "resize+crop": (t2 - t1) / n,
+        "batch copy": (t3 - t2) / n,
+        "forward": (t4 - t3) / n,
+        "write": (t5 - t4) / n,
+    }
+
+
+def stages(args: argparse.Namespace) -> None:
+    """fp32 vs int8, end to end vs forward-only, on decode-heavy and on small JPEGs; where
+    the time goes; the first-run cost of quantising. In one process, variants alternated."""
+    from pipeline._runtime import auto_workers, inference_threads
+    from pipeline.engine import quantize
+    from pipeline.engine.backbones import resolve_backbone
+    from pipeline.engine.onnx import OnnxRunner
+    from pipeline.engine.runners import embed_images, make_runner, ordered_map
+    from pipeline.engine.sources import decode_image
+
+    spec = resolve_backbone(args.model, args.weights)
+    pre = spec.preprocessing
+    threads, workers = inference_threads(), auto_workers("cpu")
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ["PIPELINE_CACHE_DIR"] = str(Path(tmp) / "cache")
+        sets = {"500x375 JPEGs": Path(tmp) / "big", "CIFAR-size JPEGs": Path(tmp) / "small"}
+        if args.cifar is not None:
+            upscaled_photos(args.cifar, sets["500x375 JPEGs"], args.images)
+        else:
+            make_photos(sets["500x375 JPEGs"], args.images)
+        small_images(args.cifar, sets["CIFAR-size JPEGs"], args.images)
+        files = {k: sorted(v.rglob("*.jpg")) for k, v in sets.items()}
+        fp32 = make_runner(spec, "cpu", "fp32", "onnxruntime", threads=threads)
+        calib = np.stack([pre.crop(decode_image(f)) for f in files["500x375 JPEGs"][:256]])
+        started = time.perf_counter()
+        sha = quantize.make_int8_graph(fp32.path, calib)
+        quantise_s = time.perf_counter() - started
+        int8 = quantize.int8_runner(sha, threads)
+        print(
+            f"first-run quantisation: {quantise_s:.1f} s ({len(calib)} calibration crops, "
+            f"{quantize.DEFAULT_VARIANT})",
+            flush=True,
+        )
+        # The same graphs as 2 streams of single-threaded sessions (2 batches at once).
+        runners = {
+            "fp32 1x2": fp32,
+            "int8 1x2": int8,
+            "fp32 2x1": OnnxRunner(fp32.path, fp32.feature_dim, threads, streams=2),
+            "int8 2x1": OnnxRunner(int8.path, int8.feature_dim, threads, streams=2),
+        }
+        results: dict[tuple[str, str, str], list[float]] = {}
+        profile: dict[str, list[dict[str, float]]] = {k: [] for k in files}
+        for r in range(args.repeats):
+            for name, paths in files.items():
+                crops = np.stack([pre.crop(decode_image(f)) for f in paths])
+                for precision, runner in runners.items():
+
+                    def load(i: int, paths=paths):
+                        return decode_image(paths[i])
+
+                    t = time.perf_counter()
+                    e2e, _ = embed_images(
+                        load, len(paths), pre, runner, batch_size=32, workers=workers
+                    )
+                    e2e_rate = len(paths) / (time.perf_counter() - t)
+                    t = time.perf_counter()
+                    chunks = [crops[i : i + 32] for i in range(0, len(crops), 32)]
+                    ref = np.concatenate(list(ordered_map(runner, chunks, runner.streams)))
+                    forward_rate = len(paths) / (time.perf_counter() - t)
+                    if not np.array_equal(e2e, ref):
+                        raise SystemExit(f"{name} {precision}: end to end rows differ")
+                    results.setdefault((name, precision, "e2e"), []).append(e2e_rate)
+                    results.setdefault((name, precision, "fwd"), []).append(forward_rate)
+                profile[name].append(_stage_times(paths, pre, fp32))
+            print(
+                f"run {r + 1}: "
+                + ", ".join(f"{'/'.join(k)} {v[-1]:.0f}" for k, v in results.items()),
+                flush=True,
+            )
+    med = {k: statistics.median(v) for k, v in results.items()}
+    print(
+        f"\n{args.images} images per set; batch 32, {workers} decoding threads, {threads} "
+        f"inference threads; medians of {args.repeats}; images/s\n"
+    )
+    print(
+        "| images | variant | forward-only | end to end | e2e / forward-only | e2e / fp32 forward-only |"
+    )
+    print("|---|---|---|---|---|---|")
+    for name in files:
+        base = med[(name, "fp32 1x2", "fwd")]
+        for precision in runners:
+            f, e = med[(name, precision, "fwd")], med[(name, precision, "e2e")]
+            print(f"| {name} | {precision} | {f:.0f} | {e:.0f} | {e / f:.2f} | {e / base:.2f} |")
+    print(
+        "\n| images | "
+        + " | ".join(profile[next(iter(files))][0])
+        + " |  (ms per image, one thread; forward: its own threads)"
+    )
+    print("|---|" + "---|" * len(profile[next(iter(files))][0]))
+    for name, runs in profile.items():
+        print(
+            f"| {name} | "
+            + " | ".join(f"{statistics.median(r[k] for r in runs):.2f}" for k in runs[0])
+            + " |"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=800)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--stages",
+        action="store_true",
+        help="fp32 vs int8, end to end vs forward-only, and where the time goes (in process)",
+    )
+    parser.add_argument("--cifar", type=Path, help="with --stages: real small JPEGs to use")
+    parser.add_argument("--model", default="mobilenet_v2")
+    parser.add_argument("--weights", default="IMAGENET1K_V1")
     parser.add_argument(
         "--extra",
         nargs=argparse.REMAINDER,
@@ -173,6 +341,9 @@ def main() -> None:
         help="more flags for pipeline.extract (e.g. --workers 2)",
     )
     args = parser.parse_args()
+    if args.stages:
+        stages(args)
+        return
     cores = len(os.sched_getaffinity(0))
     print(
         f"machine: {cores} cores, {os.uname().machine}; {args.images} JPEGs 500x375; "

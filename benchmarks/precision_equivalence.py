@@ -19,6 +19,8 @@ plus noise), ``--train-per-class`` / ``--test-per-class`` in train/ and test/ fo
 
     python benchmarks/precision_equivalence.py --data ../shared/data/cifar10-mini --device cpu
     python benchmarks/precision_equivalence.py --device cuda          # generated; fp32, bf16, fp16
+    python benchmarks/precision_equivalence.py --data ../shared/data/cifar10-mini --device cpu \
+        --precisions fp32,int8 --backend onnxruntime --clf logreg,svc,nn   # int8 (issue 31)
 
 Prints markdown tables headed by the machine; ``--json`` keeps every number. Classifiers:
 ``--clf`` (default logreg,nn, plus xgboost when it is importable), trained on ``--fit-device``
@@ -95,8 +97,16 @@ def run(cmd: list[str]) -> float:
 def extract(args: argparse.Namespace, data: Path, precision: str, out: Path, device: str) -> float:
     py = [sys.executable, "-m", "pipeline.extract", "--data", str(data), "--out", str(out)]
     flags = ["--model", args.model, "--weights", args.weights, "--device", device]
-    flags += ["--precision", precision, "--backend", "torch", "--no-progress", "-q"]
-    return run([*py, *flags])
+    # int8 is a quantised ONNX Runtime graph: it has no torch backend.
+    backend = "auto" if precision == "int8" else args.backend
+    flags += ["--precision", precision, "--backend", backend, "--no-progress", "-q"]
+    seconds = run([*py, *flags])
+    from pipeline.store import read_attrs
+
+    made = read_attrs(out)["precision"]
+    if made != precision:  # int8 falls back to fp32 where it is not faster
+        raise SystemExit(f"{out} was made in {made}, not {precision} (see its log line)")
+    return seconds
 
 
 def fit(args: argparse.Namespace, store: Path, out: Path, seed: int) -> dict[str, Any]:
@@ -185,6 +195,9 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--clf", default="", help="default: logreg,nn and xgboost if importable")
     parser.add_argument("--fit-device", default="cpu", help="nn/xgboost device for stage two")
+    parser.add_argument(
+        "--backend", default="torch", help="extraction backend of the float precisions"
+    )
     parser.add_argument("--work", type=Path, default=Path("/tmp/precision_equivalence"))
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -234,7 +247,7 @@ def print_tables(args: argparse.Namespace, facts: dict[str, Any], data_name: str
     print(f"\nMachine: {facts['machine']}")
     print(
         f"Data: {data_name}; {args.model} (weights {facts['weights']}) on {args.device_type}, "
-        f"`--backend torch` for every precision; stage two on {args.fit_device}, seed 0.\n"
+        f"`--backend {args.backend}` for the float precisions (int8: its ONNX Runtime graph); stage two on {args.fit_device}, seed 0.\n"
     )
     print(
         "| precision vs fp32 | images | cosine min | cosine p01 | cosine median | max abs diff / norm: max | median | extract s |"

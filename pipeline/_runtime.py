@@ -34,7 +34,9 @@ __all__ = [
 BACKENDS = ("auto", "torch", "onnxruntime")
 
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+#: ``int8``: a quantised ONNX Runtime graph on the CPU (:mod:`pipeline.engine.quantize`);
+#: ``auto`` never picks it (it changes the numbers).
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 
 _DEVICE_NAME = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
 
@@ -67,6 +69,11 @@ def resolve_precision(precision: str, device: Any) -> str:
     """``auto`` -> bf16 on GPUs that support it, else fp16 on GPU, fp32 on CPU."""
     if precision not in PRECISIONS:
         raise ConfigError(f"{precision!r} is not one of {', '.join(PRECISIONS)}", param="precision")
+    if precision == "int8" and _device_type(device) != "cpu":
+        raise ConfigError(
+            f"int8 runs on the CPU (ONNX Runtime), not on {device}; use device cpu",
+            param="precision",
+        )
     if precision != "auto":
         return precision
     if _device_type(device) == "cuda":

@@ -192,7 +192,8 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
     device : str, default="auto"
         ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
     precision : str, default="auto"
-        ``"auto"`` (fp32 on CPU, bf16/fp16 on GPU), ``"fp32"``, ``"bf16"`` or ``"fp16"``.
+        ``"auto"`` (fp32 on CPU, bf16/fp16 on GPU), ``"fp32"``, ``"bf16"``, ``"fp16"`` or
+        ``"int8"`` (on the CPU, with the quantised graph ``int8_graph``).
     backend : str, default="auto"
         ``"auto"``, ``"torch"`` or ``"onnxruntime"``, as ``pipeline.extract --backend``
         (ONNX Runtime only where its output matches torch's).
@@ -227,6 +228,10 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
         preset name (``"IMAGENET1K_V1"``), or values (``{"resize": 256, "crop": 224, "mean":
         [...], "std": [...], "interpolation": "bicubic"}`` or the same as a string,
         ``"resize=256 crop=224"``). Part of the recipe (fingerprint).
+    int8_graph : str or None, default=None
+        For ``precision="int8"``: the sha256 of the quantised graph, as a store made by
+        ``pipeline.extract --precision int8`` records it (``read_attrs(store)["int8_graph"]``,
+        a model file's ``backbone["int8_graph"]``), so the rows match that store's.
 
     Attributes
     ----------
@@ -279,6 +284,7 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
         crop_mode: str = "center",
         views: Sequence[str] | str = (),
         preprocess: str | dict[str, Any] | None = None,
+        int8_graph: str | None = None,
     ) -> None:
         self.model = model
         self.weights = weights
@@ -292,6 +298,7 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
         self.crop_mode = crop_mode
         self.views = views
         self.preprocess = preprocess
+        self.int8_graph = int8_graph
 
     # ----------------------------------------------------------------- sklearn plumbing
 
@@ -341,6 +348,11 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
             precision = resolve_precision(self.precision, device)
         except PipelineError as exc:  # a ValueError naming the parameter ("device: ...")
             raise type(exc)(f"ImageEmbedder: {exc}") from exc
+        if (precision == "int8") != bool(self.int8_graph):
+            raise ValueError(
+                "ImageEmbedder: int8_graph (the sha256 a store made with `pipeline.extract "
+                "--precision int8` records) goes with precision='int8', and only with it"
+            )
         return spec, device, precision
 
     def _options(self) -> DecodeOptions:
@@ -353,7 +365,10 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
     def _cache(self, spec: Any, precision: str) -> EmbeddingCache | None:
         if self.cache is None:
             return None
-        return EmbeddingCache(self.cache, EmbeddingRecipe(spec, precision, self._options()))
+        return EmbeddingCache(self.cache, self._recipe(spec, precision))
+
+    def _recipe(self, spec: Any, precision: str) -> EmbeddingRecipe:
+        return EmbeddingRecipe(spec, precision, self._options(), self.int8_graph or "")
 
     def fit(self, X: Any = None, y: Any = None) -> ImageEmbedder:
         """Validate the parameters (and the cache file's provenance); learn nothing.
@@ -380,10 +395,12 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
     def _get_runner(self, spec: Any, device: Any, precision: str) -> Any:
         """Build the network on first use; rebuild when a parameter changed since."""
 
-        key = (spec, str(device), precision, self.backend)
+        key = (spec, str(device), precision, self.backend, self.int8_graph)
         if getattr(self, "_runner", None) is None or getattr(self, "_runner_key", None) != key:
             started = time.perf_counter()
-            self._runner = make_runner(spec, device, precision, self.backend)
+            self._runner = make_runner(
+                spec, device, precision, self.backend, int8_graph=self.int8_graph or ""
+            )
             self._runner_key = key
             logger.info(
                 "ImageEmbedder: built %s (%s, %s, %s backend) in %.1f s",
@@ -403,7 +420,7 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
         """Run the network over ``items``; NaN rows and messages for unreadable ones."""
 
         runner = self._get_runner(spec, device, precision)
-        recipe = EmbeddingRecipe(spec, precision, self._options())
+        recipe = self._recipe(spec, precision)
         try:
             features, errors = embed_images(
                 _Loader(items),

@@ -121,6 +121,26 @@ def _load_recipe(payload: dict[str, Any], model_path: Path) -> EmbeddingRecipe:
     return recipe
 
 
+def _runner(recipe: EmbeddingRecipe, runtime: Any) -> Any:
+    """The runner that gives the model file's embeddings on ``runtime``'s device."""
+    precision = recipe.precision
+    if runtime.device.type == "cpu" and precision not in ("fp32", "int8"):
+        logger.warning(
+            "the model was trained on %s embeddings; computing them on the CPU in %s "
+            "(slow) to match",
+            precision,
+            precision,
+        )
+    return make_runner(
+        recipe.spec,
+        runtime.device,
+        precision,
+        runtime.backend,
+        threads=runtime.threads,
+        int8_graph=recipe.int8_graph,
+    )
+
+
 # long: the model file's steps in order (an exported .onnx branches off at the top).
 def run_predict(
     model_path: str | os.PathLike[str],
@@ -141,8 +161,10 @@ def run_predict(
         return _predict_exported(model_path, paths, walked, batch_size)
     payload = load_model_file(model_path)
     recipe = _load_recipe(payload, model_path)
-    spec, precision, draft_size = recipe.spec, recipe.precision, recipe.draft_size
+    precision, draft_size = recipe.precision, recipe.draft_size
     gpu_decode = recipe.decode.gpu_decode
+    if precision == "int8":  # a quantised graph on ONNX Runtime: the CPU, whatever is here
+        device = "cpu"
     runtime = resolve_runtime(device, precision, batch_size, workers, backend)
     torch_device = runtime.device
     if gpu_decode and torch_device.type != "cuda":
@@ -151,14 +173,7 @@ def run_predict(
             f"predicting with it needs a CUDA device, not {torch_device}",
             param="model_path",
         )
-    if torch_device.type == "cpu" and precision != "fp32":
-        logger.warning(
-            "the model was trained on %s embeddings; computing them on the CPU in %s "
-            "(slow) to match",
-            precision,
-            precision,
-        )
-    runner = make_runner(spec, torch_device, precision, backend, threads=runtime.threads)
+    runner = _runner(recipe, runtime)
     expected_dim = int(payload["backbone"]["feature_dim"])
     if runner.feature_dim != expected_dim:
         raise BackboneMismatchError(

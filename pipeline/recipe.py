@@ -123,21 +123,26 @@ RECIPE_ATTRS = (
     "preprocessing",
     "preprocessing_fields",
     "precision",
+    "int8_graph",
     "fingerprint",
     *BACKBONE_EXTRA_ATTRS,
 )
 
 #: The fields named in a mismatch message, in this order.
-_DESCRIBED = ("model", "weights", "preprocessing", "precision", *DECODE_FIELDS)
+_DESCRIBED = ("model", "weights", "preprocessing", "precision", "int8_graph", *DECODE_FIELDS)
 
 
 @dataclasses.dataclass(frozen=True)
 class EmbeddingRecipe:
-    """Backbone + precision + decode options: what an embedding was made with."""
+    """Backbone + precision + decode options: what an embedding was made with.
+
+    ``int8_graph``: for precision ``int8``, the sha256 of the quantised graph (calibrated on
+    the first run's images, so it is part of what the rows are); empty otherwise."""
 
     spec: BackboneSpec
     precision: str
     decode: DecodeOptions = DecodeOptions()
+    int8_graph: str = ""
 
     @property
     def preprocessing(self) -> Preprocessing:
@@ -166,6 +171,8 @@ class EmbeddingRecipe:
             "backend": "",
         }
         payload.update(self.decode.non_default())
+        if self.int8_graph:
+            payload["int8_graph"] = self.int8_graph
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
 
     def to_attrs(self) -> dict[str, Any]:
@@ -177,6 +184,7 @@ class EmbeddingRecipe:
             "preprocessing": self.spec.preprocessing_repr,
             "preprocessing_fields": self.spec.preprocessing_fields,
             "precision": self.precision,
+            "int8_graph": self.int8_graph,
             "fingerprint": self.fingerprint(),
             **_backbone_extras(self.spec),
         }
@@ -195,7 +203,8 @@ class EmbeddingRecipe:
         spec = resolve_backbone(
             str(attrs["model"]), weights, preprocess=attrs.get("preprocess") or None
         )
-        return cls(spec, str(attrs["precision"]), DecodeOptions.from_attrs(attrs))
+        int8_graph = str(attrs.get("int8_graph") or "")
+        return cls(spec, str(attrs["precision"]), DecodeOptions.from_attrs(attrs), int8_graph)
 
     def differences(self, attrs: Mapping[str, Any]) -> list[str]:
         """``"field found -> this"`` for each described field where ``attrs`` differ."""
@@ -203,7 +212,7 @@ class EmbeddingRecipe:
         defaults = DecodeOptions().as_attrs()
 
         def found(k: str) -> Any:
-            value = _or_default(attrs.get(k), defaults.get(k))
+            value = _or_default(attrs.get(k), defaults.get(k, ""))
             return list(parse_views(value)) if k == "views" else value
 
         return [

@@ -351,3 +351,35 @@ def test_fit_cli_trains_xgboost_on_a_local_cluster(tmp_path, caplog):
     assert saved["clf"] == "xgboost"  # a plain model file: loads and predicts with no cluster
     X = read_store(store).features
     assert set(saved["estimator"].predict(X)) <= set(read_store(store).class_names)
+
+
+def test_dask_int8_store_uses_the_plans_graph(images, cluster, tmp_path):
+    """--precision int8 on Dask: the graph made by the plan (on the client) is the one every
+    worker loads, and the store equals the in-process int8 store."""
+    from pipeline.engine import quantize
+    from pipeline.engine.backbones import resolve_backbone
+    from pipeline.engine.onnx import graph_path
+
+    # Workers load the graph from their cache: here the test's (they were started before
+    # the test set it), as on a cluster whose workers share the client's home folder.
+    _, client = cluster
+    cache = os.environ["PIPELINE_CACHE_DIR"]
+    client.run(lambda: os.environ.update(PIPELINE_CACHE_DIR=cache))
+    fp32_graph = graph_path(resolve_backbone("squeezenet1_1", None))
+    quantize.save_speedup(fp32_graph, 2.0)  # whatever this CPU's speed: int8 is used
+    try:
+        in_process = tmp_path / "int8.h5"
+        run_extraction(config(images, in_process, precision="int8"))
+        sha = read_store(in_process).attrs["int8_graph"]
+        out = tmp_path / "dask-int8.h5"
+        summary = run_extraction(
+            config(images, out, precision="int8", dask=cluster[0].scheduler_address)
+        )
+    finally:
+        quantize._speed_path(fp32_graph).unlink(missing_ok=True)
+    assert summary.n_embedded == N_IMAGES
+    got, want = read_store(out), read_store(in_process)
+    assert got.attrs["precision"] == "int8" and got.attrs["int8_graph"] == sha
+    assert got.attrs["fingerprint"] == want.attrs["fingerprint"]
+    assert got.paths.tolist() == want.paths.tolist()
+    assert_embeddings_match(got.features, want.features, "fp32")

@@ -192,6 +192,7 @@ def test_clone_get_set_params():
         "crop_mode": "center",
         "views": (),
         "preprocess": None,
+        "int8_graph": None,
     }
     assert ImageEmbedder().get_params()["device"] == "auto"  # TINY pins the CPU
     copy = clone(embedder)

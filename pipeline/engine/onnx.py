@@ -185,9 +185,21 @@ def load_verified(key: str) -> VerifiedGraph | None:
     return graph
 
 
+#: Batches an :class:`OnnxRunner` runs at once by default, each on ``threads // streams``
+#: threads (at most ``threads``): two, so that no forward pass waits at a barrier for a thread
+#: a decoding thread has taken the core of (docs/benchmarks.md, issue 31: end to end 0.92x
+#: forward-only against 0.71x with one 2-thread session, on a heavily loaded machine).
+DEFAULT_STREAMS = 2
+
+
 class OnnxRunner:
-    """Runs an exported backbone with ONNX Runtime on the CPU (fp32): uint8 (N, H, W, 3)
-    crops in, float32 (N, D) embeddings out."""
+    """Runs an exported backbone with ONNX Runtime on the CPU (fp32, or a quantised int8
+    graph): uint8 (N, H, W, 3) crops in, float32 (N, D) embeddings out.
+
+    ``streams``: how many batches callers may run at once (ONNX Runtime sessions are
+    thread-safe); the session then uses ``threads // streams`` threads per batch. The rows do
+    not depend on it: a convolution's output element is computed by one thread whatever
+    their number (``tests/test_int8.py`` checks it)."""
 
     backend = "onnxruntime"
     device = "cpu"
@@ -199,11 +211,13 @@ class OnnxRunner:
         threads: int,
         spin: bool = False,
         difference: float | None = None,
+        streams: int | None = None,
     ) -> None:
         import onnxruntime as ort
 
+        self.streams = max(1, min(threads, DEFAULT_STREAMS if streams is None else streams))
         options = ort.SessionOptions()
-        options.intra_op_num_threads = max(1, threads)
+        options.intra_op_num_threads = max(1, threads // self.streams)
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # Spinning threads would take the cores the decoding threads need.

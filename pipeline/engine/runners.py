@@ -10,10 +10,12 @@ channels-last. torch is imported only when a function here needs it.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +31,7 @@ from .._runtime import (
     resolve_device,
     resolve_precision,
 )
-from ..exceptions import ImageDecodeError
+from ..exceptions import ConfigError, ImageDecodeError
 from .backbones import Backbone, BackboneSpec, build_backbone
 from .decoding import Batch, decode_batches, iter_batches
 from .onnx import (
@@ -57,6 +59,7 @@ __all__ = [
     "iter_batches",
     "make_runner",
     "max_relative_difference",
+    "ordered_map",
     "onnx_cache_dir",
     "resolve_device",
     "resolve_precision",
@@ -135,6 +138,26 @@ class TorchRunner:
         return out.float().cpu().numpy()
 
 
+def ordered_map(fn: Callable[[Any], Any], items: Iterable[Any], streams: int) -> Iterator[Any]:
+    """``map(fn, items)``, with up to ``streams`` calls running at once in threads (for a
+    runner whose ``streams`` > 1), results in order."""
+    if streams <= 1:
+        yield from map(fn, items)
+        return
+    with ThreadPoolExecutor(streams, thread_name_prefix="infer") as pool:
+        pending: collections.deque[Future[Any]] = collections.deque()
+        try:
+            for item in items:
+                pending.append(pool.submit(fn, item))
+                if len(pending) >= streams:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for future in pending:
+                future.cancel()
+
+
 def embed_loaded(
     runner: Any, batches: Iterator[Batch], n: int, on_error: str = "raise"
 ) -> tuple[np.ndarray, list[str]]:
@@ -142,16 +165,22 @@ def embed_loaded(
     the per-item error strings ('' when fine)."""
     out = np.full((n, runner.feature_dim), np.nan, dtype=np.float32)
     errors = [""] * n
-    for batch in batches:
+
+    def embed(batch: Batch) -> tuple[Batch, list[int], np.ndarray | None]:
         ok = [j for j, e in enumerate(batch.errors) if not e]
+        if not ok:
+            return batch, ok, None
+        images = batch.images[ok] if len(ok) < len(batch.indices) else batch.images
+        return batch, ok, runner(images)
+
+    for batch, ok, rows in ordered_map(embed, batches, getattr(runner, "streams", 1)):
         for j, e in enumerate(batch.errors):
             if e:
                 if on_error == "raise":
                     raise ImageDecodeError(e)
                 errors[batch.indices[j]] = e
         if ok:
-            rows = [batch.indices[j] for j in ok]
-            out[rows] = runner(batch.images[ok] if len(ok) < len(batch.indices) else batch.images)
+            out[[batch.indices[j] for j in ok]] = rows
     return out, errors
 
 
@@ -219,6 +248,19 @@ def checkpoint_path(spec: BackboneSpec) -> str | None:
     return str(Path(torch.hub.get_dir()) / "checkpoints" / spec.weights_url.rsplit("/", 1)[-1])
 
 
+def _int8_runner(backend: str, int8_graph: str, threads: int) -> Any:
+    """The cached int8 graph ``int8_graph`` on ONNX Runtime (no torch)."""
+    if backend == "torch":
+        raise ConfigError(
+            "int8 runs on ONNX Runtime only; leave out --backend torch", param="backend"
+        )
+    if not int8_graph:
+        raise ConfigError("int8 needs the sha256 of its quantised graph", param="precision")
+    from .quantize import int8_runner
+
+    return int8_runner(int8_graph, threads)
+
+
 def make_runner(
     spec: BackboneSpec,
     device: Any,
@@ -226,6 +268,7 @@ def make_runner(
     backend: str = "auto",
     threads: int | None = None,
     remember_as: str | None = None,
+    int8_graph: str = "",
 ) -> Any:
     """Build the backbone and the fastest runner whose output matches torch's.
 
@@ -234,8 +277,13 @@ def make_runner(
     probe batch); when export fails or the outputs differ, it falls back to torch and logs why.
     With ``remember_as`` (a :func:`pipeline.onnx_backend.request_key`), a verified graph is
     recorded so that later runs of that request skip torch (:func:`~pipeline.onnx_backend.load_verified`).
+
+    ``int8``: the cached quantised graph ``int8_graph`` (a sha256, see
+    :mod:`pipeline.engine.quantize`) on ONNX Runtime, on the CPU whatever ``device``; no torch.
     """
     check_backend(backend)
+    if precision == "int8":
+        return _int8_runner(backend, int8_graph, threads or cpu_cores())
     backbone = build_backbone(spec)
     reference = TorchRunner(backbone, device, precision)
     cpu_fp32 = reference.device.type == "cpu" and precision == "fp32"

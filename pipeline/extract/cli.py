@@ -117,7 +117,11 @@ def build_parser(prog: str = "python -m pipeline.extract") -> argparse.ArgumentP
         help="decoding threads on CPU, processes with a GPU (-1: automatic, 0: main thread)",
     )
     add("--device", type=validated(check_device, "device"), help="auto | cpu | cuda | cuda:N")
-    add("--precision", choices=PRECISIONS, help="auto: bf16/fp16 on GPU, fp32 on CPU")
+    add(
+        "--precision",
+        choices=PRECISIONS,
+        help="auto: bf16/fp16 on GPU, fp32 on CPU; int8: quantised graph on the CPU (ONNX Runtime)",
+    )
     add("--backend", choices=BACKENDS, help="auto: ONNX Runtime for fp32 on CPU, else torch")
     add("--dask", help="run on Dask: local[:N] or tcp://HOST:PORT")
     add("--checkpoint-seconds", type=float, help="how often finished rows are made durable")

@@ -120,6 +120,7 @@ def _make_runner(plan: ExtractionPlan, verified: Any) -> Any:
         remember_as=request_key(
             config.model, config.weights, config.auto_weights, config.preprocess
         ),
+        int8_graph=plan.recipe.int8_graph,
     )
 
 
@@ -222,25 +223,34 @@ def _worker_threads() -> int:
         return 1
 
 
-def _cached_runner(spec: Any, device: str, precision: str, backend: str) -> Any:
+def _cached_runner(
+    spec: Any, device: str, precision: str, backend: str, int8_graph: str = ""
+) -> Any:
     """Build the runner once per worker process (and per device)."""
     import torch
 
-    key = (spec, device, precision, backend)
+    key = (spec, device, precision, backend, int8_graph)
     with _RUNNERS_LOCK:
         if key not in _RUNNERS:
             threads = max(1, _worker_threads())
             if device == "cpu":
                 torch.set_num_threads(threads)
             _RUNNERS[key] = make_runner(
-                spec, torch.device(device), precision, backend, threads=threads
+                spec,
+                torch.device(device),
+                precision,
+                backend,
+                threads=threads,
+                int8_graph=int8_graph,
             )
         return _RUNNERS[key]
 
 
-def _probe_runner(spec: Any, device: str, precision: str, backend: str) -> tuple[int, str]:
+def _probe_runner(
+    spec: Any, device: str, precision: str, backend: str, int8_graph: str = ""
+) -> tuple[int, str]:
     """Task: build (and cache) a worker's runner; returns (feature_dim, backend)."""
-    runner = _cached_runner(spec, _worker_device(device), precision, backend)
+    runner = _cached_runner(spec, _worker_device(device), precision, backend, int8_graph)
     return int(runner.feature_dim), str(runner.backend)
 
 
@@ -311,7 +321,9 @@ def _embed_shard(shard_plan: Any, shard: int, run: str, backend: str) -> ShardRe
         shard_plan = dataclasses.replace(
             shard_plan, config=dataclasses.replace(shard_plan.config, workers=0)
         )
-    runner = _cached_runner(shard_plan.spec, device, shard_plan.precision, backend)
+    runner = _cached_runner(
+        shard_plan.spec, device, shard_plan.precision, backend, shard_plan.recipe.int8_graph
+    )
     shard_plan = dataclasses.replace(shard_plan, device=device)
     embedded, failed = embed_into_parts(
         shard_plan, todo, runner, prefix=prefix, update_index=False, progress=False
@@ -389,6 +401,7 @@ def _probe_workers(client: Any, plan: ExtractionPlan, backend: str) -> tuple[int
             plan.device,
             plan.precision,
             backend,
+            plan.recipe.int8_graph,
             workers=[address],
             allow_other_workers=True,
             pure=False,

@@ -22,6 +22,7 @@ import numpy as np
 from .._progress import Progress
 from ..engine.decoding import decode_batches
 from ..engine.preprocess import make_view
+from ..engine.runners import ordered_map
 from ..store import (
     FailedInputs,
     RowIndex,
@@ -232,8 +233,17 @@ def _embed_batches(
     with Progress(
         progress, unit="images", desc="extract", enabled=progress > 0, logger=logger
     ) as bar:
-        for batch in batches:
+
+        def embed(batch: Any) -> tuple[Any, list[int], Any, dict[str, Any]]:
             ok = [j for j, e in enumerate(batch.errors) if not e]
+            if not ok:
+                return batch, ok, None, {}
+            images = batch.images if len(ok) == len(batch.errors) else batch.images[ok]
+            views = {v: runner(make_view(v, images)) for v in plan.recipe.views}
+            return batch, ok, runner(images), views
+
+        # Written here, in order; embedded in up to runner.streams threads at once.
+        for batch, ok, rows, views in ordered_map(embed, batches, getattr(runner, "streams", 1)):
             for j, error in enumerate(batch.errors):
                 if error:
                     i = indices[batch.indices[j]]
@@ -241,9 +251,7 @@ def _embed_batches(
                     counts[1] += 1
                     _log_skipped(plan.records[i].path, error)
             if ok:
-                images = batch.images if len(ok) == len(batch.errors) else batch.images[ok]
-                views = {v: runner(make_view(v, images)) for v in plan.recipe.views}
-                writer.add(runner(images), [indices[batch.indices[j]] for j in ok], views)
+                writer.add(rows, [indices[batch.indices[j]] for j in ok], views)
                 counts[0] += len(ok)
             bar.update(len(batch.indices))
             if writer.due():

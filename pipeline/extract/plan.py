@@ -40,15 +40,17 @@ from .._runtime import (
     auto_batch_size,
     auto_workers,
     check_backend,
+    inference_threads,
     resolve_device,
     resolve_precision,
 )
 from ..config import ExtractConfig
 from ..engine.backbones import BackboneSpec, resolve_backbone
 from ..engine.onnx import backbone_request, load_verified, no_gpu_present, request_key
+from ..engine.quantize import CALIBRATION_IMAGES
 from ..engine.sources import ImageSource, content_hash, is_transient, open_source
 from ..engine.timm_models import is_timm
-from ..exceptions import CacheMismatchError, ConfigError, StoreError
+from ..exceptions import BackboneError, CacheMismatchError, ConfigError, StoreError
 from ..recipe import DecodeOptions, EmbeddingRecipe, parse_views
 from ..store import (
     FORMAT_VERSION,
@@ -602,6 +604,80 @@ def verified_cpu_graph(config: ExtractConfig) -> Any:
     )
 
 
+def _stored_attrs(out: Path) -> dict[str, Any]:
+    """The attributes of what ``--out`` holds (the store, else its first part), or {}."""
+    for path in [out, *list_parts(out)]:
+        if path.is_file():
+            try:
+                return read_attrs(path)
+            except StoreError:
+                return {}
+    return {}
+
+
+def calibration_crops(
+    source: Any, recipe: EmbeddingRecipe, n: int = CALIBRATION_IMAGES
+) -> np.ndarray:
+    """The first ``n`` readable inputs in content-key order, as the graph's uint8 crops: a
+    sample fixed by the images themselves, not by their names or listing order."""
+    records = _unique_records(source)
+    keys = _keys_of(source, records)
+    crops = []
+    for i in np.argsort(np.asarray(keys), kind="stable"):
+        try:
+            image = source.load(records[i], recipe.draft_size)
+            crops.append(recipe.preprocessing.crop(image))
+        except Exception as exc:  # a bad input is recorded by the run itself, not here
+            logger.debug("int8 calibration skips %s (%s)", records[i].path, exc)
+            continue
+        if len(crops) == n:
+            break
+    if not crops:
+        raise ConfigError("int8 calibration found no readable image in --data", param="precision")
+    return np.stack(crops)
+
+
+def _int8_graph(
+    config: ExtractConfig, source: Any, spec: BackboneSpec, options: DecodeOptions, out: Path
+) -> tuple[str, str]:
+    """(int8 graph sha256, precision) of a ``--precision int8`` run: the graph ``--out`` was
+    made with, so an update adds comparable rows; else a new one calibrated on this run's
+    images. ``("", "fp32")``, with one warning line, where int8 is not faster on this CPU."""
+    if config.backend == "torch":
+        raise ConfigError(
+            "int8 runs on ONNX Runtime only; leave out --backend torch", param="backend"
+        )
+    held = {} if config.overwrite else _stored_attrs(out)
+    if held.get("precision") == "int8" and held.get("int8_graph"):
+        return str(held["int8_graph"]), "int8"
+    from ..engine.quantize import MIN_SPEEDUP, prepare_int8, recorded_speedup
+    from ..engine.runners import make_runner
+
+    threads = inference_threads()
+    fp32 = make_runner(spec, "cpu", "fp32", "onnxruntime", threads=threads)
+    if fp32.backend != "onnxruntime":
+        raise BackboneError(
+            f"int8 needs {spec.model}'s ONNX graph, which ONNX Runtime cannot run here (see "
+            "the warning above); use --precision fp32",
+            param="precision",
+        )
+    ratio = recorded_speedup(fp32.path)
+    if ratio is None or ratio >= MIN_SPEEDUP:
+        if held.get("precision"):  # a store of another precision: refused by the recipe check
+            return "", "int8"
+        recipe = EmbeddingRecipe(spec, "fp32", options)
+        sha256, ratio = prepare_int8(fp32, lambda: calibration_crops(source, recipe), threads)
+        if sha256 is not None:
+            return sha256, "int8"
+    logger.warning(
+        "--precision int8: int8 runs %.2fx fp32 on this CPU (measured once, below %.1fx): "
+        "not faster here, so this run embeds in fp32",
+        ratio,
+        MIN_SPEEDUP,
+    )
+    return "", "fp32"
+
+
 def plan_extraction(
     config: ExtractConfig, source: Any = None, verified: Any = None, known: Inputs | None = None
 ) -> ExtractionPlan:
@@ -631,7 +707,10 @@ def plan_extraction(
         raise ConfigError(f"must be positive, got {config.batch_size}", param="batch_size")
     out = Path(config.out)
     _check_writable(out)
-    recipe = EmbeddingRecipe(spec, precision, options)
+    int8_graph = ""
+    if precision == "int8":
+        int8_graph, precision = _int8_graph(config, source, spec, options, out)
+    recipe = EmbeddingRecipe(spec, precision, options, int8_graph)
     attrs: dict[str, Any] = {
         **recipe.to_attrs(),
         "class_names": source.class_names,

@@ -145,7 +145,8 @@ def load_model_file(path: str | Path) -> dict[str, Any]:
     backbone = payload["backbone"]
     if not isinstance(backbone, dict):
         raise ModelFileError(f"{path}: model file's backbone metadata is not a dict; retrain it")
-    optional = (*DECODE_FIELDS, *BACKBONE_EXTRA_ATTRS)  # absent from older files: defaults
+    # absent from older files: defaults
+    optional = {*DECODE_FIELDS, *BACKBONE_EXTRA_ATTRS, "int8_graph"}
     missing = [k for k in BACKBONE_KEYS if k not in backbone and k not in optional]
     if missing:
         raise ModelFileError(
