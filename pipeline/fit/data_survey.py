@@ -12,8 +12,10 @@ its neighbours are far. We compute the score ourselves rather than through clean
 (passed through ``exp(-d / t)``), but it builds its own neighbour graph over the full
 dimensions and mixes in an out-of-distribution check on probabilities we do not need, so it
 cannot reuse the one search that also finds near-duplicates, nor bound its cost at 100k rows.
-Rows are flagged when their score is above Tukey's far-out fence, ``Q3 + 3 IQR`` of all scores
-(:data:`OUTLIER_IQR`); ``outliers.csv`` ranks every row, most unusual first.
+Rows are flagged when their score is above Tukey's fence, ``Q3 + 1.5 IQR`` of all scores
+(:data:`OUTLIER_IQR`; on cifar10-mini's MobileNetV2 embeddings it flags none of the 1500 real
+photos, and a planted text page and noise image among generated pictures); ``outliers.csv``
+ranks every row, most unusual first.
 
 **Near-duplicates inside a split**: exact (same content hash, the ones
 :func:`.data_quality.content_hashes` computes) and near (cosine similarity of the centred
@@ -68,8 +70,8 @@ SPLIT_DUPLICATE_COLUMNS = (
     "kind",
     "similarity",
 )
-#: Flag rows whose outlier score is above ``Q3 + OUTLIER_IQR * IQR`` (Tukey's far-out fence).
-OUTLIER_IQR = 3.0
+#: Flag rows whose outlier score is above ``Q3 + OUTLIER_IQR * IQR`` (Tukey's fence).
+OUTLIER_IQR = 1.5
 #: A class with fewer rows than this, or than TINY_CLASS_SHARE of the median class, is tiny.
 TINY_CLASS_ROWS = 10
 TINY_CLASS_SHARE = 0.2
