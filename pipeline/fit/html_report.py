@@ -619,7 +619,7 @@ def _render_page(
             report=report,
             backbone=dict(report.get("backbone") or {}),
             n_classes=len(report.get("class_names", [])),
-            warnings=_warnings(report, duplicates, failed) + survey.get("warnings", []),
+            warnings=_with_survey_warnings(_warnings(report, duplicates, failed), survey),
             results=_result_rows(results),
             comparison=_comparison_chart(results) if results else None,
             sections=sections,
@@ -665,7 +665,7 @@ def _survey_view(
     wanted += [item["path"] for item in outliers]
     wanted += [p for item in pairs for p in (item["path"], item["other_path"])]
     balance = survey.balance
-    warnings = list(survey.notes)
+    warnings = list(survey.notes)  # fit also puts them in report["notes"]: shown once
     if survey.tiny_classes:
         shown = ", ".join(f"{c} ({int(balance.loc[c, 'total'])})" for c in survey.tiny_classes[:20])
         more = len(survey.tiny_classes) - 20
@@ -735,3 +735,8 @@ def _map_view(
         by_row["score"].to_numpy(), thumbs, predictions=predicted, best_clf=best, note=note,
     )  # fmt: skip
     return {"data": payload, "script": write_plotly_js(out_dir), "n": len(paths)}
+
+
+def _with_survey_warnings(warnings: list[str], survey: Mapping[str, Any]) -> list[str]:
+    """``warnings`` and the survey's (tiny classes, sampling notes) not already among them."""
+    return warnings + [w for w in survey.get("warnings", []) if w not in warnings]

@@ -74,10 +74,6 @@ LEGACY_PATTERNS = (
     "confusion_*.csv",
     "label_issues.csv",
     "duplicates.csv",
-    "outliers.csv",
-    "duplicates_within_split.csv",
-    "class_balance.csv",
-    "plotly.min.js",
     "models",
     "thumbs",
 )

@@ -197,6 +197,19 @@ def _write_html(
     if leak:  # the CLI prints report["warnings"]
         logger.info("%s", leak)
         report["warnings"].append(leak.removeprefix("warning: "))
+    if surveyed:
+        found, (_, map_note) = surveyed
+        report["notes"] += found.notes
+        report["data_survey"] = {
+            "outliers_csv": "outliers.csv",
+            "n_outliers": found.n_flagged,
+            "outlier_fence": round(found.threshold, 6),
+            "duplicates_within_split_csv": "duplicates_within_split.csv",
+            "n_duplicates_within_split": len(found.split_duplicates),
+            "class_balance_csv": "class_balance.csv",
+            "tiny_classes": found.tiny_classes,
+            "map": map_note,
+        }
     failed = dict(zip(table.failed.paths, table.failed.errors, strict=True))
     failed.update(unreadable)
     write_html_report(
