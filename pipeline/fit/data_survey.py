@@ -101,9 +101,11 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return x
 
 
-def _search_space(features: np.ndarray, max_dims: int, seed: int) -> np.ndarray:
-    """Centred, L2-normalised rows, PCA-reduced to ``max_dims`` (and normalised again) when
-    wider; float32, computed a block at a time."""
+def _search_space(
+    features: np.ndarray, max_dims: int, seed: int, *, renormalise: bool = True
+) -> np.ndarray:
+    """Centred, L2-normalised rows, PCA-reduced to ``max_dims`` (and, with ``renormalise``,
+    normalised again) when wider; float32, computed a block at a time."""
     mean = features.mean(axis=0, dtype=np.float64).astype(np.float32)
     n, d = features.shape
     pca = None
@@ -118,7 +120,8 @@ def _search_space(features: np.ndarray, max_dims: int, seed: int) -> np.ndarray:
     for start in range(0, n, 8192):
         block = _unit(np.asarray(features[start : start + 8192], dtype=np.float32) - mean)
         if pca is not None:
-            block = _unit(pca.transform(block).astype(np.float32))
+            block = pca.transform(block).astype(np.float32)
+            block = _unit(block) if renormalise else block
         out[start : start + 8192] = block
     return out
 

@@ -36,15 +36,11 @@ _PLACE_NEIGHBOURS = 5
 
 
 def _pca(features: np.ndarray, seed: int) -> np.ndarray:
-    from sklearn.decomposition import PCA
+    """Centred, L2-normalised rows reduced to 50 dimensions (PCA fitted on at most 20 000 rows,
+    applied a block at a time: no full-size copy of the embeddings)."""
+    from .data_survey import _search_space
 
-    x = np.asarray(features, dtype=np.float32)
-    x = x - x.mean(axis=0)
-    x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-    dims = int(min(_PCA_DIMS, x.shape[1], len(x)))
-    if dims < x.shape[1]:
-        x = PCA(n_components=dims, svd_solver="randomized", random_state=seed).fit_transform(x)
-    return np.asarray(x, dtype=np.float32)
+    return _search_space(features, _PCA_DIMS, seed, renormalise=False)
 
 
 def project_2d(
@@ -67,8 +63,12 @@ def project_2d(
             method = "tsne"
     reduced = _pca(features, seed)
     if method == "pca" or reduced.shape[1] < 2:
+        from sklearn.decomposition import PCA
+
         xy = np.zeros((n, 2), dtype=np.float32)
-        xy[:, : min(2, reduced.shape[1])] = reduced[:, :2]
+        dims = int(min(2, n, reduced.shape[1]))
+        if dims and n > 1:
+            xy[:, :dims] = PCA(n_components=dims, random_state=seed).fit_transform(reduced)
         return xy, f"PCA of the centred, normalised embeddings ({n} rows)"
     if method == "umap":
         import umap
@@ -85,7 +85,7 @@ def project_2d(
     tsne = TSNE(n_components=2, init="pca", perplexity=perplexity, random_state=seed)
     xy = np.empty((n, 2), dtype=np.float32)
     xy[sample] = tsne.fit_transform(reduced[sample])
-    note = f"t-SNE (scikit-learn) of {len(sample)} rows on PCA-{reduced.shape[1]}"
+    note = f"t-SNE (scikit-learn) of {len(sample)} rows on {reduced.shape[1]} dimensions (PCA above 50)"
     if len(sample) < n:
         from sklearn.neighbors import KNeighborsRegressor
 
