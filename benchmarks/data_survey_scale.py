@@ -3,7 +3,8 @@ and the embedding map's projection on synthetic embeddings, one fresh process pe
 
 python benchmarks/data_survey_scale.py --rows 1000 10000 100000 --dim 1280 --classes 100
 
-Each size runs in its own subprocess (so ru_maxrss is that size's peak); the input matrix
+Under a shared CPU the wall times (``*_s``) mostly measure the other load; the CPU seconds
+of the process (``*_cpu_s``, all its threads) are the steadier number. Each size runs in its own subprocess (so ru_maxrss is that size's peak); the input matrix
 itself (rows x dim x 4 bytes) is part of the peak and reported as ``input_mb``.
 """
 
@@ -34,17 +35,20 @@ def _one(rows: int, dim: int, classes: int) -> dict:
     splits = np.where(rng.random(rows) < 0.2, "test", "train")
     paths = [f"img/{i}.jpg" for i in range(rows)]
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    cpu0 = time.process_time()
     started = time.perf_counter()
     found = survey(features, paths, [f"c{x}" for x in labels], splits, hashes=None, seed=0)
-    surveyed = time.perf_counter()
+    surveyed, cpu1 = time.perf_counter(), time.process_time()
     _, note = project_2d(features, seed=0)
-    done = time.perf_counter()
+    done, cpu2 = time.perf_counter(), time.process_time()
     return {
         "rows": rows,
         "dim": dim,
         "input_mb": round(features.nbytes / 2**20),
         "survey_s": round(surveyed - started, 1),
         "map_s": round(done - surveyed, 1),
+        "survey_cpu_s": round(cpu1 - cpu0, 1),
+        "map_cpu_s": round(cpu2 - cpu1, 1),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "rss_before_mb": round(base),
         "flagged": found.n_flagged,
