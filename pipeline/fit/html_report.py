@@ -6,7 +6,8 @@ with no server and no network: plain CSS and JavaScript inline, charts embedded 
 URIs, thumbnails in ``<out>/thumbs/`` under content-addressed names and linked relatively, so
 the folder can be moved. Beside it: ``label_issues.csv``, ``duplicates.csv`` and
 ``confusion_<clf>.csv`` (the full matrix; report.json can then stay compact, see
-:func:`compact_result`).
+:func:`compact_result`), and with a data survey ``outliers.csv``, ``duplicates_within_split.csv``,
+``class_balance.csv`` and ``plotly.min.js`` (the embedding map's library, loaded relatively).
 
 Large runs stay fast: galleries hold at most ``gallery_limit`` items per classifier (most
 confident mistakes first) and are paged in the browser; confusion matrices beyond
