@@ -152,11 +152,13 @@ def _survey_folder(root: Path, per_class: tuple[int, int] = (20, 6)) -> dict[str
                 _scene(rng, colour).save(folder / f"{name}_{i:02d}.png")
     planted = {"source": root / "train" / "red" / "red_04.png"}
     # a training image copied twice inside the training split: once byte for byte, once
-    # re-encoded (JPEG at 90: other bytes, nearly the same pixels)
+    # resized to 64 x 64 (other bytes, the same picture)
     planted["copy"] = root / "train" / "red" / "copy_of_red_04.png"
     shutil.copyfile(planted["source"], planted["copy"])
-    planted["reencoded"] = root / "train" / "red" / "reencoded_red_04.jpg"
-    Image.open(planted["source"]).convert("RGB").save(planted["reencoded"], quality=90)
+    planted["resized"] = root / "train" / "red" / "resized_red_04.png"
+    Image.open(planted["source"]).resize((64, 64), Image.Resampling.BICUBIC).save(
+        planted["resized"]
+    )
     for name, image in _odd_images().items():
         planted[name] = (
             root / "test" / ("green", "blue", "red")[len(planted) % 3] / f"odd_{name}.png"
@@ -191,6 +193,13 @@ def test_off_distribution_images_rank_among_the_top_outliers(tmp_path):
         assert planted[name] in top, (name, outliers.head(8))
     flagged = set(outliers.loc[outliers["flagged"], "path"])
     assert {planted["text"], planted["noise"]} <= flagged
+    # the training image copied twice: byte for byte (exact) and resized (near); the
+    # generated pictures are alike, so other near pairs may be listed too
+    within = pd.read_csv(out / "duplicates_within_split.csv")
+    pairs = {frozenset((r.path, r.other_path)): r.kind for r in within.itertuples()}
+    assert pairs[frozenset((planted["source"], planted["copy"]))] == "exact"
+    assert pairs[frozenset((planted["source"], planted["resized"]))] == "near"
+    assert pairs[frozenset((planted["copy"], planted["resized"]))] == "near"
 
 
 def test_map_hover_selection_and_download_in_a_real_browser(tmp_path):
@@ -202,7 +211,7 @@ def test_map_hover_selection_and_download_in_a_real_browser(tmp_path):
     within = pd.read_csv(out / "duplicates_within_split.csv")
     pairs = {frozenset((r.path, r.other_path)): r.kind for r in within.itertuples()}
     assert pairs[frozenset((planted["source"], planted["copy"]))] == "exact"
-    assert planted["reencoded"] in set(within["path"]) | set(within["other_path"])
+    assert planted["resized"] in set(within["path"]) | set(within["other_path"])
     balance = pd.read_csv(out / "class_balance.csv", index_col="class")
     assert balance["total"].sum() == n_rows
     manifest = json.loads((out / ".fit-run.json").read_text())["names"]
