@@ -4,8 +4,11 @@ and the embedding map's projection on synthetic embeddings, one fresh process pe
 python benchmarks/data_survey_scale.py --rows 1000 10000 100000 --dim 1280 --classes 100
 
 Under a shared CPU the wall times (``*_s``) mostly measure the other load; the CPU seconds
-of the process (``*_cpu_s``, all its threads) are the steadier number. Each size runs in its own subprocess (so ru_maxrss is that size's peak); the input matrix
-itself (rows x dim x 4 bytes) is part of the peak and reported as ``input_mb``.
+of the process (``*_cpu_s``, all its threads) are the steadier number. Each size runs in its
+own subprocess; ``survey_peak_mb`` / ``map_peak_mb`` are tracemalloc's peaks of the new
+allocations of each step (numpy reports its buffers), on top of the input matrix
+(``input_mb``, rows x dim x 4 bytes); ``peak_rss_mb`` is the process's peak, which the
+synthetic data's generation can dominate.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import resource
 import subprocess
 import sys
 import time
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -35,12 +39,17 @@ def _one(rows: int, dim: int, classes: int) -> dict:
     splits = np.where(rng.random(rows) < 0.2, "test", "train")
     paths = [f"img/{i}.jpg" for i in range(rows)]
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    tracemalloc.start()  # numpy reports its buffers to tracemalloc: the survey's own peak
     cpu0 = time.process_time()
     started = time.perf_counter()
     found = survey(features, paths, [f"c{x}" for x in labels], splits, hashes=None, seed=0)
     surveyed, cpu1 = time.perf_counter(), time.process_time()
+    survey_peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.reset_peak()
     _, note = project_2d(features, seed=0)
     done, cpu2 = time.perf_counter(), time.process_time()
+    map_peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
     return {
         "rows": rows,
         "dim": dim,
@@ -49,6 +58,8 @@ def _one(rows: int, dim: int, classes: int) -> dict:
         "map_s": round(done - surveyed, 1),
         "survey_cpu_s": round(cpu1 - cpu0, 1),
         "map_cpu_s": round(cpu2 - cpu1, 1),
+        "survey_peak_mb": round(survey_peak / 2**20),
+        "map_peak_mb": round(map_peak / 2**20),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "rss_before_mb": round(base),
         "flagged": found.n_flagged,
