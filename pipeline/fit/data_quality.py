@@ -494,12 +494,14 @@ def audit_table(
     seed: int = 0,
     threshold: float = NEAR_DUPLICATE_THRESHOLD,
     n_folds: int = 5,
+    hashes: Sequence[str | None] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, str]]:
     """Both checks on a whole store: ``(label_issues, duplicates, unreadable)``.
 
     Label issues are judged on every labelled row; duplicates compare the store's test/val
     rows with its train rows (a store without a split has none). ``unreadable`` maps paths
-    whose bytes could not be hashed to the reason.
+    whose bytes could not be hashed to the reason. ``hashes`` (one per table row, from
+    :func:`content_hashes`) saves hashing the files again when the caller has them.
     """
     names = np.asarray([str(c) for c in table.class_names], dtype=object)
     labelled = np.flatnonzero(table.labels >= 0)
@@ -526,7 +528,10 @@ def audit_table(
     rows = np.flatnonzero(has_split)
     paths = table.paths[rows].tolist()
     with slow_step(logger, "audit: looking for test images that copy training images ..."):
-        hashes, unreadable = content_hashes(paths) if len(rows) else ([], {})
+        if hashes is not None:
+            hashes, unreadable = [hashes[i] for i in rows], {}
+        else:
+            hashes, unreadable = content_hashes(paths) if len(rows) else ([], {})
         duplicates = find_duplicates(
             _rows_of(table.features, rows),
             paths,

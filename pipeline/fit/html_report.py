@@ -6,7 +6,8 @@ with no server and no network: plain CSS and JavaScript inline, charts embedded 
 URIs, thumbnails in ``<out>/thumbs/`` under content-addressed names and linked relatively, so
 the folder can be moved. Beside it: ``label_issues.csv``, ``duplicates.csv`` and
 ``confusion_<clf>.csv`` (the full matrix; report.json can then stay compact, see
-:func:`compact_result`).
+:func:`compact_result`), and with a data survey ``outliers.csv``, ``duplicates_within_split.csv``,
+``class_balance.csv`` and ``plotly.min.js`` (the embedding map's library, loaded relatively).
 
 Large runs stay fast: galleries hold at most ``gallery_limit`` items per classifier (most
 confident mistakes first) and are paged in the browser; confusion matrices beyond
@@ -38,6 +39,8 @@ from .summary import TIED_MEANING, plain_summary, trained_on
 
 if TYPE_CHECKING:
     import pandas as pd
+
+    from .data_survey import DataSurvey
 
 __all__ = [
     "PREDICTION_COLUMNS",
@@ -433,6 +436,10 @@ def write_html_report(
     page_size: int = 40,
     top_k_classes: int = 30,
     thumbnail_size: int = 96,
+    survey: DataSurvey | None = None,
+    projection: tuple[np.ndarray, str] | None = None,
+    survey_limit: int = 200,
+    map_thumbnail_rows: int = 20_000,
 ) -> Path:
     """Write ``<out_dir>/report.html`` with its thumbnails and CSVs; return its path.
 
@@ -462,6 +469,15 @@ def write_html_report(
         Beyond this many classes, confusion charts show the classes with the most errors.
     thumbnail_size : int
         Longest side of the thumbnails, in pixels.
+    survey : DataSurvey, optional
+        From :func:`pipeline.fit.data_survey.survey`: outliers (``outliers.csv``, the first
+        ``survey_limit`` shown), duplicates inside a split (``duplicates_within_split.csv``),
+        class balance (``class_balance.csv``).
+    projection : (ndarray of shape (n_rows, 2), str), optional
+        The 2-D map of the survey's rows (row order of its inputs) and how it was made
+        (:func:`pipeline.fit.embedding_map.project_2d`): drawn with plotly.js, which is
+        written beside the report. Up to ``map_thumbnail_rows`` rows every point gets a
+        thumbnail; above, hovering shows the original file (a ``file:`` link).
     """
     out_dir = Path(out_dir)
     failed = dict(failed or {})
@@ -476,8 +492,14 @@ def write_html_report(
         [] if duplicates is None else duplicates.head(duplicate_limit).to_dict("records")
     )
     wanted = _thumbnail_paths(galleries, issue_items, duplicate_items)
+    survey_view = _survey_view(out_dir, survey, survey_limit, wanted)
     with slow_step(logger, "report: drawing %d thumbnails for report.html ...", len(set(wanted))):
         thumbs = make_thumbnails(wanted, out_dir, size=thumbnail_size)
+    if survey is not None and projection is not None:
+        survey_view["map"] = _map_view(
+            out_dir, survey, projection, predictions, results, thumbs, thumbnail_size,
+            map_thumbnail_rows,
+        )  # fmt: skip
     html = _render_page(
         report,
         results=results,
@@ -493,6 +515,7 @@ def write_html_report(
         prefix=_common_folder(wanted),
         limits={"top_k": top_k_classes, "gallery_limit": gallery_limit, "page_size": page_size},
         out_dir=out_dir,
+        survey=survey_view,
     )
     path = write_atomic(out_dir / "report.html", html)
     logger.debug("HTML report written (%s, %.0f kB)", path.name, path.stat().st_size / 1024)
@@ -576,6 +599,7 @@ def _render_page(
     prefix: str,
     limits: Mapping[str, int],
     out_dir: Path,
+    survey: dict[str, Any],
 ) -> str:
     """Render ``report.html.j2`` with everything the page shows (``out_dir``: the run's folder,
     for its ``comparison.png``)."""
@@ -586,7 +610,7 @@ def _render_page(
             report=report,
             backbone=dict(report.get("backbone") or {}),
             n_classes=len(report.get("class_names", [])),
-            warnings=_warnings(report, duplicates, failed),
+            warnings=_with_survey_warnings(_warnings(report, duplicates, failed), survey),
             results=_result_rows(results),
             comparison=_decision_chart(out_dir, report, results) if results else None,
             headline=report.get("summary") or (plain_summary(report) if results else ""),
@@ -605,6 +629,107 @@ def _render_page(
             has_predictions=predictions is not None,
             has_issues=label_issues is not None,
             has_duplicates=duplicates is not None,
+            survey=survey,
             **limits,
         )
     )
+
+
+# -- the data survey (outliers, duplicates inside a split, class balance, map) -------------------
+
+
+def _survey_view(
+    out_dir: Path, survey: DataSurvey | None, limit: int, wanted: list[str]
+) -> dict[str, Any]:
+    """Write the survey's CSVs; return what the page shows of it (and add its images to
+    ``wanted``). Empty when there is no survey."""
+    if survey is None:
+        return {}
+    from .data_survey import OUTLIER_COLUMNS, SPLIT_DUPLICATE_COLUMNS
+
+    write_atomic(out_dir / "outliers.csv", _csv_text(survey.outliers, OUTLIER_COLUMNS))
+    write_atomic(
+        out_dir / "duplicates_within_split.csv",
+        _csv_text(survey.split_duplicates, SPLIT_DUPLICATE_COLUMNS),
+    )
+    write_atomic(out_dir / "class_balance.csv", survey.balance.to_csv(index_label="class"))
+    outliers = survey.outliers.head(limit).to_dict("records")
+    pairs = survey.split_duplicates.head(limit).to_dict("records")
+    wanted += [item["path"] for item in outliers]
+    wanted += [p for item in pairs for p in (item["path"], item["other_path"])]
+    balance = survey.balance
+    warnings = list(survey.notes)  # fit also puts them in report["notes"]: shown once
+    if survey.tiny_classes:
+        shown = ", ".join(f"{c} ({int(balance.loc[c, 'total'])})" for c in survey.tiny_classes[:20])
+        more = len(survey.tiny_classes) - 20
+        warnings.append(
+            f"Tiny classes: {shown}{f' and {more} more' if more > 0 else ''} rows; their "
+            "scores rest on few images (see class_balance.csv)."
+        )
+    n_exact = int((survey.split_duplicates["kind"] == "exact").sum())
+    return {
+        "outliers": outliers,
+        "n_rows": len(survey.outliers),
+        "n_flagged": survey.n_flagged,
+        "fence": survey.threshold,
+        "k": survey.k,
+        "pairs": pairs,
+        "n_pairs": len(survey.split_duplicates),
+        "n_pairs_exact": n_exact,
+        "balance_columns": [str(c) for c in balance.columns],
+        "balance": [
+            {"class": str(c), "counts": [int(v) for v in row], "tiny": c in survey.tiny_classes}
+            for c, row in zip(balance.index, balance.to_numpy(), strict=True)
+        ],
+        "n_tiny": len(survey.tiny_classes),
+        "warnings": warnings,
+    }
+
+
+def _map_view(
+    out_dir: Path,
+    survey: DataSurvey,
+    projection: tuple[np.ndarray, str],
+    predictions: pd.DataFrame | None,
+    results: Sequence[Mapping[str, Any]],
+    thumbs: dict[str, str | None],
+    thumbnail_size: int,
+    thumbnail_rows: int,
+) -> dict[str, Any]:
+    """The embedding map's page data (and ``plotly.min.js`` written beside the report);
+    thumbnails of every row up to ``thumbnail_rows`` rows (added to ``thumbs``)."""
+    from .embedding_map import map_payload, write_plotly_js
+
+    xy, note = projection
+    by_row = survey.outliers.sort_values("row")
+    paths = by_row["path"].astype(str).tolist()
+    if len(paths) != len(xy):
+        raise ValueError(f"projection: {len(xy)} points for {len(paths)} surveyed rows")
+    if len(paths) <= thumbnail_rows:
+        thumbs.update(make_thumbnails(paths, out_dir, size=thumbnail_size))
+    else:
+        note += (
+            f"; {len(paths)} rows are more than {thumbnail_rows}: hovering shows the original "
+            "file (a file: link), which needs the images where they were"
+        )
+        for p in paths:
+            if p not in thumbs and not p.startswith(DIGITS_PREFIX):
+                thumbs[p] = Path(p).resolve().as_uri()
+    best = str(results[0]["clf"]) if results else None
+    predicted = None
+    if predictions is not None and best is not None:
+        rows = predictions[predictions["clf"] == best]
+        predicted = {
+            str(p): (str(q), bool(c))
+            for p, q, c in zip(rows["path"], rows["pred"], rows["correct"], strict=True)
+        }
+    payload = map_payload(
+        xy, paths, by_row["label"].tolist(), by_row["split"].tolist(),
+        by_row["score"].to_numpy(), thumbs, predictions=predicted, best_clf=best, note=note,
+    )  # fmt: skip
+    return {"data": payload, "script": write_plotly_js(out_dir), "n": len(paths)}
+
+
+def _with_survey_warnings(warnings: list[str], survey: Mapping[str, Any]) -> list[str]:
+    """``warnings`` and the survey's (tiny classes, sampling notes) not already among them."""
+    return warnings + [w for w in survey.get("warnings", []) if w not in warnings]

@@ -3,7 +3,9 @@
 ``models/<clf>.joblib``, ``predictions.csv`` / ``.npz``, ``comparison.png`` (the decision chart),
 ``confusion_<clf>.png``, ``report.json`` (per-class data compact beyond 30 classes, the full
 matrices in ``confusion_<clf>.csv``), ``report.md`` and ``report.html`` with the data-quality
-audit (``label_issues.csv``, ``duplicates.csv``, ``thumbs/``). Every file is written atomically.
+audit (``label_issues.csv``, ``duplicates.csv``, ``thumbs/``) and the data survey
+(``outliers.csv``, ``duplicates_within_split.csv``, ``class_balance.csv``, the embedding map's
+``plotly.min.js``). Every file is written atomically.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from .. import __version__
 from .._io import atomic_path
 from ..rows import StoreRows, materialize
 from ..store import read_block_rows, reading_store
-from .data_quality import AUDIT_MAX_ROWS, audit_table, leakage_warning
+from .data_quality import AUDIT_MAX_ROWS, audit_table, content_hashes, leakage_warning
+from .data_survey import DataSurvey, survey
 from .decision_chart import write_decision_png
 from .html_report import _confusion_chart, compact_result, write_html_report
 from .model_file import MODEL_FORMAT_VERSION, save_model
@@ -97,13 +100,21 @@ def _labelled(table: FeatureTable, split: np.ndarray, store: Path) -> FeatureTab
 
 def _audit(
     table: FeatureTable, data: Any, config: FitConfig, store: Path
-) -> tuple[pd.DataFrame | None, pd.DataFrame | None, dict[str, str], list[str]]:
+) -> tuple[
+    pd.DataFrame | None,
+    pd.DataFrame | None,
+    dict[str, str],
+    list[str],
+    tuple[DataSurvey, tuple[np.ndarray, str]] | None,
+]:
     """Label issues and duplicates across *this run's* split: ``(issues, duplicates,
     unreadable, notes)``. Holdout: the drawn test rows against the train rows; --cv: every row
     is tested once, so there is no split to leak across and duplicates are not checked.
-    Only the labelled rows are audited (all that fit reads); ``issues["row"]`` is a store row."""
+    Only the labelled rows are audited (all that fit reads); ``issues["row"]`` is a store row.
+    The last item is the data survey of the same rows and their 2-D map (:mod:`.data_survey`,
+    :mod:`.embedding_map`), ``None`` when the audit is skipped."""
     if not config.audit:
-        return None, None, {}, ["data-quality audit skipped (--no-audit)"]
+        return None, None, {}, ["data-quality audit skipped (--no-audit)"], None
     n_labelled = int((table.labels >= 0).sum())
     if n_labelled > AUDIT_MAX_ROWS:
         note = (
@@ -112,7 +123,7 @@ def _audit(
             "subset: extract a sample of the images into another --out and fit that"
         )
         logger.warning("%s", note)
-        return None, None, {}, [note]
+        return None, None, {}, [note], None
     split = np.full(len(table.labels), "", dtype=object)
     notes = []
     if config.cv:
@@ -124,7 +135,9 @@ def _audit(
         split[data.train_rows] = "train"
         split[data.eval_rows] = "test"
     started = time.perf_counter()
-    issues, duplicates, unreadable = audit_table(_labelled(table, split, store), seed=config.seed)
+    labelled = _labelled(table, split, store)
+    hashes, unreadable = content_hashes(labelled.paths.tolist())
+    issues, duplicates, _ = audit_table(labelled, seed=config.seed, hashes=hashes)
     if len(issues):
         issues["row"] = np.flatnonzero(table.labels >= 0)[issues["row"].to_numpy(dtype=int)]
     logger.info(
@@ -133,7 +146,40 @@ def _audit(
         len(duplicates),
         time.perf_counter() - started,
     )
-    return issues, (None if config.cv else duplicates), unreadable, notes
+    return (
+        issues,
+        (None if config.cv else duplicates),
+        unreadable,
+        notes,
+        _survey(labelled, hashes, config.seed),
+    )
+
+
+def _survey(
+    labelled: FeatureTable, hashes: list[str | None], seed: int
+) -> tuple[DataSurvey, tuple[np.ndarray, str]]:
+    """Outliers, duplicates inside a split, class balance and the 2-D map of the audited rows."""
+    from .embedding_map import project_2d
+
+    started = time.perf_counter()
+    names = np.asarray([str(c) for c in labelled.class_names], dtype=object)
+    found = survey(
+        labelled.features,
+        labelled.paths.tolist(),
+        names[labelled.labels].tolist(),
+        labelled.split.tolist(),
+        hashes=hashes,
+        seed=seed,
+    )
+    surveyed = time.perf_counter()
+    projection = project_2d(labelled.features, seed=seed)
+    logger.info(
+        "survey: %.1f s; map (%s): %.1f s",
+        surveyed - started,
+        projection[1],
+        time.perf_counter() - surveyed,
+    )
+    return found, projection
 
 
 def _write_html(
@@ -145,12 +191,27 @@ def _write_html(
     predictions: pd.DataFrame,
 ) -> None:
     """``report.html`` from the run's predictions (the rows of ``predictions.csv``)."""
-    issues, duplicates, unreadable, notes = _audit(table, data, config, Path(report["features"]))
+    issues, duplicates, unreadable, notes, surveyed = _audit(
+        table, data, config, Path(report["features"])
+    )
     report["notes"] += notes
     leak = leakage_warning(duplicates) if duplicates is not None else None
     if leak:  # logged once, here; report["warnings"] keeps it for the reports
         logger.warning("%s", leak)
         report["warnings"].append(leak)
+    if surveyed:
+        found, (_, map_note) = surveyed
+        report["notes"] += found.notes
+        report["data_survey"] = {
+            "outliers_csv": "outliers.csv",
+            "n_outliers": found.n_flagged,
+            "outlier_fence": round(found.threshold, 6),
+            "duplicates_within_split_csv": "duplicates_within_split.csv",
+            "n_duplicates_within_split": len(found.split_duplicates),
+            "class_balance_csv": "class_balance.csv",
+            "tiny_classes": found.tiny_classes,
+            "map": map_note,
+        }
     failed = dict(zip(table.failed.paths, table.failed.errors, strict=True))
     failed.update(unreadable)
     write_html_report(
@@ -160,6 +221,8 @@ def _write_html(
         label_issues=issues,
         duplicates=duplicates,
         failed=failed,
+        survey=surveyed[0] if surveyed else None,
+        projection=surveyed[1] if surveyed else None,
     )
 
 
