@@ -706,7 +706,9 @@ def _map_view(
     if len(paths) != len(xy):
         raise ValueError(f"projection: {len(xy)} points for {len(paths)} surveyed rows")
     if len(paths) <= thumbnail_rows:
-        thumbs.update(make_thumbnails(paths, out_dir, size=thumbnail_size))
+        # the gallery's thumbnails are made (or found unreadable, and said so) already
+        missing = [p for p in paths if p not in thumbs]
+        thumbs.update(make_thumbnails(missing, out_dir, size=thumbnail_size))
     else:
         note += (
             f"; {len(paths)} rows are more than {thumbnail_rows}: hovering shows the original "
