@@ -305,8 +305,9 @@ def build_parser(prog: str = "python -m pipeline.predict") -> argparse.ArgumentP
     add(
         "--model",
         required=True,
-        help="a models/<clf>.joblib file written by pipeline.fit (a pickle: loading runs "
-        "code), or an .onnx file written by `pipeline export` (data: safe to receive)",
+        help=f"a models/<clf>.joblib file written by `{fit}` (a pickle: loading runs "
+        f"code), or an .onnx file written by `{prog.replace('predict', 'export')}` (data: safe "
+        "to receive)",
     )
     add("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files and/or folders")
     add("--out", help="write CSV here instead of standard output")

@@ -191,6 +191,7 @@ FAST = {
     "logreg": {},
     "knn": {},
     "svc_approx": {"n_components": 64, "calibration_cv": 3},
+    "ensemble": {"candidates": ["logreg", "knn"], "cv": 2},
 }
 
 

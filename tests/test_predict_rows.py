@@ -29,9 +29,11 @@ ONE_PASS = {
     "logreg": False,
     "knn": True,
     "svc_approx": True,  # CalibratedClassifierCV after a Nystroem map
+    "ensemble": True,  # the arg-max of its mean probabilities
 }
 SMALL = {
     "nn": {"max_iter": 5, "random_state": 0},
+    "ensemble": {"candidates": ["logreg", "knn"], "cv": 2, "random_state": 0},
     "svc": {"calibration_cv": 2},
     "xgboost": {"n_estimators": 5, "device": "cpu", "random_state": 0},
     "svc_approx": {"n_components": 20, "calibration_cv": 2, "random_state": 0},

@@ -50,6 +50,8 @@ SMALL = {
     "svc": {"calibration_cv": 2},
     "xgboost": {"n_estimators": 20, "device": "cpu"},
     "svc_approx": {"n_components": 64, "calibration_cv": 2},
+    # alpha ~0: every candidate the evidence does not reject outright is a member
+    "ensemble": {"candidates": ["logreg", "knn", "xgboost"], "cv": 2, "alpha": 1e-9},
 }
 #: The most a probability (or decision value) may move with the batch: each classifier's promise.
 PROMISE = {
@@ -60,6 +62,7 @@ PROMISE = {
     "logreg": 1e-5,
     "nn": 1e-9,  # float64 head
     "svc_approx": 1e-9,  # float64 map
+    "ensemble": 1e-5,  # its members' weighted mean: logreg's float32 promise at most
 }
 BLOCKS = (1, 3, 7)
 METHODS = ("predict_proba", "decision_function", "predict")
@@ -160,6 +163,20 @@ def _bound_svc_approx(pipe, X):
     return p_error, None
 
 
+def _bound_ensemble(pipe, X):
+    """The weighted mean of the members' probabilities (``weights_``): each member's bound
+    carried with its weight, plus the mean's own float64 rounding (a sum of len(members))."""
+    ensemble = pipe.named_steps["clf"]
+    assert ensemble.weights_ is not None, "the default combine is the vote"
+    total = np.zeros((len(X), 1))
+    for name, member, weight in zip(
+        ensemble.names_, ensemble.estimators_, ensemble.weights_, strict=True
+    ):
+        member_bound, _ = BOUNDS[name](member, X)
+        total = total + weight * member_bound.max(axis=1, keepdims=True)
+    return total + _gamma(len(ensemble.names_), np.float64), None
+
+
 def _exact(pipe, X):
     return np.zeros((len(X), 1)), np.zeros((len(X), 1))
 
@@ -171,6 +188,7 @@ BOUNDS = {
     "logreg": _bound_logreg,
     "nn": _bound_nn,
     "svc_approx": _bound_svc_approx,
+    "ensemble": _bound_ensemble,
 }
 
 
@@ -206,6 +224,13 @@ def test_predictions_do_not_depend_on_the_other_rows_of_the_batch(fitted, name):
     rows = np.ones(len(X), dtype=bool)
     if name == "knn":  # neighbours within rounding of a tie: either may be taken
         rows = ~_knn_tied_rows(pipe, X)
+        assert rows.sum() >= len(X) // 2, rows.sum()
+    if name == "ensemble":  # so for a knn member
+        ensemble = pipe.named_steps["clf"]
+        assert len(ensemble.names_) >= 2, ensemble.names_
+        for member_name, member in zip(ensemble.names_, ensemble.estimators_, strict=True):
+            if member_name == "knn":
+                rows &= ~_knn_tied_rows(member, X)
         assert rows.sum() >= len(X) // 2, rows.sum()
     whole = {m: getattr(pipe, m)(X) for m in METHODS if hasattr(pipe, m)}
     assert {"predict", "predict_proba"} <= set(whole)

@@ -6,18 +6,26 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from .._cli import ArgumentParser, add_verbosity, run_command
+from .._cli import ArgumentParser, add_verbosity, examples, run_command
 from ..exceptions import ConfigError
 
 __all__ = ["build_parser", "main"]
 
 
 def build_parser(prog: str = "python -m pipeline.export") -> argparse.ArgumentParser:
+    fit, predict = prog.replace("export", "fit"), prog.replace("export", "predict")
     parser = ArgumentParser(
         prog=prog,
-        description="Export a model file from `pipeline fit` as one ONNX graph, image pixels "
+        description=f"Export a model file from `{fit}` as one ONNX graph, image pixels "
         "to class probabilities (resize, crop, backbone, views and classifier inside), "
-        "checked against `pipeline predict` before it is written. See docs/export.md.",
+        f"checked against `{predict}` before it is written. See docs/export.md.",
+        epilog=examples(
+            prog,
+            [
+                ("--model runs/a/models/svc.joblib --out svc.onnx", "one ONNX file"),
+                ("--model runs/a/models/svc.joblib --out svc.onnx --page svc_page", "and a page"),
+            ],
+        ),
     )
     add = parser.add_argument
     add("--model", required=True, help="a models/<clf>.joblib file written by pipeline.fit")

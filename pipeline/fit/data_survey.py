@@ -244,6 +244,30 @@ def _split_duplicates(
     return table
 
 
+def _ranked_outliers(
+    scores: np.ndarray, paths: Sequence[str], labels: Sequence[str], splits: np.ndarray
+) -> tuple[Any, float]:
+    """outliers.csv's table (most unusual first; ``flagged`` above Tukey's fence) and the fence."""
+    import pandas as pd
+
+    n = len(scores)
+    q1, q3 = np.percentile(scores, [25, 75])
+    fence = float(q3 + OUTLIER_IQR * (q3 - q1))
+    order = np.lexsort((np.arange(n), -scores))
+    table = pd.DataFrame(
+        {
+            "row": order,
+            "rank": np.arange(1, n + 1),
+            "path": [paths[i] for i in order],
+            "split": splits[order],
+            "label": [labels[i] for i in order],
+            "score": scores[order],
+            "flagged": scores[order] > fence,
+        }
+    )
+    return table, fence
+
+
 def survey(
     features: np.ndarray,
     paths: Sequence[str],
@@ -301,20 +325,7 @@ def survey(
             "neither image in the sample are missed"
         )
     scores = distance.mean(axis=1).astype(np.float64)
-    q1, q3 = np.percentile(scores, [25, 75])
-    fence = float(q3 + OUTLIER_IQR * (q3 - q1))
-    order = np.lexsort((np.arange(n), -scores))
-    outliers = pd.DataFrame(
-        {
-            "row": order,
-            "rank": np.arange(1, n + 1),
-            "path": [paths[i] for i in order],
-            "split": split_array[order],
-            "label": [labels[i] for i in order],
-            "score": scores[order],
-            "flagged": scores[order] > fence,
-        }
-    )
+    outliers, fence = _ranked_outliers(scores, paths, labels, split_array)
     duplicates = _split_duplicates(features, nearest, paths, split_array, labels, hashes, threshold)
     result = DataSurvey(outliers, duplicates, balance, tiny, scores, fence, nearest.shape[1], notes)
     logger.info(

@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from .._io import atomic_path
+
 __all__ = ["PLOTLY_JS", "map_payload", "project_2d", "write_plotly_js"]
 
 logger = logging.getLogger(__name__)
@@ -106,12 +108,11 @@ def write_plotly_js(out_dir: str | Path) -> str:
     """Write plotly.js beside the report (unless the same file is there); return its name."""
     from plotly.offline import get_plotlyjs
 
-    from .html_report import write_atomic
-
     data = get_plotlyjs().encode("utf-8")
     target = Path(out_dir) / PLOTLY_JS
     if not (target.exists() and target.stat().st_size == len(data) and target.read_bytes() == data):
-        write_atomic(target, data)
+        with atomic_path(target) as tmp:  # the user's umask
+            tmp.write_bytes(data)
     return PLOTLY_JS
 
 
