@@ -186,10 +186,11 @@ def load_verified(key: str) -> VerifiedGraph | None:
 
 
 #: Batches an :class:`OnnxRunner` runs at once by default, each on ``threads // streams``
-#: threads (at most ``threads``): two, so that no forward pass waits at a barrier for a thread
-#: a decoding thread has taken the core of (docs/benchmarks.md, issue 31: end to end 0.92x
-#: forward-only against 0.71x with one 2-thread session, on a heavily loaded machine).
-DEFAULT_STREAMS = 2
+#: threads (at most ``threads``). One: on a quiet 2-core machine one 2-thread session ran
+#: MobileNetV2 end to end at 180 images/s against 166 with two 1-thread streams (500x375
+#: JPEGs, medians of 3; two streams only won on a heavily loaded machine: docs/benchmarks.md,
+#: issue 31). ``OnnxRunner(streams=2)`` keeps the other layout, with bit-identical rows.
+DEFAULT_STREAMS = 1
 
 
 class OnnxRunner:
