@@ -146,19 +146,6 @@ def _svc_approx_params() -> set[str]:
     return set(inspect.signature(_svc_approx).parameters)
 
 
-def _toml_params(name: str) -> dict[str, Any]:
-    """``[fit.<name>]`` of the shipped defaults as keyword arguments (``"none"`` -> None,
-    ``hidden_layer_sizes`` a tuple), as ``fit`` passes them."""
-    params = {}
-    for key, value in default_params(name).items():
-        if isinstance(value, str) and value.lower() == "none":
-            value = None
-        if key == "hidden_layer_sizes" and isinstance(value, list):
-            value = tuple(value)
-        params[key] = value
-    return params
-
-
 #: The candidates of ``ensemble`` unless told otherwise: the other classifiers of ``--clf all``.
 ENSEMBLE_CANDIDATES = ("nn", "svc", "xgboost", "logreg", "knn")
 
@@ -183,7 +170,7 @@ def _ensemble(
             f"{list(candidates)!r}; valid: {', '.join(n for n in REGISTRY if n != 'ensemble')}"
         )
     estimators = [
-        (c, make_classifier(c, **{**_toml_params(c), "random_state": random_state}))
+        (c, make_classifier(c, **{**classifier_params(c), "random_state": random_state}))
         for c in candidates
     ]
     return TiedEnsembleClassifier(
